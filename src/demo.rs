@@ -1,0 +1,132 @@
+//! `mesgate demo`: the MES simulator on a local port with the gateway in front of it.
+//!
+//! It only wires existing parts together and prints what to try; no logic of its own.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tracing::{info, warn};
+
+use crate::config::{Config, ConfigError, Overrides};
+use crate::proxy::{BuildError, Gateway};
+use crate::sim::{self, SimConfig};
+
+/// The demo config shipped in the binary, used when `config/demo.toml` is not on disk.
+pub const EMBEDDED_DEMO_CONFIG: &str = include_str!("../config/demo.toml");
+
+/// What `mesgate demo` was asked for.
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    /// Demo config file; the embedded copy is used when it does not exist.
+    pub config: PathBuf,
+    /// Redis URL; when unreachable the demo runs L1 only and says so.
+    pub redis: Option<String>,
+    /// Where the simulator listens (`127.0.0.1:0` for any free port).
+    pub sim_listen: SocketAddr,
+    /// Environment overrides (listen, admin).
+    pub overrides: Overrides,
+}
+
+/// Why the demo could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    /// The demo config is wrong.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A port could not be bound.
+    #[error("cannot bind {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The gateway could not be built.
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    /// The server failed.
+    #[error("server: {0}")]
+    Serve(#[from] std::io::Error),
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, DemoError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| DemoError::Bind { addr, source })
+}
+
+/// Whether Redis answers a PING within half a second.
+pub async fn redis_reachable(url: &str) -> bool {
+    let Ok(client) = redis::Client::open(url) else {
+        return false;
+    };
+    let ping = async {
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        redis::cmd("PING").query_async::<String>(&mut conn).await
+    };
+    matches!(tokio::time::timeout(Duration::from_millis(500), ping).await, Ok(Ok(_)))
+}
+
+fn demo_config_text(path: &PathBuf) -> Result<String, ConfigError> {
+    match std::fs::read_to_string(path) {
+        Ok(t) => Ok(t),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            info!(path = %path.display(), "demo config not found, using the embedded copy");
+            Ok(EMBEDDED_DEMO_CONFIG.to_owned())
+        }
+        Err(source) => Err(ConfigError::Io {
+            path: path.display().to_string(),
+            source,
+        }),
+    }
+}
+
+/// Runs the simulator and the gateway until `shutdown` resolves.
+pub async fn run(opts: DemoOptions, shutdown: impl Future<Output = ()>) -> Result<(), DemoError> {
+    let sim_listener = bind(opts.sim_listen).await?;
+    let sim = sim::spawn(sim_listener, SimConfig::default());
+    let mut overrides = opts.overrides.clone();
+    overrides.upstream = Some(sim.base_url());
+    overrides.redis_url = None;
+    if let Some(url) = &opts.redis {
+        if redis_reachable(url).await {
+            info!(%url, "using redis as the shared tier");
+            overrides.redis_url = Some(url.clone());
+        } else {
+            warn!(%url, "redis unreachable: running with the in-process tier only");
+        }
+    } else {
+        info!("no --redis or MESGATE_REDIS_URL: running with the in-process tier only");
+    }
+    let config = Config::from_str_with(&demo_config_text(&opts.config)?, overrides)?;
+    let listener = bind(config.listen).await?;
+    let admin = match config.admin_listen {
+        Some(a) => Some(bind(a).await?),
+        None => None,
+    };
+    let gateway = Gateway::new(config)?;
+    print_banner(listener.local_addr()?, &sim.base_url(), admin.as_ref());
+    if let Some(admin) = admin {
+        tokio::spawn(crate::admin::run(admin, gateway.clone(), std::future::pending()));
+    }
+    crate::server::run(listener, gateway, shutdown).await?;
+    sim.shutdown().await;
+    Ok(())
+}
+
+fn print_banner(gw: SocketAddr, sim: &str, admin: Option<&TcpListener>) {
+    let list = format!("http://{gw}/api/orders?status=MANUFACTURING_APPROVED");
+    println!("mesgate demo: gateway http://{gw} in front of the MES simulator {sim}");
+    println!("try (run it twice: X-Cache goes MISS, then HIT-L1):");
+    println!("  curl -si '{list}' | grep -iE '^(x-cache|cache-status|age):'");
+    println!("  curl -s '{sim}/__sim/stats'        # upstream requests per kind");
+    println!("  curl -s 'http://{gw}/api/orders/status-counts'");
+    println!("  curl -s 'http://{gw}/api/orders/42'");
+    if let Some(a) = admin.and_then(|l| l.local_addr().ok()) {
+        println!("  curl -s 'http://{a}/readyz'");
+    }
+    println!("stop with Ctrl-C");
+}

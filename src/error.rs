@@ -1,0 +1,120 @@
+//! The top-level error and its one mapping to an `application/problem+json` response.
+//!
+//! Cache-tier errors never get here: they degrade to misses in [`crate::proxy`].
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+use http_body_util::Full;
+
+/// Who is at fault, for logs and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The MES failed or was unreachable.
+    Upstream,
+    /// The client sent something we will not handle.
+    Client,
+    /// A bug or a lost task on our side.
+    Internal,
+}
+
+/// Everything that can turn a request into an error response.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GatewayError {
+    /// TCP connect to the MES failed or timed out.
+    #[error("cannot connect to the MES: {0}")]
+    UpstreamConnect(String),
+    /// The MES did not answer within a timeout (named).
+    #[error("the MES did not answer within timeouts.{0}")]
+    UpstreamTimeout(&'static str),
+    /// The MES broke the protocol or the connection mid-answer.
+    #[error("the MES answer failed: {0}")]
+    UpstreamProtocol(String),
+    /// The request target could not be turned into an upstream URI.
+    #[error("bad request target: {0}")]
+    BadTarget(String),
+    /// The task fetching for this key ended without an answer.
+    #[error("the shared fetch for this request was lost")]
+    FetchLost,
+}
+
+impl GatewayError {
+    /// The status sent to the client.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::UpstreamConnect(_) | Self::UpstreamProtocol(_) | Self::FetchLost => {
+                StatusCode::BAD_GATEWAY
+            }
+            Self::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            Self::BadTarget(_) => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    /// Stable lowercase name (the problem `type` suffix, log field, metric label).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::UpstreamConnect(_) => "upstream-unreachable",
+            Self::UpstreamTimeout(_) => "upstream-timeout",
+            Self::UpstreamProtocol(_) => "upstream-protocol",
+            Self::BadTarget(_) => "bad-target",
+            Self::FetchLost => "fetch-lost",
+        }
+    }
+
+    /// Who is at fault.
+    pub fn fault(&self) -> Fault {
+        match self {
+            Self::UpstreamConnect(_) | Self::UpstreamTimeout(_) | Self::UpstreamProtocol(_) => {
+                Fault::Upstream
+            }
+            Self::BadTarget(_) => Fault::Client,
+            Self::FetchLost => Fault::Internal,
+        }
+    }
+
+    /// The RFC 9457 problem response.
+    pub fn to_response(&self) -> Response<Full<Bytes>> {
+        let status = self.status();
+        let body = serde_json::json!({
+            "type": format!("urn:mesgate:problem:{}", self.as_str()),
+            "title": status.canonical_reason().unwrap_or("Error"),
+            "status": status.as_u16(),
+            "detail": self.to_string(),
+        });
+        let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
+        *resp.status_mut() = status;
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        resp.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn every_variant_maps_to_one_status_and_a_problem_body() {
+        let rows = [
+            (GatewayError::UpstreamConnect("refused".into()), 502, Fault::Upstream),
+            (GatewayError::UpstreamTimeout("response_header"), 504, Fault::Upstream),
+            (GatewayError::UpstreamProtocol("reset".into()), 502, Fault::Upstream),
+            (GatewayError::BadTarget("x".into()), 400, Fault::Client),
+            (GatewayError::FetchLost, 502, Fault::Internal),
+        ];
+        for (err, status, fault) in rows {
+            assert_eq!(err.fault(), fault);
+            let resp = err.to_response();
+            assert_eq!(resp.status().as_u16(), status);
+            assert_eq!(resp.headers()[header::CONTENT_TYPE], "application/problem+json");
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(json["status"], status);
+            assert_eq!(json["type"], format!("urn:mesgate:problem:{}", err.as_str()));
+        }
+    }
+}

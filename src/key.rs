@@ -1,0 +1,210 @@
+//! Cache keys: query normalization, vary headers and the credential policy.
+//!
+//! It decides what identifies an answer; it does not look anything up.
+
+use std::sync::Arc;
+
+use http::HeaderMap;
+use http::header::{AUTHORIZATION, COOKIE};
+use sha2::{Digest, Sha256};
+
+use crate::config::{CachePolicy, CredentialPolicy, UnknownQuery};
+use crate::outcome::BypassReason;
+
+/// The identity of a cacheable request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheKey {
+    /// The key, identical on every instance for the same request: route name, path,
+    /// normalized query, vary values and credential hash.
+    pub key: Arc<str>,
+    /// Path and normalized query sent to the MES, so the fetch asks exactly what the key says.
+    pub upstream_path: String,
+}
+
+/// Builds the key of a request on a cached route, or says why the cache must be bypassed.
+///
+/// # Example
+///
+/// ```
+/// # use mesgate::{config::Config, key::build};
+/// let c: Config = r#"
+/// upstream = "http://127.0.0.1:9"
+/// [[route]]
+/// name = "list"
+/// path = "/api/orders"
+/// cache = { query = ["status", "page=1"] }
+/// "#.parse().unwrap();
+/// let policy = c.routes.routes()[0].cache.as_ref().unwrap();
+/// let a = build("list", policy, "/api/orders", Some("status=NEW"), &Default::default()).unwrap();
+/// let b = build("list", policy, "/api/orders", Some("page=1&status=NEW"), &Default::default()).unwrap();
+/// assert_eq!(a.key, b.key);
+/// ```
+pub fn build(
+    route: &str,
+    policy: &CachePolicy,
+    path: &str,
+    query: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<CacheKey, BypassReason> {
+    let normalized = normalize_query(policy, query.unwrap_or(""))?;
+    let upstream_path = if normalized.is_empty() {
+        path.to_owned()
+    } else {
+        format!("{path}?{normalized}")
+    };
+    let mut key = format!("{route}|{upstream_path}");
+    push_vary(&mut key, policy, headers);
+    push_credentials(&mut key, policy.credentials, headers)?;
+    Ok(CacheKey {
+        key: key.into(),
+        upstream_path,
+    })
+}
+
+/// Sorted allow-listed parameters with defaults applied, form-encoded.
+fn normalize_query(policy: &CachePolicy, query: &str) -> Result<String, BypassReason> {
+    let mut values: Vec<Option<String>> = vec![None; policy.query.len()];
+    for (name, value) in form_urlencoded::parse(query.as_bytes()) {
+        match policy.query.iter().position(|p| p.name == name) {
+            Some(i) if values[i].is_some() => return Err(BypassReason::RepeatedQuery),
+            Some(i) => values[i] = Some(value.into_owned()),
+            None if policy.unknown_query == UnknownQuery::Strip => {}
+            None => return Err(BypassReason::UnknownQuery),
+        }
+    }
+    let mut out = form_urlencoded::Serializer::new(String::new());
+    for (param, value) in policy.query.iter().zip(values) {
+        if let Some(v) = value.or_else(|| param.default.clone()) {
+            out.append_pair(&param.name, &v);
+        }
+    }
+    Ok(out.finish())
+}
+
+fn push_vary(key: &mut String, policy: &CachePolicy, headers: &HeaderMap) {
+    for name in &policy.vary {
+        key.push('|');
+        key.push_str(name.as_str());
+        key.push('=');
+        let mut first = true;
+        for v in headers.get_all(name) {
+            if !first {
+                key.push(',');
+            }
+            first = false;
+            key.push_str(&String::from_utf8_lossy(v.as_bytes()));
+        }
+    }
+}
+
+fn push_credentials(
+    key: &mut String,
+    policy: CredentialPolicy,
+    headers: &HeaderMap,
+) -> Result<(), BypassReason> {
+    if !headers.contains_key(AUTHORIZATION) && !headers.contains_key(COOKIE) {
+        return Ok(());
+    }
+    if policy == CredentialPolicy::Bypass {
+        return Err(BypassReason::Credentials);
+    }
+    let mut h = Sha256::new();
+    for name in [AUTHORIZATION, COOKIE] {
+        for v in headers.get_all(&name) {
+            h.update(name.as_str());
+            h.update(b":");
+            h.update(v.as_bytes());
+            h.update(b"\n");
+        }
+    }
+    key.push_str("|cred=");
+    key.push_str(&hex::encode(&h.finalize()[..16]));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use http::HeaderValue;
+
+    fn policy(extra: &str) -> CachePolicy {
+        let text = format!(
+            "upstream = \"http://127.0.0.1:9\"\n[[route]]\nname = \"l\"\npath = \"/o\"\n[route.cache]\nquery = [\"status\", \"page=1\", \"size=50\"]\n{extra}"
+        );
+        let c: Config = text.parse().unwrap();
+        (*c.routes.routes()[0].cache.clone().unwrap()).clone()
+    }
+
+    fn key(p: &CachePolicy, q: &str, h: &HeaderMap) -> Result<CacheKey, BypassReason> {
+        build("l", p, "/o", Some(q), h)
+    }
+
+    #[test]
+    fn defaults_and_order_do_not_change_the_key() {
+        let p = policy("");
+        let h = HeaderMap::new();
+        let a = key(&p, "status=NEW", &h).unwrap();
+        let b = key(&p, "size=50&page=1&status=NEW", &h).unwrap();
+        let c = key(&p, "status=N%45W", &h).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a, c);
+        assert_eq!(a.upstream_path, "/o?page=1&size=50&status=NEW");
+        assert_ne!(a.key, key(&p, "status=NEW&page=2", &h).unwrap().key);
+    }
+
+    #[test]
+    fn absent_parameter_without_default_is_left_out() {
+        let p = policy("");
+        let k = key(&p, "", &HeaderMap::new()).unwrap();
+        assert_eq!(k.upstream_path, "/o?page=1&size=50");
+    }
+
+    #[test]
+    fn unknown_parameter_bypasses_or_is_stripped() {
+        let h = HeaderMap::new();
+        assert_eq!(
+            key(&policy(""), "status=NEW&debug=1", &h),
+            Err(BypassReason::UnknownQuery)
+        );
+        let strip = policy("unknown_query = \"strip\"");
+        let k = key(&strip, "status=NEW&debug=1", &h).unwrap();
+        assert_eq!(k, key(&strip, "status=NEW", &h).unwrap());
+        assert!(!k.upstream_path.contains("debug"));
+    }
+
+    #[test]
+    fn repeated_parameter_bypasses() {
+        assert_eq!(
+            key(&policy(""), "status=A&status=B", &HeaderMap::new()),
+            Err(BypassReason::RepeatedQuery)
+        );
+    }
+
+    #[test]
+    fn vary_headers_split_the_key() {
+        let p = policy("vary = [\"Accept-Language\"]");
+        let mut en = HeaderMap::new();
+        en.insert("accept-language", HeaderValue::from_static("en"));
+        let mut de = HeaderMap::new();
+        de.insert("accept-language", HeaderValue::from_static("de"));
+        assert_ne!(key(&p, "", &en).unwrap().key, key(&p, "", &de).unwrap().key);
+        assert_eq!(key(&p, "", &en).unwrap(), key(&p, "", &en.clone()).unwrap());
+    }
+
+    #[test]
+    fn credentials_bypass_by_default_and_split_per_credential() {
+        let mut a = HeaderMap::new();
+        a.insert(AUTHORIZATION, HeaderValue::from_static("Bearer a"));
+        let mut b = HeaderMap::new();
+        b.insert(AUTHORIZATION, HeaderValue::from_static("Bearer b"));
+        assert_eq!(key(&policy(""), "", &a), Err(BypassReason::Credentials));
+        let mut cookie = HeaderMap::new();
+        cookie.insert(COOKIE, HeaderValue::from_static("s=1"));
+        assert_eq!(key(&policy(""), "", &cookie), Err(BypassReason::Credentials));
+        let p = policy("credentials = \"per_credential\"");
+        let ka = key(&p, "", &a).unwrap();
+        assert_ne!(ka.key, key(&p, "", &b).unwrap().key);
+        assert!(!ka.key.contains("Bearer"), "the raw credential never enters a key");
+    }
+}

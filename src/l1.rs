@@ -1,0 +1,187 @@
+//! The in-process tier: a moka cache bounded in bytes, with per-entry lifetimes.
+//!
+//! It stores and evicts; freshness is decided by the caller against our own clock
+//! (moka's clock cannot be paused), moka only drops entries once they are past any use.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use moka::Expiry;
+use moka::future::Cache;
+use moka::notification::RemovalCause;
+
+use crate::entry::Entry;
+
+/// An entry in the local tier.
+#[derive(Debug, Clone)]
+pub struct L1Entry {
+    /// The answer (shared with responses and the other tier).
+    pub entry: Arc<Entry>,
+    /// Fresh until this instant, ms since the epoch.
+    pub fresh_until_ms: u64,
+    /// How long moka keeps it after insertion: freshness plus the stale-if-error window.
+    pub keep_for: Duration,
+}
+
+impl L1Entry {
+    /// Whether it may be served as a hit at `now_ms`.
+    pub fn is_fresh(&self, now_ms: u64) -> bool {
+        now_ms < self.fresh_until_ms
+    }
+}
+
+/// Evictions by cause, for metrics.
+#[derive(Debug, Default)]
+pub struct Evictions {
+    /// Past `keep_for`.
+    pub expired: AtomicU64,
+    /// Pushed out by the byte bound.
+    pub size: AtomicU64,
+    /// Removed on purpose (invalidation, purge).
+    pub explicit: AtomicU64,
+    /// Overwritten by a newer fill.
+    pub replaced: AtomicU64,
+}
+
+struct KeepFor;
+
+impl Expiry<Arc<str>, L1Entry> for KeepFor {
+    fn expire_after_create(&self, _: &Arc<str>, v: &L1Entry, _: Instant) -> Option<Duration> {
+        Some(v.keep_for)
+    }
+
+    fn expire_after_update(
+        &self,
+        _: &Arc<str>,
+        v: &L1Entry,
+        _: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(v.keep_for)
+    }
+}
+
+/// The local tier. Cheap to clone.
+#[derive(Clone)]
+pub struct L1 {
+    cache: Cache<Arc<str>, L1Entry>,
+    evictions: Arc<Evictions>,
+}
+
+impl L1 {
+    /// A tier holding at most about `max_bytes` of bodies and headers.
+    pub fn new(max_bytes: u64) -> Self {
+        let evictions = Arc::new(Evictions::default());
+        let counters = evictions.clone();
+        let cache = Cache::builder()
+            .max_capacity(max_bytes)
+            .weigher(|k: &Arc<str>, v: &L1Entry| {
+                (k.len() + v.entry.weight()).min(u32::MAX as usize) as u32
+            })
+            .expire_after(KeepFor)
+            .eviction_listener(move |_, _, cause| count_eviction(&counters, cause))
+            .build();
+        Self { cache, evictions }
+    }
+
+    /// Looks a key up, fresh or not; the caller decides what a stale entry is good for.
+    pub async fn get(&self, key: &str) -> Option<L1Entry> {
+        self.cache.get(key).await
+    }
+
+    /// Stores an entry, replacing any older one.
+    pub async fn insert(&self, key: Arc<str>, value: L1Entry) {
+        self.cache.insert(key, value).await;
+    }
+
+    /// Drops one key.
+    pub async fn remove(&self, key: &str) {
+        self.cache.invalidate(key).await;
+    }
+
+    /// Drops everything (e.g. when invalidation messages may have been missed).
+    pub fn clear(&self) {
+        self.cache.invalidate_all();
+    }
+
+    /// Approximate bytes held (after pending maintenance).
+    pub async fn weighted_size(&self) -> u64 {
+        self.cache.run_pending_tasks().await;
+        self.cache.weighted_size()
+    }
+
+    /// Number of entries (after pending maintenance).
+    pub async fn entry_count(&self) -> u64 {
+        self.cache.run_pending_tasks().await;
+        self.cache.entry_count()
+    }
+
+    /// Eviction counters.
+    pub fn evictions(&self) -> &Evictions {
+        &self.evictions
+    }
+}
+
+fn count_eviction(c: &Evictions, cause: RemovalCause) {
+    let counter = match cause {
+        RemovalCause::Expired => &c.expired,
+        RemovalCause::Size => &c.size,
+        RemovalCause::Explicit => &c.explicit,
+        RemovalCause::Replaced => &c.replaced,
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use http::{HeaderMap, StatusCode};
+
+    fn entry(body_len: usize) -> L1Entry {
+        L1Entry {
+            entry: Arc::new(Entry {
+                status: StatusCode::OK,
+                headers: HeaderMap::new(),
+                body: Bytes::from(vec![b'x'; body_len]),
+                stored_at_ms: 0,
+                ttl_ms: 1_000,
+            }),
+            fresh_until_ms: 1_000,
+            keep_for: Duration::from_secs(60),
+        }
+    }
+
+    #[tokio::test]
+    async fn stores_and_returns_shared_bodies() {
+        let l1 = L1::new(1 << 20);
+        let e = entry(100);
+        l1.insert("a".into(), e.clone()).await;
+        let got = l1.get("a").await.unwrap();
+        assert!(Arc::ptr_eq(&got.entry, &e.entry), "no copy of the entry");
+        assert!(got.is_fresh(999));
+        assert!(!got.is_fresh(1_000));
+    }
+
+    #[tokio::test]
+    async fn byte_bound_evicts_and_counts() {
+        let l1 = L1::new(10_000);
+        for i in 0..50 {
+            l1.insert(format!("k{i}").into(), entry(1_000)).await;
+        }
+        assert!(l1.weighted_size().await <= 10_000);
+        assert!(l1.evictions().size.load(Ordering::Relaxed) > 0);
+    }
+
+    #[tokio::test]
+    async fn clear_and_remove_drop_entries() {
+        let l1 = L1::new(1 << 20);
+        l1.insert("a".into(), entry(1)).await;
+        l1.insert("b".into(), entry(1)).await;
+        l1.remove("a").await;
+        assert!(l1.get("a").await.is_none());
+        l1.clear();
+        assert!(l1.get("b").await.is_none());
+    }
+}

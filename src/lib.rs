@@ -1,0 +1,48 @@
+//! mesgate: a two-tier caching reverse proxy for legacy MES APIs.
+//!
+//! # Layout
+//!
+//! - [`config`]: raw TOML structs, validation with field paths, the typed runtime config.
+//! - [`route`]: path templates and the route table (which rule a request falls under).
+//! - [`key`]: cache keys (query normalization, vary headers, credential policy).
+//! - [`entry`]: a cached response and its versioned wire codec for the shared tier.
+//! - [`outcome`]: the decisions (`CacheOutcome`, `BypassReason`, `NoStoreReason`) and their names.
+//! - [`l1`]: the in-process tier (moka, bounded in bytes).
+//! - [`l2`]: the shared tier (Redis, op timeout, circuit breaker in [`breaker`]).
+//! - [`flight`]: single-flight of concurrent misses for one key.
+//! - [`upstream`]: the pooled client to the MES and its timeouts.
+//! - [`forward`]: what crosses the proxy: hop-by-hop removal, `X-Forwarded-*`, `Via`.
+//! - [`proxy`]: the request phases, read path and pass-through.
+//! - [`server`]: accept loop, connection settings, graceful shutdown.
+//! - [`admin`]: the admin listener (health, readiness).
+//! - [`error`]: the top-level error and its one mapping to a problem response.
+//! - [`sim`]: the MES simulator used by the demo, the tests and the load tests.
+//! - [`demo`]: `mesgate demo`, the simulator with the gateway in front of it.
+//!
+//! # Request flow
+//!
+//! A request is matched against the route table. On a cached route, a GET or HEAD goes
+//! through the read path: build the key (or bypass, with a reason) → local tier → one
+//! single-flight per key that asks the shared tier, then the MES → store if cacheable →
+//! respond with `Cache-Status`, `X-Cache` and `Age`. Anything else is forwarded untouched,
+//! with bodies streamed both ways.
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod breaker;
+pub mod clock;
+pub mod config;
+pub mod demo;
+pub mod entry;
+pub mod error;
+pub mod flight;
+pub mod forward;
+pub mod key;
+pub mod l1;
+pub mod l2;
+pub mod outcome;
+pub mod proxy;
+pub mod route;
+pub mod server;
+pub mod sim;
+pub mod upstream;

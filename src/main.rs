@@ -1,0 +1,167 @@
+//! `mesgate`: CLI → config → telemetry → gateway → bind → serve. All logic is in the library.
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use mesgate::config::{Config, Overrides};
+use mesgate::demo::{self, DemoError, DemoOptions};
+use mesgate::proxy::Gateway;
+use tokio::net::TcpListener;
+use tracing::info;
+
+/// A two-tier caching reverse proxy for legacy MES APIs.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Config file for the gateway.
+    #[arg(long, short, default_value = "config/mesgate.toml", global = true)]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway (the default).
+    Run,
+    /// Validate a config file and print the compiled route table (exit 2 when invalid).
+    CheckConfig {
+        /// The file to check.
+        file: PathBuf,
+    },
+    /// Start the MES simulator and the gateway in front of it, with config/demo.toml.
+    Demo {
+        /// Redis for the shared tier; the demo runs L1 only when it is unreachable.
+        #[arg(long, env = "MESGATE_REDIS_URL")]
+        redis: Option<String>,
+        /// Where the simulator listens.
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        sim_listen: SocketAddr,
+        /// Demo config file (the embedded copy is used when it is missing).
+        #[arg(long, default_value = "config/demo.toml")]
+        demo_config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("mesgate: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cli.command.unwrap_or(Command::Run) {
+        Command::CheckConfig { file } => check_config(&file),
+        Command::Run => load(&cli.config).map_or(ExitCode::from(2), |config| {
+            report(runtime.block_on(run(config)))
+        }),
+        Command::Demo {
+            redis,
+            sim_listen,
+            demo_config,
+        } => {
+            let opts = DemoOptions {
+                config: demo_config,
+                redis,
+                sim_listen,
+                overrides: Overrides::from_env(),
+            };
+            match runtime.block_on(demo::run(opts, shutdown_signal())) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(DemoError::Config(e)) => {
+                    eprintln!("mesgate: config error: {e}");
+                    ExitCode::from(2)
+                }
+                Err(e) => report(Err(e.into())),
+            }
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn load(path: &Path) -> Option<Config> {
+    match Config::load(path, Overrides::from_env()) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            eprintln!("mesgate: config error: {e}");
+            None
+        }
+    }
+}
+
+fn check_config(file: &Path) -> ExitCode {
+    match load(file) {
+        Some(config) => {
+            println!("{}: ok", file.display());
+            print!("{}", config.describe());
+            ExitCode::SUCCESS
+        }
+        None => ExitCode::from(2),
+    }
+}
+
+fn report(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mesgate: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot bind listen address {}", config.listen))?;
+    let admin = match config.admin_listen {
+        Some(a) => Some(
+            TcpListener::bind(a)
+                .await
+                .with_context(|| format!("cannot bind admin.listen {a}"))?,
+        ),
+        None => None,
+    };
+    let gateway = Gateway::new(config)?;
+    if let Some(admin) = admin {
+        tokio::spawn(mesgate::admin::run(admin, gateway.clone(), std::future::pending()));
+    }
+    info!(addr = %listener.local_addr()?, "mesgate listening");
+    mesgate::server::run(listener, gateway, shutdown_signal()).await?;
+    info!("stopped");
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return ctrl_c.await.unwrap_or(()),
+            };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    ctrl_c.await.unwrap_or(());
+}

@@ -1,0 +1,643 @@
+//! The request as a fixed sequence of phases: match route → build key → local tier →
+//! single-flight (shared tier, then MES) → store → respond; everything else is forwarded.
+//!
+//! It owns the decisions; the tiers, the client and the header surgery live in their modules.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::request::Parts;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Either, Empty, Full, Limited};
+use hyper::body::Incoming;
+use tracing::{debug, warn};
+
+use crate::clock::Clock;
+use crate::config::{CachePolicy, Config};
+use crate::entry::Entry;
+use crate::error::GatewayError;
+use crate::flight::{Flights, Role};
+use crate::forward;
+use crate::key::{self, CacheKey};
+use crate::l1::{L1, L1Entry};
+use crate::l2::L2;
+use crate::outcome::{BypassReason, CacheOutcome, MissDetail, NoStoreReason, cache_status};
+use crate::route::Route;
+use crate::upstream::{Upstream, UpstreamBody, error_chain};
+
+/// Body of every response to a client: bytes we hold, or the MES's stream.
+pub type Body = Either<Full<Bytes>, Incoming>;
+
+/// The gateway: config, tiers, client and flights. Cheap to clone (one `Arc`).
+#[derive(Clone)]
+pub struct Gateway {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: Config,
+    upstream: Upstream,
+    l1: L1,
+    l2: Option<L2>,
+    flights: Flights<Arc<Fill>>,
+    clock: Clock,
+}
+
+/// Why a gateway could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The Redis URL was accepted by validation but not by the client.
+    #[error("redis.url: {0}")]
+    Redis(#[from] redis::RedisError),
+}
+
+/// Where a hit came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tier {
+    Local,
+    Shared,
+}
+
+/// The result of one flight, shared by the leader and its waiters.
+#[derive(Debug)]
+enum Fill {
+    /// Fresh in a tier (found by the flight's own re-check).
+    Hit { entry: Arc<Entry>, tier: Tier },
+    /// Fetched from the MES.
+    Fetched {
+        entry: Arc<Entry>,
+        stored: bool,
+        no_store: Option<NoStoreReason>,
+    },
+    /// The MES failed; a stale entry stands in.
+    Stale {
+        entry: Arc<Entry>,
+        fwd_status: Option<u16>,
+    },
+    /// Too large to buffer: every participant forwards on its own.
+    TooLarge,
+    /// The MES could not be reached and nothing stale was at hand.
+    Failed(GatewayError),
+}
+
+impl Gateway {
+    /// Builds the gateway; connects to nothing yet (Redis connects lazily).
+    pub fn new(config: Config) -> Result<Self, BuildError> {
+        Self::with_clock(config, Clock::system())
+    }
+
+    /// Builds the gateway with an injected clock (tests control freshness with it).
+    pub fn with_clock(config: Config, clock: Clock) -> Result<Self, BuildError> {
+        let l2 = config.redis.as_ref().map(L2::new).transpose()?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                upstream: Upstream::new(config.upstream.clone(), &config.timeouts),
+                l1: L1::new(config.l1_max_bytes),
+                l2,
+                flights: Flights::default(),
+                clock,
+                config,
+            }),
+        })
+    }
+
+    /// The runtime config.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// The local tier (admin and tests flush it).
+    pub fn l1(&self) -> &L1 {
+        &self.inner.l1
+    }
+
+    /// The shared tier, when configured.
+    pub fn l2(&self) -> Option<&L2> {
+        self.inner.l2.as_ref()
+    }
+
+    /// Handles one request from `remote`. Never fails: errors become problem responses.
+    pub async fn handle(&self, req: Request<Incoming>, remote: SocketAddr) -> Response<Body> {
+        let config = &self.inner.config;
+        let route = config
+            .routes
+            .find(req.method(), req.uri().path())
+            .map(|m| m.route);
+        match route {
+            Some(r) if r.cache.is_some() && is_read(req.method()) => {
+                self.read(req, remote, r).await
+            }
+            _ => self.pass(req, remote).await,
+        }
+    }
+
+    // ---------------------------------------------------------------------------------
+    // Read path.
+    // ---------------------------------------------------------------------------------
+
+    async fn read(&self, req: Request<Incoming>, remote: SocketAddr, route: &Route) -> Response<Body> {
+        let Some(policy) = route.cache.clone() else {
+            return self.pass(req, remote).await;
+        };
+        let key = key::build(
+            &route.name,
+            &policy,
+            req.uri().path(),
+            req.uri().query(),
+            req.headers(),
+        );
+        let key = match key {
+            Ok(k) => k,
+            Err(reason) => return self.bypass(req, remote, reason).await,
+        };
+        let head = req.method() == Method::HEAD;
+        let now = self.inner.clock.now_ms();
+        let local = self.local_lookup(&policy, &key).await;
+        if let Some(l) = local.as_ref().filter(|l| l.is_fresh(now)) {
+            return entry_response(&l.entry, CacheOutcome::HitLocal, MissDetail::default(), None, head, now);
+        }
+        let (parts, _) = req.into_parts();
+        let stale = local.map(|l| l.entry);
+        self.miss(parts, remote, policy, key, stale).await
+    }
+
+    async fn local_lookup(&self, policy: &CachePolicy, key: &CacheKey) -> Option<L1Entry> {
+        if policy.ttl_l1.is_zero() {
+            return None;
+        }
+        self.inner.l1.get(&key.key).await
+    }
+
+    /// Joins or leads the flight for the key, then answers from its result.
+    async fn miss(
+        &self,
+        parts: Parts,
+        remote: SocketAddr,
+        policy: Arc<CachePolicy>,
+        key: CacheKey,
+        stale: Option<Arc<Entry>>,
+    ) -> Response<Body> {
+        let head = parts.method == Method::HEAD;
+        let (waiter, leader) = match self.inner.flights.join(&key.key) {
+            Role::Waiter(w) => (w, false),
+            Role::Leader(l) => {
+                let w = l.waiter();
+                let fetch = self.fill_request(&parts, remote, &policy, &key);
+                let gw = self.clone();
+                // Detached: a client that goes away cannot cancel a fill others wait on.
+                tokio::spawn(async move {
+                    let fill = gw.run_flight(fetch, policy, key, stale).await;
+                    l.finish(Arc::new(fill));
+                });
+                (w, true)
+            }
+        };
+        let wait = self.inner.config.timeouts.total + Duration::from_secs(1);
+        let fill = match tokio::time::timeout(wait, waiter.wait()).await {
+            Ok(Some(f)) => f,
+            Ok(None) => return problem(&GatewayError::FetchLost),
+            Err(_) => return problem(&GatewayError::UpstreamTimeout("total")),
+        };
+        self.answer_fill(&fill, parts, remote, leader, head).await
+    }
+
+    async fn answer_fill(
+        &self,
+        fill: &Fill,
+        parts: Parts,
+        remote: SocketAddr,
+        leader: bool,
+        head: bool,
+    ) -> Response<Body> {
+        let now = self.inner.clock.now_ms();
+        let none = MissDetail::default();
+        match fill {
+            Fill::Hit { entry, tier } => {
+                let outcome = match tier {
+                    Tier::Local => CacheOutcome::HitLocal,
+                    Tier::Shared => CacheOutcome::HitShared,
+                };
+                entry_response(entry, outcome, none, None, head, now)
+            }
+            Fill::Fetched {
+                entry,
+                stored,
+                no_store,
+            } => {
+                let shareable = no_store.is_none_or(|r| r.shareable());
+                if !leader && !shareable {
+                    let req = Request::from_parts(parts, Either::Right(Empty::new()));
+                    return self.forward_marked(req, remote, BypassReason::NotShareable).await;
+                }
+                let detail = MissDetail {
+                    stored: *stored,
+                    collapsed: !leader,
+                    no_store: *no_store,
+                };
+                let status = Some(entry.status.as_u16());
+                entry_response(entry, CacheOutcome::Miss, detail, status, head, now)
+            }
+            Fill::Stale { entry, fwd_status } => {
+                entry_response(entry, CacheOutcome::Stale, none, *fwd_status, head, now)
+            }
+            Fill::TooLarge => {
+                let req = Request::from_parts(parts, Either::Right(Empty::new()));
+                self.forward_marked(req, remote, BypassReason::TooLarge).await
+            }
+            Fill::Failed(e) => problem(e),
+        }
+    }
+
+    /// The GET sent to the MES for a fill: the leader's headers minus validators, the
+    /// normalized path and query of the key.
+    fn fill_request(
+        &self,
+        parts: &Parts,
+        remote: SocketAddr,
+        policy: &CachePolicy,
+        key: &CacheKey,
+    ) -> Result<Request<UpstreamBody>, GatewayError> {
+        let mut headers = parts.headers.clone();
+        forward::fill_headers(&mut headers, &policy.vary);
+        let host = original_host(parts);
+        let upstream = &self.inner.upstream;
+        forward::request_headers(&mut headers, remote.ip(), parts.version, host, upstream.authority());
+        let mut req = Request::new(Either::Right(Empty::new()));
+        *req.uri_mut() = upstream.uri(&key.upstream_path)?;
+        *req.headers_mut() = headers;
+        Ok(req)
+    }
+
+    /// One flight: re-check L1, ask L2, fetch from the MES, store.
+    async fn run_flight(
+        &self,
+        fetch: Result<Request<UpstreamBody>, GatewayError>,
+        policy: Arc<CachePolicy>,
+        key: CacheKey,
+        mut stale: Option<Arc<Entry>>,
+    ) -> Fill {
+        let now = self.inner.clock.now_ms();
+        if let Some(l) = self.local_lookup(&policy, &key).await.filter(|l| l.is_fresh(now)) {
+            return Fill::Hit {
+                entry: l.entry,
+                tier: Tier::Local,
+            };
+        }
+        if let Some(e) = self.shared_lookup(&policy, &key).await {
+            if e.is_fresh(now) {
+                let entry = Arc::new(e);
+                self.store_local(&policy, &key, &entry, now).await;
+                return Fill::Hit {
+                    entry,
+                    tier: Tier::Shared,
+                };
+            }
+            if stale.as_ref().is_none_or(|s| s.stored_at_ms < e.stored_at_ms) {
+                stale = Some(Arc::new(e));
+            }
+        }
+        let stale = stale.filter(|s| s.within_stale(now, policy.stale_if_error.as_millis() as u64));
+        match fetch {
+            Ok(req) => self.fetch_and_store(req, &policy, &key, stale).await,
+            Err(e) => Fill::Failed(e),
+        }
+    }
+
+    async fn shared_lookup(&self, policy: &CachePolicy, key: &CacheKey) -> Option<Entry> {
+        let l2 = self.inner.l2.as_ref().filter(|_| !policy.ttl_l2.is_zero())?;
+        match l2.get(&key.key).await {
+            Ok(found) => found,
+            Err(e) => {
+                debug!(error = %e, kind = e.as_str(), tier = "shared", "lookup failed");
+                None
+            }
+        }
+    }
+
+    async fn fetch_and_store(
+        &self,
+        req: Request<UpstreamBody>,
+        policy: &CachePolicy,
+        key: &CacheKey,
+        stale: Option<Arc<Entry>>,
+    ) -> Fill {
+        let total = self.inner.config.timeouts.total;
+        let fetched = tokio::time::timeout(total, self.fetch(req, policy.max_body)).await;
+        let fetched = fetched.unwrap_or(Err(FetchError::Gateway(GatewayError::UpstreamTimeout("total"))));
+        let (parts, body) = match fetched {
+            Ok(ok) => ok,
+            Err(FetchError::TooLarge) => return Fill::TooLarge,
+            Err(FetchError::Gateway(e)) => {
+                warn!(error = %e, key = %key.key, "fill failed");
+                return match stale {
+                    Some(entry) => Fill::Stale { entry, fwd_status: None },
+                    None => Fill::Failed(e),
+                };
+            }
+        };
+        if parts.status.is_server_error() && let Some(entry) = stale {
+            return Fill::Stale {
+                entry,
+                fwd_status: Some(parts.status.as_u16()),
+            };
+        }
+        self.store(parts, body, policy, key).await
+    }
+
+    async fn fetch(
+        &self,
+        req: Request<UpstreamBody>,
+        max_body: usize,
+    ) -> Result<(http::response::Parts, Bytes), FetchError> {
+        let resp = self.inner.upstream.send(req).await.map_err(FetchError::Gateway)?;
+        let (parts, body) = resp.into_parts();
+        match Limited::new(body, max_body).collect().await {
+            Ok(collected) => Ok((parts, collected.to_bytes())),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(FetchError::TooLarge),
+            Err(e) => Err(FetchError::Gateway(GatewayError::UpstreamProtocol(error_chain(&*e)))),
+        }
+    }
+
+    /// Decides cacheability, stores in L1 then (detached) L2, and reports the fill.
+    async fn store(
+        &self,
+        mut parts: http::response::Parts,
+        body: Bytes,
+        policy: &CachePolicy,
+        key: &CacheKey,
+    ) -> Fill {
+        let no_store = no_store_reason(policy, parts.status, &parts.headers);
+        forward::strip_hop_by_hop(&mut parts.headers);
+        parts.headers.remove(header::CONTENT_LENGTH);
+        parts.headers.remove(header::AGE);
+        let now = self.inner.clock.now_ms();
+        let entry = Arc::new(Entry {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+            stored_at_ms: now,
+            ttl_ms: policy.ttl_l2.as_millis() as u64,
+        });
+        if no_store.is_none() {
+            self.store_local(policy, key, &entry, now).await;
+            self.store_shared(policy, key, &entry);
+        }
+        Fill::Fetched {
+            entry,
+            stored: no_store.is_none(),
+            no_store,
+        }
+    }
+
+    async fn store_local(&self, policy: &CachePolicy, key: &CacheKey, entry: &Arc<Entry>, now: u64) {
+        if policy.ttl_l1.is_zero() {
+            return;
+        }
+        let own_limit = now + policy.ttl_l1.as_millis() as u64;
+        let origin_limit = entry.stored_at_ms.saturating_add(entry.ttl_ms);
+        let fresh_until_ms = if policy.ttl_l2.is_zero() {
+            own_limit
+        } else {
+            own_limit.min(origin_limit.max(now + 1))
+        };
+        let keep_for = Duration::from_millis(fresh_until_ms - now) + policy.stale_if_error;
+        let value = L1Entry {
+            entry: entry.clone(),
+            fresh_until_ms,
+            keep_for,
+        };
+        self.inner.l1.insert(key.key.clone(), value).await;
+    }
+
+    fn store_shared(&self, policy: &CachePolicy, key: &CacheKey, entry: &Arc<Entry>) {
+        let Some(l2) = self.inner.l2.clone().filter(|_| !policy.ttl_l2.is_zero()) else {
+            return;
+        };
+        let keep = policy.ttl_l2 + policy.stale_if_error;
+        let (key, entry) = (key.key.clone(), entry.clone());
+        tokio::spawn(async move {
+            if let Err(e) = l2.set(&key, &entry, keep).await {
+                debug!(error = %e, kind = e.as_str(), tier = "shared", "store failed");
+            }
+        });
+    }
+
+    // ---------------------------------------------------------------------------------
+    // Pass-through.
+    // ---------------------------------------------------------------------------------
+
+    async fn bypass(&self, req: Request<Incoming>, remote: SocketAddr, reason: BypassReason) -> Response<Body> {
+        let (parts, body) = req.into_parts();
+        let req = Request::from_parts(parts, Either::Left(body));
+        self.forward_marked(req, remote, reason).await
+    }
+
+    /// Forwards a request on a cached route and marks the answer as a bypass.
+    async fn forward_marked(
+        &self,
+        req: Request<UpstreamBody>,
+        remote: SocketAddr,
+        reason: BypassReason,
+    ) -> Response<Body> {
+        let outcome = CacheOutcome::Bypass(reason);
+        let mut resp = self.pass_body(req, remote).await;
+        let cs = cache_status(outcome, MissDetail::default(), None);
+        let h = resp.headers_mut();
+        if let Ok(v) = HeaderValue::from_str(&cs) {
+            h.insert("cache-status", v);
+        }
+        h.insert("x-cache", HeaderValue::from_static(outcome.x_cache()));
+        resp
+    }
+
+    async fn pass(&self, req: Request<Incoming>, remote: SocketAddr) -> Response<Body> {
+        let (parts, body) = req.into_parts();
+        self.pass_body(Request::from_parts(parts, Either::Left(body)), remote)
+            .await
+    }
+
+    /// Forwards a request untouched but for hop-by-hop headers, streaming both bodies.
+    async fn pass_body(&self, req: Request<UpstreamBody>, remote: SocketAddr) -> Response<Body> {
+        match self.forward(req, remote).await {
+            Ok(resp) => resp.map(Either::Right),
+            Err(e) => {
+                warn!(error = %e, kind = e.as_str(), "forward failed");
+                problem(&e)
+            }
+        }
+    }
+
+    async fn forward(
+        &self,
+        req: Request<UpstreamBody>,
+        remote: SocketAddr,
+    ) -> Result<Response<Incoming>, GatewayError> {
+        let (mut parts, body) = req.into_parts();
+        let upstream = &self.inner.upstream;
+        let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let uri = upstream.uri(target)?;
+        let host = original_host(&parts);
+        let version = parts.version;
+        forward::request_headers(&mut parts.headers, remote.ip(), version, host, upstream.authority());
+        parts.uri = uri;
+        parts.version = http::Version::HTTP_11;
+        let mut resp = upstream.send(Request::from_parts(parts, body)).await?;
+        forward::response_headers(resp.headers_mut(), version);
+        Ok(resp)
+    }
+}
+
+/// Why a fill's fetch gave no storable bytes.
+enum FetchError {
+    TooLarge,
+    Gateway(GatewayError),
+}
+
+fn is_read(m: &Method) -> bool {
+    *m == Method::GET || *m == Method::HEAD
+}
+
+fn original_host(parts: &Parts) -> Option<HeaderValue> {
+    parts.headers.get(header::HOST).cloned().or_else(|| {
+        parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    })
+}
+
+/// The security defaults of DESIGN.md, first failing rule wins.
+pub fn no_store_reason(policy: &CachePolicy, status: StatusCode, headers: &HeaderMap) -> Option<NoStoreReason> {
+    if !policy.statuses.contains(&status) {
+        return Some(NoStoreReason::Status);
+    }
+    if headers.contains_key(header::SET_COOKIE) {
+        return Some(NoStoreReason::SetCookie);
+    }
+    let directives = headers
+        .get_all(header::CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|d| d.trim().split('=').next().unwrap_or("").to_ascii_lowercase());
+    for d in directives {
+        if matches!(d.as_str(), "private" | "no-store" | "no-cache") {
+            return Some(NoStoreReason::CacheControl);
+        }
+    }
+    vary_reason(policy, headers)
+}
+
+fn vary_reason(policy: &CachePolicy, headers: &HeaderMap) -> Option<NoStoreReason> {
+    let names = headers
+        .get_all(header::VARY)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|n| n.trim().to_ascii_lowercase())
+        .filter(|n| !n.is_empty());
+    for n in names {
+        if n == "*" {
+            return Some(NoStoreReason::VaryStar);
+        }
+        if !policy.vary.iter().any(|v| v.as_str() == n) {
+            return Some(NoStoreReason::VaryMismatch);
+        }
+    }
+    None
+}
+
+fn problem(e: &GatewayError) -> Response<Body> {
+    e.to_response().map(Either::Left)
+}
+
+/// A response replayed from an entry, with `Age`, `Cache-Status`, `X-Cache` and `Via`.
+fn entry_response(
+    entry: &Entry,
+    outcome: CacheOutcome,
+    miss: MissDetail,
+    fwd_status: Option<u16>,
+    head: bool,
+    now_ms: u64,
+) -> Response<Body> {
+    let body = if head { Bytes::new() } else { entry.body.clone() };
+    let mut resp = Response::new(Either::Left(Full::new(body)));
+    *resp.status_mut() = entry.status;
+    let mut headers = entry.headers.clone();
+    if head {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(entry.body.len()));
+    }
+    if outcome != CacheOutcome::Miss {
+        headers.insert(header::AGE, HeaderValue::from(entry.age_secs(now_ms)));
+    }
+    if let Ok(v) = HeaderValue::from_str(&cache_status(outcome, miss, fwd_status)) {
+        headers.insert("cache-status", v);
+    }
+    headers.insert("x-cache", HeaderValue::from_static(outcome.x_cache()));
+    headers.append(header::VIA, forward::via(http::Version::HTTP_11));
+    *resp.headers_mut() = headers;
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(extra: &str) -> CachePolicy {
+        let text = format!(
+            "upstream = \"http://127.0.0.1:9\"\n[[route]]\nname = \"l\"\npath = \"/o\"\n[route.cache]\n{extra}"
+        );
+        let c: Config = text.parse().unwrap();
+        (*c.routes.routes()[0].cache.clone().unwrap()).clone()
+    }
+
+    fn h(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        for (k, v) in pairs {
+            m.append(*k, HeaderValue::from_static(v));
+        }
+        m
+    }
+
+    #[test]
+    fn security_defaults_one_rule_each() {
+        let p = policy("");
+        let ok = StatusCode::OK;
+        assert_eq!(no_store_reason(&p, ok, &h(&[])), None);
+        assert_eq!(no_store_reason(&p, StatusCode::NOT_FOUND, &h(&[])), Some(NoStoreReason::Status));
+        assert_eq!(no_store_reason(&p, ok, &h(&[("set-cookie", "a=1")])), Some(NoStoreReason::SetCookie));
+        for cc in ["private", "no-store", "max-age=5, No-Cache"] {
+            assert_eq!(
+                no_store_reason(&p, ok, &h(&[("cache-control", cc)])),
+                Some(NoStoreReason::CacheControl),
+                "{cc}"
+            );
+        }
+        assert_eq!(no_store_reason(&p, ok, &h(&[("cache-control", "max-age=60")])), None);
+        assert_eq!(no_store_reason(&p, ok, &h(&[("vary", "*")])), Some(NoStoreReason::VaryStar));
+        assert_eq!(
+            no_store_reason(&p, ok, &h(&[("vary", "Accept-Language")])),
+            Some(NoStoreReason::VaryMismatch)
+        );
+        let varied = policy("vary = [\"accept-language\"]");
+        assert_eq!(no_store_reason(&varied, ok, &h(&[("vary", "Accept-Language")])), None);
+    }
+
+    #[test]
+    fn head_replay_keeps_length_without_body() {
+        let entry = Entry {
+            status: StatusCode::OK,
+            headers: HeaderMap::new(),
+            body: Bytes::from_static(b"12345"),
+            stored_at_ms: 1_000,
+            ttl_ms: 10_000,
+        };
+        let r = entry_response(&entry, CacheOutcome::HitLocal, MissDetail::default(), None, true, 4_000);
+        assert_eq!(r.headers()[header::CONTENT_LENGTH], "5");
+        assert_eq!(r.headers()[header::AGE], "3");
+        assert_eq!(r.headers()["x-cache"], "HIT-L1");
+    }
+}

@@ -1,0 +1,87 @@
+//! The pooled HTTP/1.1 client to the MES and its connect and response-header timeouts.
+//!
+//! It sends what it is given; header surgery is [`crate::forward`]'s, caching is not its business.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, Uri};
+use http_body_util::{Either, Empty};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::config::{Timeouts, UpstreamTarget};
+use crate::error::GatewayError;
+
+/// Body of a request to the MES: a client's streamed body, or nothing (cache fills).
+pub type UpstreamBody = Either<Incoming, Empty<Bytes>>;
+
+/// The client to the MES. Cheap to clone (the pool is shared).
+#[derive(Clone)]
+pub struct Upstream {
+    client: Client<HttpConnector, UpstreamBody>,
+    target: UpstreamTarget,
+    response_header: Duration,
+}
+
+impl Upstream {
+    /// A pooled keep-alive client; connect timeout on the connector, idle pooled
+    /// connections closed after `pool_idle`.
+    pub fn new(target: UpstreamTarget, t: &Timeouts) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(t.connect));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(t.pool_idle)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .build(connector);
+        Self {
+            client,
+            target,
+            response_header: t.response_header,
+        }
+    }
+
+    /// The MES URI for a path and query as the client sent them.
+    pub fn uri(&self, path_and_query: &str) -> Result<Uri, GatewayError> {
+        Uri::builder()
+            .scheme(self.target.scheme.clone())
+            .authority(self.target.authority.clone())
+            .path_and_query(path_and_query)
+            .build()
+            .map_err(|e| GatewayError::BadTarget(e.to_string()))
+    }
+
+    /// The MES's `host:port`, for the `Host` header.
+    pub fn authority(&self) -> &str {
+        self.target.authority.as_str()
+    }
+
+    /// Sends a request and waits for the response headers, within `timeouts.response_header`.
+    pub async fn send(
+        &self,
+        req: Request<UpstreamBody>,
+    ) -> Result<Response<Incoming>, GatewayError> {
+        match tokio::time::timeout(self.response_header, self.client.request(req)).await {
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(e)) if e.is_connect() => Err(GatewayError::UpstreamConnect(error_chain(&e))),
+            Ok(Err(e)) => Err(GatewayError::UpstreamProtocol(error_chain(&e))),
+            Err(_) => Err(GatewayError::UpstreamTimeout("response_header")),
+        }
+    }
+}
+
+/// The error and its sources on one line: hyper's top-level messages alone say little.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
