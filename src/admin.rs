@@ -37,7 +37,10 @@ pub async fn run(
         });
         tokio::spawn(async move {
             let builder = auto::Builder::new(TokioExecutor::new());
-            if let Err(e) = builder.serve_connection(TokioIo::new(stream), service).await {
+            if let Err(e) = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
                 debug!(error = %e, "admin connection ended with an error");
             }
         });
@@ -48,7 +51,10 @@ fn route(gateway: &Gateway, req: Request<Incoming>) -> Response<Full<Bytes>> {
     match req.uri().path() {
         "/healthz" => json(StatusCode::OK, serde_json::json!({"status": "ok"})),
         "/readyz" => readiness(gateway),
-        _ => json(StatusCode::NOT_FOUND, serde_json::json!({"error": "not found"})),
+        _ => json(
+            StatusCode::NOT_FOUND,
+            serde_json::json!({"error": "not found"}),
+        ),
     }
 }
 
@@ -60,7 +66,11 @@ fn readiness(gateway: &Gateway) -> Response<Full<Bytes>> {
         Some(l2) if l2.breaker_state() == BreakerState::Closed => "ok",
         Some(_) => "degraded",
     };
-    let status = if redis == "degraded" { "degraded" } else { "ready" };
+    let status = if redis == "degraded" {
+        "degraded"
+    } else {
+        "ready"
+    };
     json(
         StatusCode::OK,
         serde_json::json!({"status": status, "redis": redis}),

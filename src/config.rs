@@ -635,8 +635,12 @@ fn first_line(message: &str) -> String {
 
 /// Parses a humantime duration, naming the field on error.
 pub fn parse_duration(path: &str, value: &str) -> Result<Duration, ConfigError> {
-    humantime::parse_duration(value.trim())
-        .map_err(|e| invalid(path, format!("bad duration {value:?}: {e} (try \"250ms\", \"5s\")")))
+    humantime::parse_duration(value.trim()).map_err(|e| {
+        invalid(
+            path,
+            format!("bad duration {value:?}: {e} (try \"250ms\", \"5s\")"),
+        )
+    })
 }
 
 /// Parses a byte size, naming the field on error.
@@ -657,7 +661,12 @@ pub fn parse_size(path: &str, value: &RawSize) -> Result<u64, ConfigError> {
         "MiB" => 1 << 20,
         "GB" => 1_000_000_000,
         "GiB" => 1 << 30,
-        _ => return Err(invalid(path, format!("bad size {text:?}: unknown unit (try \"1MiB\")"))),
+        _ => {
+            return Err(invalid(
+                path,
+                format!("bad size {text:?}: unknown unit (try \"1MiB\")"),
+            ));
+        }
     };
     num.parse::<u64>()
         .ok()
@@ -666,9 +675,12 @@ pub fn parse_size(path: &str, value: &RawSize) -> Result<u64, ConfigError> {
 }
 
 fn parse_addr(path: &str, value: &str) -> Result<SocketAddr, ConfigError> {
-    value
-        .parse()
-        .map_err(|_| invalid(path, format!("bad address {value:?} (want host-ip:port, e.g. 127.0.0.1:8080)")))
+    value.parse().map_err(|_| {
+        invalid(
+            path,
+            format!("bad address {value:?} (want host-ip:port, e.g. 127.0.0.1:8080)"),
+        )
+    })
 }
 
 impl RawConfig {
@@ -707,7 +719,9 @@ fn parse_upstream(value: &str) -> Result<UpstreamTarget, ConfigError> {
     if scheme.as_ref() != Some(&http::uri::Scheme::HTTP) {
         return Err(invalid(
             "upstream",
-            format!("{value:?}: only http:// upstreams are supported (TLS to the MES is not built yet)"),
+            format!(
+                "{value:?}: only http:// upstreams are supported (TLS to the MES is not built yet)"
+            ),
         ));
     }
     let Some(authority) = uri.authority().cloned() else {
@@ -716,7 +730,9 @@ fn parse_upstream(value: &str) -> Result<UpstreamTarget, ConfigError> {
     if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
         return Err(invalid(
             "upstream",
-            format!("{value:?}: must be scheme://host:port only; paths are forwarded as the client sent them"),
+            format!(
+                "{value:?}: must be scheme://host:port only; paths are forwarded as the client sent them"
+            ),
         ));
     }
     Ok(UpstreamTarget {
@@ -730,7 +746,10 @@ impl RawRedis {
         redis::Client::open(self.url.as_str())
             .map_err(|e| invalid("redis.url", format!("bad Redis URL {:?}: {e}", self.url)))?;
         if self.prefix.is_empty() || self.prefix.contains(['{', '}', ' ']) {
-            return Err(invalid("redis.prefix", "must be non-empty, without spaces or braces"));
+            return Err(invalid(
+                "redis.prefix",
+                "must be non-empty, without spaces or braces",
+            ));
         }
         if self.breaker_failures == 0 {
             return Err(invalid("redis.breaker_failures", "must be at least 1"));
@@ -769,7 +788,10 @@ impl RawTimeouts {
         if t.total < t.response_header {
             return Err(invalid(
                 "timeouts.total",
-                format!("{:?} is shorter than timeouts.response_header ({:?})", t.total, t.response_header),
+                format!(
+                    "{:?} is shorter than timeouts.response_header ({:?})",
+                    t.total, t.response_header
+                ),
             ));
         }
         Ok(t)
@@ -780,7 +802,10 @@ impl RawLimits {
     fn validate(self) -> Result<Limits, ConfigError> {
         let bytes = parse_size("limits.max_header_bytes", &self.max_header_bytes)?;
         if !(8192..=1 << 20).contains(&bytes) {
-            return Err(invalid("limits.max_header_bytes", "must be between 8KiB and 1MiB"));
+            return Err(invalid(
+                "limits.max_header_bytes",
+                "must be between 8KiB and 1MiB",
+            ));
         }
         if self.max_headers == 0 {
             return Err(invalid("limits.max_headers", "must be at least 1"));
@@ -812,10 +837,18 @@ fn check_clashes(at: &str, route: &Route, earlier: &[Route]) -> Result<(), Confi
             ));
         }
         let same_path = other.path.as_str() == route.path.as_str();
-        if let Some(m) = route.methods.iter().find(|m| same_path && other.methods.contains(m)) {
+        if let Some(m) = route
+            .methods
+            .iter()
+            .find(|m| same_path && other.methods.contains(m))
+        {
             return Err(invalid(
                 format!("{at}.path"),
-                format!("{m} {} is already handled by route[{j}] ({})", route.path.as_str(), other.name),
+                format!(
+                    "{m} {} is already handled by route[{j}] ({})",
+                    route.path.as_str(),
+                    other.name
+                ),
             ));
         }
     }
@@ -835,7 +868,10 @@ impl RawRoute {
         if !valid_name {
             return Err(invalid(
                 format!("{at}.name"),
-                format!("{:?}: use lowercase letters, digits, '-' and '_'", self.name),
+                format!(
+                    "{:?}: use lowercase letters, digits, '-' and '_'",
+                    self.name
+                ),
             ));
         }
         let path = PathTemplate::parse(&self.path)
@@ -846,7 +882,9 @@ impl RawRoute {
                 if let Some(m) = methods.iter().find(|m| !READ_METHODS.contains(m)) {
                     return Err(invalid(
                         format!("{at}.methods"),
-                        format!("a cached route serves only GET and HEAD; give {m} a route of its own"),
+                        format!(
+                            "a cached route serves only GET and HEAD; give {m} a route of its own"
+                        ),
                     ));
                 }
                 Some(Arc::new(c.validate(&format!("{at}.cache"))?))
@@ -864,7 +902,10 @@ impl RawRoute {
 
 fn validate_methods(at: &str, raw: &[String]) -> Result<Vec<Method>, ConfigError> {
     if raw.is_empty() {
-        return Err(invalid(format!("{at}.methods"), "must list at least one method"));
+        return Err(invalid(
+            format!("{at}.methods"),
+            "must list at least one method",
+        ));
     }
     let mut out: Vec<Method> = Vec::new();
     for (k, m) in raw.iter().enumerate() {
@@ -895,7 +936,10 @@ impl RawCache {
         }
         let max_body = parse_size(&format!("{at}.max_body"), &self.max_body)?;
         if max_body == 0 || max_body > 64 << 20 {
-            return Err(invalid(format!("{at}.max_body"), "must be between 1 byte and 64MiB"));
+            return Err(invalid(
+                format!("{at}.max_body"),
+                "must be between 1 byte and 64MiB",
+            ));
         }
         let vary = validate_vary(at, &self.vary, self.credentials)?;
         Ok(CachePolicy {
@@ -922,10 +966,16 @@ fn validate_query(at: &str, raw: &[String]) -> Result<Vec<QueryParam>, ConfigErr
             None => (item.trim(), None),
         };
         if name.is_empty() || name.contains(['&', '#', ' ']) {
-            return Err(invalid(&path, format!("{item:?}: want \"name\" or \"name=default\"")));
+            return Err(invalid(
+                &path,
+                format!("{item:?}: want \"name\" or \"name=default\""),
+            ));
         }
         if !seen.insert(name.to_owned()) {
-            return Err(invalid(&path, format!("parameter {name:?} is listed twice")));
+            return Err(invalid(
+                &path,
+                format!("parameter {name:?} is listed twice"),
+            ));
         }
         out.push(QueryParam {
             name: name.to_owned(),
@@ -949,9 +999,14 @@ fn validate_vary(
         if name == http::header::AUTHORIZATION || name == http::header::COOKIE {
             let hint = match credentials {
                 CredentialPolicy::Bypass => "set credentials = \"per_credential\" instead",
-                CredentialPolicy::PerCredential => "credentials = \"per_credential\" already keys on it",
+                CredentialPolicy::PerCredential => {
+                    "credentials = \"per_credential\" already keys on it"
+                }
             };
-            return Err(invalid(&path, format!("{name} cannot be a vary header: {hint}")));
+            return Err(invalid(
+                &path,
+                format!("{name} cannot be a vary header: {hint}"),
+            ));
         }
         if out.contains(&name) {
             return Err(invalid(&path, format!("{name} is listed twice")));
@@ -964,7 +1019,10 @@ fn validate_vary(
 
 fn validate_statuses(at: &str, raw: &[u16]) -> Result<Vec<StatusCode>, ConfigError> {
     if raw.is_empty() {
-        return Err(invalid(format!("{at}.statuses"), "must list at least one status"));
+        return Err(invalid(
+            format!("{at}.statuses"),
+            "must list at least one status",
+        ));
     }
     raw.iter()
         .enumerate()
@@ -975,7 +1033,8 @@ fn validate_statuses(at: &str, raw: &[u16]) -> Result<Vec<StatusCode>, ConfigErr
                     format!("{s} is not cacheable (allowed: {STORABLE_STATUSES:?})"),
                 ));
             }
-            StatusCode::from_u16(s).map_err(|_| invalid(format!("{at}.statuses[{k}]"), "bad status"))
+            StatusCode::from_u16(s)
+                .map_err(|_| invalid(format!("{at}.statuses[{k}]"), "bad status"))
         })
         .collect()
 }
@@ -1039,12 +1098,30 @@ query = ["status", "page=1", "size=50"]
     #[test]
     fn contradictions_are_rejected() {
         let cases = [
-            (MINIMAL.replace("path =", "methods = [\"GET\", \"POST\"]\npath ="), "route[0].methods"),
-            (format!("{MINIMAL}ttl_l1 = \"0s\"\nttl_l2 = \"0s\"\n"), "route[0].cache.ttl_l1"),
-            (format!("{MINIMAL}vary = [\"Authorization\"]\n"), "route[0].cache.vary[0]"),
-            (format!("{MINIMAL}statuses = [500]\n"), "route[0].cache.statuses[0]"),
-            (MINIMAL.replace("\"size=50\"", "\"size=50\", \"page\""), "route[0].cache.query[3]"),
-            (format!("{MINIMAL}[timeouts]\ntotal = \"1s\"\n"), "timeouts.total"),
+            (
+                MINIMAL.replace("path =", "methods = [\"GET\", \"POST\"]\npath ="),
+                "route[0].methods",
+            ),
+            (
+                format!("{MINIMAL}ttl_l1 = \"0s\"\nttl_l2 = \"0s\"\n"),
+                "route[0].cache.ttl_l1",
+            ),
+            (
+                format!("{MINIMAL}vary = [\"Authorization\"]\n"),
+                "route[0].cache.vary[0]",
+            ),
+            (
+                format!("{MINIMAL}statuses = [500]\n"),
+                "route[0].cache.statuses[0]",
+            ),
+            (
+                MINIMAL.replace("\"size=50\"", "\"size=50\", \"page\""),
+                "route[0].cache.query[3]",
+            ),
+            (
+                format!("{MINIMAL}[timeouts]\ntotal = \"1s\"\n"),
+                "timeouts.total",
+            ),
         ];
         for (text, path) in cases {
             let e = err(&text);
@@ -1062,11 +1139,19 @@ query = ["status", "page=1", "size=50"]
 
     #[test]
     fn bad_upstream_and_addresses() {
-        assert!(err(&MINIMAL.replace("http://127.0.0.1:9090", "https://mes")).starts_with("upstream"));
-        assert!(err(&MINIMAL.replace("http://127.0.0.1:9090", "http://mes/api")).starts_with("upstream"));
+        assert!(
+            err(&MINIMAL.replace("http://127.0.0.1:9090", "https://mes")).starts_with("upstream")
+        );
+        assert!(
+            err(&MINIMAL.replace("http://127.0.0.1:9090", "http://mes/api"))
+                .starts_with("upstream")
+        );
         assert!(err(&format!("listen = \"nope\"\n{MINIMAL}")).starts_with("listen: bad address"));
         let e = err(&format!("{MINIMAL}[redis]\nurl = \"ftp://x\"\n"));
-        assert!(e.starts_with("route[0].cache.redis") || e.starts_with("redis.url"), "{e}");
+        assert!(
+            e.starts_with("route[0].cache.redis") || e.starts_with("redis.url"),
+            "{e}"
+        );
     }
 
     #[test]

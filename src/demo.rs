@@ -67,7 +67,10 @@ pub async fn redis_reachable(url: &str) -> bool {
         let mut conn = client.get_multiplexed_async_connection().await?;
         redis::cmd("PING").query_async::<String>(&mut conn).await
     };
-    matches!(tokio::time::timeout(Duration::from_millis(500), ping).await, Ok(Ok(_)))
+    matches!(
+        tokio::time::timeout(Duration::from_millis(500), ping).await,
+        Ok(Ok(_))
+    )
 }
 
 fn demo_config_text(path: &PathBuf) -> Result<String, ConfigError> {
@@ -110,7 +113,11 @@ pub async fn run(opts: DemoOptions, shutdown: impl Future<Output = ()>) -> Resul
     let gateway = Gateway::new(config)?;
     print_banner(listener.local_addr()?, &sim.base_url(), admin.as_ref());
     if let Some(admin) = admin {
-        tokio::spawn(crate::admin::run(admin, gateway.clone(), std::future::pending()));
+        tokio::spawn(crate::admin::run(
+            admin,
+            gateway.clone(),
+            std::future::pending(),
+        ));
     }
     crate::server::run(listener, gateway, shutdown).await?;
     sim.shutdown().await;

@@ -30,11 +30,6 @@ impl Entry {
         now_ms < self.stored_at_ms.saturating_add(self.ttl_ms)
     }
 
-    /// Whether the entry may still be served stale at `now_ms`, given a stale window.
-    pub fn within_stale(&self, now_ms: u64, stale_ms: u64) -> bool {
-        now_ms < self.stored_at_ms.saturating_add(self.ttl_ms).saturating_add(stale_ms)
-    }
-
     /// Age in whole seconds at `now_ms` (RFC 9111 `Age`).
     pub fn age_secs(&self, now_ms: u64) -> u64 {
         now_ms.saturating_sub(self.stored_at_ms) / 1000
@@ -182,8 +177,6 @@ mod tests {
         let e = sample();
         assert!(e.is_fresh(e.stored_at_ms + 4_999));
         assert!(!e.is_fresh(e.stored_at_ms + 5_000));
-        assert!(e.within_stale(e.stored_at_ms + 6_000, 2_000));
-        assert!(!e.within_stale(e.stored_at_ms + 7_000, 2_000));
         assert_eq!(e.age_secs(e.stored_at_ms + 2_999), 2);
     }
 }

@@ -100,9 +100,21 @@ mod tests {
     #[tokio::test]
     async fn every_variant_maps_to_one_status_and_a_problem_body() {
         let rows = [
-            (GatewayError::UpstreamConnect("refused".into()), 502, Fault::Upstream),
-            (GatewayError::UpstreamTimeout("response_header"), 504, Fault::Upstream),
-            (GatewayError::UpstreamProtocol("reset".into()), 502, Fault::Upstream),
+            (
+                GatewayError::UpstreamConnect("refused".into()),
+                502,
+                Fault::Upstream,
+            ),
+            (
+                GatewayError::UpstreamTimeout("response_header"),
+                504,
+                Fault::Upstream,
+            ),
+            (
+                GatewayError::UpstreamProtocol("reset".into()),
+                502,
+                Fault::Upstream,
+            ),
             (GatewayError::BadTarget("x".into()), 400, Fault::Client),
             (GatewayError::FetchLost, 502, Fault::Internal),
         ];
@@ -110,11 +122,17 @@ mod tests {
             assert_eq!(err.fault(), fault);
             let resp = err.to_response();
             assert_eq!(resp.status().as_u16(), status);
-            assert_eq!(resp.headers()[header::CONTENT_TYPE], "application/problem+json");
+            assert_eq!(
+                resp.headers()[header::CONTENT_TYPE],
+                "application/problem+json"
+            );
             let body = resp.into_body().collect().await.unwrap().to_bytes();
             let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
             assert_eq!(json["status"], status);
-            assert_eq!(json["type"], format!("urn:mesgate:problem:{}", err.as_str()));
+            assert_eq!(
+                json["type"],
+                format!("urn:mesgate:problem:{}", err.as_str())
+            );
         }
     }
 }

@@ -7,7 +7,14 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
 
-type Slot<T> = watch::Receiver<Option<T>>;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// A flight as the map holds it: where its result appears, and how many wait on it.
+#[derive(Debug)]
+struct Slot<T> {
+    rx: watch::Receiver<Option<T>>,
+    waiting: Arc<AtomicUsize>,
+}
 
 /// The in-flight fetches of one instance, by key.
 ///
@@ -64,6 +71,7 @@ pub enum Role<T> {
 pub struct Leader<T> {
     key: Arc<str>,
     tx: watch::Sender<Option<T>>,
+    waiting: Arc<AtomicUsize>,
     flights: Flights<T>,
     done: bool,
 }
@@ -71,21 +79,30 @@ pub struct Leader<T> {
 /// A handle to wait on someone else's fetch.
 #[derive(Debug)]
 pub struct Waiter<T> {
-    rx: Slot<T>,
+    rx: watch::Receiver<Option<T>>,
+    waiting: Arc<AtomicUsize>,
 }
 
 impl<T: Clone> Flights<T> {
     /// Joins the flight for `key`, or starts one.
     pub fn join(&self, key: &Arc<str>) -> Role<T> {
         let mut map = self.lock();
-        if let Some(rx) = map.get(key) {
-            return Role::Waiter(Waiter { rx: rx.clone() });
+        if let Some(slot) = map.get(key) {
+            return Role::Waiter(Waiter::new(slot.rx.clone(), slot.waiting.clone()));
         }
         let (tx, rx) = watch::channel(None);
-        map.insert(key.clone(), rx);
+        let waiting = Arc::new(AtomicUsize::new(0));
+        map.insert(
+            key.clone(),
+            Slot {
+                rx,
+                waiting: waiting.clone(),
+            },
+        );
         Role::Leader(Leader {
             key: key.clone(),
             tx,
+            waiting,
             flights: self.clone(),
             done: false,
         })
@@ -94,6 +111,15 @@ impl<T: Clone> Flights<T> {
     /// Number of flights under way (for metrics and tests).
     pub fn len(&self) -> usize {
         self.lock().len()
+    }
+
+    /// Requests waiting on flights right now, the leaders' own included (a gauge for
+    /// metrics, and the signal tests use to know a crowd has gathered).
+    pub fn waiting(&self) -> usize {
+        self.lock()
+            .values()
+            .map(|s| s.waiting.load(Ordering::SeqCst))
+            .sum()
     }
 
     /// Whether no flight is under way.
@@ -114,9 +140,7 @@ impl<T: Clone> Leader<T> {
     /// A waiter on this leader's own flight (so the leader can hand its work to a task
     /// and wait like everyone else).
     pub fn waiter(&self) -> Waiter<T> {
-        Waiter {
-            rx: self.tx.subscribe(),
-        }
+        Waiter::new(self.tx.subscribe(), self.waiting.clone())
     }
 
     /// Publishes the result and releases the key. The caller stores the result in the
@@ -134,6 +158,19 @@ impl<T> Drop for Leader<T> {
             let mut map = self.flights.map.lock().unwrap_or_else(|e| e.into_inner());
             map.remove(&self.key);
         }
+    }
+}
+
+impl<T> Waiter<T> {
+    fn new(rx: watch::Receiver<Option<T>>, waiting: Arc<AtomicUsize>) -> Self {
+        waiting.fetch_add(1, Ordering::SeqCst);
+        Self { rx, waiting }
+    }
+}
+
+impl<T> Drop for Waiter<T> {
+    fn drop(&mut self) {
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -164,6 +201,9 @@ mod tests {
                 Role::Leader(_) => panic!("second leader"),
             })
             .collect();
+        while f.waiting() < 100 {
+            tokio::task::yield_now().await;
+        }
         leader.finish(42);
         for w in waiters {
             assert_eq!(w.await.unwrap(), Some(42));

@@ -201,10 +201,16 @@ mod tests {
         assert_eq!(key(&policy(""), "", &a), Err(BypassReason::Credentials));
         let mut cookie = HeaderMap::new();
         cookie.insert(COOKIE, HeaderValue::from_static("s=1"));
-        assert_eq!(key(&policy(""), "", &cookie), Err(BypassReason::Credentials));
+        assert_eq!(
+            key(&policy(""), "", &cookie),
+            Err(BypassReason::Credentials)
+        );
         let p = policy("credentials = \"per_credential\"");
         let ka = key(&p, "", &a).unwrap();
         assert_ne!(ka.key, key(&p, "", &b).unwrap().key);
-        assert!(!ka.key.contains("Bearer"), "the raw credential never enters a key");
+        assert!(
+            !ka.key.contains("Bearer"),
+            "the raw credential never enters a key"
+        );
     }
 }

@@ -114,7 +114,9 @@ impl L2 {
 
     /// Round trip to Redis, for readiness reports.
     pub async fn ping(&self) -> Result<(), L2Error> {
-        self.run::<String>(redis::cmd("PING").to_owned()).await.map(drop)
+        self.run::<String>(redis::cmd("PING").to_owned())
+            .await
+            .map(drop)
     }
 
     /// Runs one command under the breaker and the op timeout.

@@ -139,7 +139,11 @@ async fn run(config: Config) -> anyhow::Result<()> {
     };
     let gateway = Gateway::new(config)?;
     if let Some(admin) = admin {
-        tokio::spawn(mesgate::admin::run(admin, gateway.clone(), std::future::pending()));
+        tokio::spawn(mesgate::admin::run(
+            admin,
+            gateway.clone(),
+            std::future::pending(),
+        ));
     }
     info!(addr = %listener.local_addr()?, "mesgate listening");
     mesgate::server::run(listener, gateway, shutdown_signal()).await?;

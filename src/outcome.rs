@@ -153,8 +153,14 @@ mod tests {
     #[test]
     fn headers_follow_rfc9211_shape() {
         let d = MissDetail::default();
-        assert_eq!(cache_status(CacheOutcome::HitLocal, d, None), "mesgate; hit; detail=l1");
-        assert_eq!(cache_status(CacheOutcome::HitShared, d, None), "mesgate; hit; detail=l2");
+        assert_eq!(
+            cache_status(CacheOutcome::HitLocal, d, None),
+            "mesgate; hit; detail=l1"
+        );
+        assert_eq!(
+            cache_status(CacheOutcome::HitShared, d, None),
+            "mesgate; hit; detail=l2"
+        );
         let stored = MissDetail {
             stored: true,
             collapsed: true,

@@ -119,6 +119,11 @@ impl Gateway {
         self.inner.l2.as_ref()
     }
 
+    /// Requests waiting on single-flight fetches right now, leaders included.
+    pub fn flights_waiting(&self) -> usize {
+        self.inner.flights.waiting()
+    }
+
     /// Handles one request from `remote`. Never fails: errors become problem responses.
     pub async fn handle(&self, req: Request<Incoming>, remote: SocketAddr) -> Response<Body> {
         let config = &self.inner.config;
@@ -138,7 +143,12 @@ impl Gateway {
     // Read path.
     // ---------------------------------------------------------------------------------
 
-    async fn read(&self, req: Request<Incoming>, remote: SocketAddr, route: &Route) -> Response<Body> {
+    async fn read(
+        &self,
+        req: Request<Incoming>,
+        remote: SocketAddr,
+        route: &Route,
+    ) -> Response<Body> {
         let Some(policy) = route.cache.clone() else {
             return self.pass(req, remote).await;
         };
@@ -157,10 +167,21 @@ impl Gateway {
         let now = self.inner.clock.now_ms();
         let local = self.local_lookup(&policy, &key).await;
         if let Some(l) = local.as_ref().filter(|l| l.is_fresh(now)) {
-            return entry_response(&l.entry, CacheOutcome::HitLocal, MissDetail::default(), None, head, now);
+            return entry_response(
+                &l.entry,
+                CacheOutcome::HitLocal,
+                MissDetail::default(),
+                None,
+                head,
+                now,
+            );
         }
         let (parts, _) = req.into_parts();
-        let stale = local.map(|l| l.entry);
+        let stale_ms = policy.stale_if_error.as_millis() as u64;
+        let stale = local.map(|l| Stale {
+            until_ms: l.fresh_until_ms.saturating_add(stale_ms),
+            entry: l.entry,
+        });
         self.miss(parts, remote, policy, key, stale).await
     }
 
@@ -178,7 +199,7 @@ impl Gateway {
         remote: SocketAddr,
         policy: Arc<CachePolicy>,
         key: CacheKey,
-        stale: Option<Arc<Entry>>,
+        stale: Option<Stale>,
     ) -> Response<Body> {
         let head = parts.method == Method::HEAD;
         let (waiter, leader) = match self.inner.flights.join(&key.key) {
@@ -230,7 +251,9 @@ impl Gateway {
                 let shareable = no_store.is_none_or(|r| r.shareable());
                 if !leader && !shareable {
                     let req = Request::from_parts(parts, Either::Right(Empty::new()));
-                    return self.forward_marked(req, remote, BypassReason::NotShareable).await;
+                    return self
+                        .forward_marked(req, remote, BypassReason::NotShareable)
+                        .await;
                 }
                 let detail = MissDetail {
                     stored: *stored,
@@ -245,7 +268,8 @@ impl Gateway {
             }
             Fill::TooLarge => {
                 let req = Request::from_parts(parts, Either::Right(Empty::new()));
-                self.forward_marked(req, remote, BypassReason::TooLarge).await
+                self.forward_marked(req, remote, BypassReason::TooLarge)
+                    .await
             }
             Fill::Failed(e) => problem(e),
         }
@@ -264,7 +288,13 @@ impl Gateway {
         forward::fill_headers(&mut headers, &policy.vary);
         let host = original_host(parts);
         let upstream = &self.inner.upstream;
-        forward::request_headers(&mut headers, remote.ip(), parts.version, host, upstream.authority());
+        forward::request_headers(
+            &mut headers,
+            remote.ip(),
+            parts.version,
+            host,
+            upstream.authority(),
+        );
         let mut req = Request::new(Either::Right(Empty::new()));
         *req.uri_mut() = upstream.uri(&key.upstream_path)?;
         *req.headers_mut() = headers;
@@ -277,10 +307,14 @@ impl Gateway {
         fetch: Result<Request<UpstreamBody>, GatewayError>,
         policy: Arc<CachePolicy>,
         key: CacheKey,
-        mut stale: Option<Arc<Entry>>,
+        mut stale: Option<Stale>,
     ) -> Fill {
         let now = self.inner.clock.now_ms();
-        if let Some(l) = self.local_lookup(&policy, &key).await.filter(|l| l.is_fresh(now)) {
+        if let Some(l) = self
+            .local_lookup(&policy, &key)
+            .await
+            .filter(|l| l.is_fresh(now))
+        {
             return Fill::Hit {
                 entry: l.entry,
                 tier: Tier::Local,
@@ -295,11 +329,21 @@ impl Gateway {
                     tier: Tier::Shared,
                 };
             }
-            if stale.as_ref().is_none_or(|s| s.stored_at_ms < e.stored_at_ms) {
-                stale = Some(Arc::new(e));
+            if stale
+                .as_ref()
+                .is_none_or(|s| s.entry.stored_at_ms < e.stored_at_ms)
+            {
+                let stale_ms = policy.stale_if_error.as_millis() as u64;
+                stale = Some(Stale {
+                    until_ms: e
+                        .stored_at_ms
+                        .saturating_add(e.ttl_ms)
+                        .saturating_add(stale_ms),
+                    entry: Arc::new(e),
+                });
             }
         }
-        let stale = stale.filter(|s| s.within_stale(now, policy.stale_if_error.as_millis() as u64));
+        let stale = stale.filter(|s| now < s.until_ms).map(|s| s.entry);
         match fetch {
             Ok(req) => self.fetch_and_store(req, &policy, &key, stale).await,
             Err(e) => Fill::Failed(e),
@@ -307,7 +351,11 @@ impl Gateway {
     }
 
     async fn shared_lookup(&self, policy: &CachePolicy, key: &CacheKey) -> Option<Entry> {
-        let l2 = self.inner.l2.as_ref().filter(|_| !policy.ttl_l2.is_zero())?;
+        let l2 = self
+            .inner
+            .l2
+            .as_ref()
+            .filter(|_| !policy.ttl_l2.is_zero())?;
         match l2.get(&key.key).await {
             Ok(found) => found,
             Err(e) => {
@@ -326,19 +374,26 @@ impl Gateway {
     ) -> Fill {
         let total = self.inner.config.timeouts.total;
         let fetched = tokio::time::timeout(total, self.fetch(req, policy.max_body)).await;
-        let fetched = fetched.unwrap_or(Err(FetchError::Gateway(GatewayError::UpstreamTimeout("total"))));
+        let fetched = fetched.unwrap_or(Err(FetchError::Gateway(GatewayError::UpstreamTimeout(
+            "total",
+        ))));
         let (parts, body) = match fetched {
             Ok(ok) => ok,
             Err(FetchError::TooLarge) => return Fill::TooLarge,
             Err(FetchError::Gateway(e)) => {
                 warn!(error = %e, key = %key.key, "fill failed");
                 return match stale {
-                    Some(entry) => Fill::Stale { entry, fwd_status: None },
+                    Some(entry) => Fill::Stale {
+                        entry,
+                        fwd_status: None,
+                    },
                     None => Fill::Failed(e),
                 };
             }
         };
-        if parts.status.is_server_error() && let Some(entry) = stale {
+        if parts.status.is_server_error()
+            && let Some(entry) = stale
+        {
             return Fill::Stale {
                 entry,
                 fwd_status: Some(parts.status.as_u16()),
@@ -352,12 +407,19 @@ impl Gateway {
         req: Request<UpstreamBody>,
         max_body: usize,
     ) -> Result<(http::response::Parts, Bytes), FetchError> {
-        let resp = self.inner.upstream.send(req).await.map_err(FetchError::Gateway)?;
+        let resp = self
+            .inner
+            .upstream
+            .send(req)
+            .await
+            .map_err(FetchError::Gateway)?;
         let (parts, body) = resp.into_parts();
         match Limited::new(body, max_body).collect().await {
             Ok(collected) => Ok((parts, collected.to_bytes())),
             Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(FetchError::TooLarge),
-            Err(e) => Err(FetchError::Gateway(GatewayError::UpstreamProtocol(error_chain(&*e)))),
+            Err(e) => Err(FetchError::Gateway(GatewayError::UpstreamProtocol(
+                error_chain(&*e),
+            ))),
         }
     }
 
@@ -383,7 +445,7 @@ impl Gateway {
         });
         if no_store.is_none() {
             self.store_local(policy, key, &entry, now).await;
-            self.store_shared(policy, key, &entry);
+            self.store_shared(policy, key, &entry).await;
         }
         Fill::Fetched {
             entry,
@@ -392,7 +454,13 @@ impl Gateway {
         }
     }
 
-    async fn store_local(&self, policy: &CachePolicy, key: &CacheKey, entry: &Arc<Entry>, now: u64) {
+    async fn store_local(
+        &self,
+        policy: &CachePolicy,
+        key: &CacheKey,
+        entry: &Arc<Entry>,
+        now: u64,
+    ) {
         if policy.ttl_l1.is_zero() {
             return;
         }
@@ -412,24 +480,28 @@ impl Gateway {
         self.inner.l1.insert(key.key.clone(), value).await;
     }
 
-    fn store_shared(&self, policy: &CachePolicy, key: &CacheKey, entry: &Arc<Entry>) {
-        let Some(l2) = self.inner.l2.clone().filter(|_| !policy.ttl_l2.is_zero()) else {
+    /// Stores in Redis before the flight finishes, so once an answer has left, every
+    /// instance can find it. Bounded by the op timeout; a failure only costs the share.
+    async fn store_shared(&self, policy: &CachePolicy, key: &CacheKey, entry: &Entry) {
+        let Some(l2) = self.inner.l2.as_ref().filter(|_| !policy.ttl_l2.is_zero()) else {
             return;
         };
         let keep = policy.ttl_l2 + policy.stale_if_error;
-        let (key, entry) = (key.key.clone(), entry.clone());
-        tokio::spawn(async move {
-            if let Err(e) = l2.set(&key, &entry, keep).await {
-                debug!(error = %e, kind = e.as_str(), tier = "shared", "store failed");
-            }
-        });
+        if let Err(e) = l2.set(&key.key, entry, keep).await {
+            debug!(error = %e, kind = e.as_str(), tier = "shared", "store failed");
+        }
     }
 
     // ---------------------------------------------------------------------------------
     // Pass-through.
     // ---------------------------------------------------------------------------------
 
-    async fn bypass(&self, req: Request<Incoming>, remote: SocketAddr, reason: BypassReason) -> Response<Body> {
+    async fn bypass(
+        &self,
+        req: Request<Incoming>,
+        remote: SocketAddr,
+        reason: BypassReason,
+    ) -> Response<Body> {
         let (parts, body) = req.into_parts();
         let req = Request::from_parts(parts, Either::Left(body));
         self.forward_marked(req, remote, reason).await
@@ -481,13 +553,25 @@ impl Gateway {
         let uri = upstream.uri(target)?;
         let host = original_host(&parts);
         let version = parts.version;
-        forward::request_headers(&mut parts.headers, remote.ip(), version, host, upstream.authority());
+        forward::request_headers(
+            &mut parts.headers,
+            remote.ip(),
+            version,
+            host,
+            upstream.authority(),
+        );
         parts.uri = uri;
         parts.version = http::Version::HTTP_11;
         let mut resp = upstream.send(Request::from_parts(parts, body)).await?;
         forward::response_headers(resp.headers_mut(), version);
         Ok(resp)
     }
+}
+
+/// An entry past its freshness that may stand in when the MES fails, until `until_ms`.
+struct Stale {
+    entry: Arc<Entry>,
+    until_ms: u64,
 }
 
 /// Why a fill's fetch gave no storable bytes.
@@ -510,7 +594,11 @@ fn original_host(parts: &Parts) -> Option<HeaderValue> {
 }
 
 /// The security defaults of DESIGN.md, first failing rule wins.
-pub fn no_store_reason(policy: &CachePolicy, status: StatusCode, headers: &HeaderMap) -> Option<NoStoreReason> {
+pub fn no_store_reason(
+    policy: &CachePolicy,
+    status: StatusCode,
+    headers: &HeaderMap,
+) -> Option<NoStoreReason> {
     if !policy.statuses.contains(&status) {
         return Some(NoStoreReason::Status);
     }
@@ -522,7 +610,13 @@ pub fn no_store_reason(policy: &CachePolicy, status: StatusCode, headers: &Heade
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .map(|d| d.trim().split('=').next().unwrap_or("").to_ascii_lowercase());
+        .map(|d| {
+            d.trim()
+                .split('=')
+                .next()
+                .unwrap_or("")
+                .to_ascii_lowercase()
+        });
     for d in directives {
         if matches!(d.as_str(), "private" | "no-store" | "no-cache") {
             return Some(NoStoreReason::CacheControl);
@@ -563,7 +657,11 @@ fn entry_response(
     head: bool,
     now_ms: u64,
 ) -> Response<Body> {
-    let body = if head { Bytes::new() } else { entry.body.clone() };
+    let body = if head {
+        Bytes::new()
+    } else {
+        entry.body.clone()
+    };
     let mut resp = Response::new(Either::Left(Full::new(body)));
     *resp.status_mut() = entry.status;
     let mut headers = entry.headers.clone();
@@ -607,8 +705,14 @@ mod tests {
         let p = policy("");
         let ok = StatusCode::OK;
         assert_eq!(no_store_reason(&p, ok, &h(&[])), None);
-        assert_eq!(no_store_reason(&p, StatusCode::NOT_FOUND, &h(&[])), Some(NoStoreReason::Status));
-        assert_eq!(no_store_reason(&p, ok, &h(&[("set-cookie", "a=1")])), Some(NoStoreReason::SetCookie));
+        assert_eq!(
+            no_store_reason(&p, StatusCode::NOT_FOUND, &h(&[])),
+            Some(NoStoreReason::Status)
+        );
+        assert_eq!(
+            no_store_reason(&p, ok, &h(&[("set-cookie", "a=1")])),
+            Some(NoStoreReason::SetCookie)
+        );
         for cc in ["private", "no-store", "max-age=5, No-Cache"] {
             assert_eq!(
                 no_store_reason(&p, ok, &h(&[("cache-control", cc)])),
@@ -616,14 +720,23 @@ mod tests {
                 "{cc}"
             );
         }
-        assert_eq!(no_store_reason(&p, ok, &h(&[("cache-control", "max-age=60")])), None);
-        assert_eq!(no_store_reason(&p, ok, &h(&[("vary", "*")])), Some(NoStoreReason::VaryStar));
+        assert_eq!(
+            no_store_reason(&p, ok, &h(&[("cache-control", "max-age=60")])),
+            None
+        );
+        assert_eq!(
+            no_store_reason(&p, ok, &h(&[("vary", "*")])),
+            Some(NoStoreReason::VaryStar)
+        );
         assert_eq!(
             no_store_reason(&p, ok, &h(&[("vary", "Accept-Language")])),
             Some(NoStoreReason::VaryMismatch)
         );
         let varied = policy("vary = [\"accept-language\"]");
-        assert_eq!(no_store_reason(&varied, ok, &h(&[("vary", "Accept-Language")])), None);
+        assert_eq!(
+            no_store_reason(&varied, ok, &h(&[("vary", "Accept-Language")])),
+            None
+        );
     }
 
     #[test]
@@ -635,7 +748,14 @@ mod tests {
             stored_at_ms: 1_000,
             ttl_ms: 10_000,
         };
-        let r = entry_response(&entry, CacheOutcome::HitLocal, MissDetail::default(), None, true, 4_000);
+        let r = entry_response(
+            &entry,
+            CacheOutcome::HitLocal,
+            MissDetail::default(),
+            None,
+            true,
+            4_000,
+        );
         assert_eq!(r.headers()[header::CONTENT_LENGTH], "5");
         assert_eq!(r.headers()[header::AGE], "3");
         assert_eq!(r.headers()["x-cache"], "HIT-L1");

@@ -205,10 +205,7 @@ mod tests {
 
     #[test]
     fn bad_templates_are_rejected_with_reason() {
-        assert_eq!(
-            PathTemplate::parse("api"),
-            Err(TemplateError::NotAbsolute)
-        );
+        assert_eq!(PathTemplate::parse("api"), Err(TemplateError::NotAbsolute));
         assert!(matches!(
             PathTemplate::parse("/a/x{id}"),
             Err(TemplateError::BadParam(_))
@@ -243,7 +240,9 @@ mod tests {
             route("detail", "/api/orders/{id}"),
             route("counts", "/api/orders/status-counts"),
         ]);
-        let m = table.find(&Method::GET, "/api/orders/status-counts").unwrap();
+        let m = table
+            .find(&Method::GET, "/api/orders/status-counts")
+            .unwrap();
         assert_eq!(&*m.route.name, "counts");
         let m = table.find(&Method::GET, "/api/orders/7").unwrap();
         assert_eq!(&*m.route.name, "detail");

@@ -46,7 +46,10 @@ pub async fn run(
     }
     drop(listener);
     info!(connections = graceful.count(), "draining");
-    if tokio::time::timeout(DRAIN_DEADLINE, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(DRAIN_DEADLINE, graceful.shutdown())
+        .await
+        .is_err()
+    {
         warn!("drain deadline passed, closing remaining connections");
     }
     Ok(())

@@ -202,7 +202,9 @@ impl SplitMix64 {
 
     /// A 64-hex-digit string, shaped like the SHA-256 of a CAD model.
     pub(super) fn hex256(&mut self) -> String {
-        (0..4).map(|_| format!("{:016x}", self.next_u64())).collect()
+        (0..4)
+            .map(|_| format!("{:016x}", self.next_u64()))
+            .collect()
     }
 }
 

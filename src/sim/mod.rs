@@ -42,7 +42,6 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
-use self::data::Status;
 use self::state::Shared;
 
 /// Pause after a failed `accept` (e.g. out of file descriptors) so the loop does not spin.
@@ -107,9 +106,7 @@ impl SimConfig {
 /// Snapshot of the per-route-kind request counters, so tests can assert how many requests
 /// actually reached the MES (e.g. that the cache absorbed the rest). Same shape as the JSON
 /// of `GET /__sim/stats`.
-#[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SimStats {
     /// `GET /api/orders`.
     pub list: u64,

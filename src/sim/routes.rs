@@ -43,7 +43,10 @@ pub(super) async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<
             shared.reset_stats();
             return no_content();
         }
-        Route::Other => Reply::error(StatusCode::NOT_FOUND, format!("no route for {}", describe(&req))),
+        Route::Other => Reply::error(
+            StatusCode::NOT_FOUND,
+            format!("no route for {}", describe(&req)),
+        ),
     };
     reply.into_response()
 }
@@ -74,8 +77,10 @@ impl Route {
             ("GET", ["api", "orders"]) => Route::List,
             ("POST", ["api", "orders"]) => Route::Create,
             ("GET", ["api", "orders", "status-counts"]) => Route::Counts,
-            ("GET", ["api", "orders", id]) => Route::Detail(parse_digits(id)),
-            ("PATCH", ["api", "orders", id, "status"]) => Route::StatusChange(parse_digits(id)),
+            ("GET", ["api", "orders", id]) if !id.is_empty() => Route::Detail(parse_digits(id)),
+            ("PATCH", ["api", "orders", id, "status"]) if !id.is_empty() => {
+                Route::StatusChange(parse_digits(id))
+            }
             ("POST", ["api", "price-calculations"]) => Route::Price,
             ("GET", ["__sim", "stats"]) => Route::Stats,
             ("POST", ["__sim", "reset-stats"]) => Route::ResetStats,
@@ -362,9 +367,13 @@ impl CreateBody {
             return Err(Reply::bad_request("quantity must be at least 1"));
         }
         Ok(NewOrder {
-            customer: self.customer.unwrap_or_else(|| data::DEFAULT_CUSTOMER.into()),
+            customer: self
+                .customer
+                .unwrap_or_else(|| data::DEFAULT_CUSTOMER.into()),
             product: self.product.unwrap_or_else(|| data::DEFAULT_PRODUCT.into()),
-            material: self.material.unwrap_or_else(|| data::DEFAULT_MATERIAL.into()),
+            material: self
+                .material
+                .unwrap_or_else(|| data::DEFAULT_MATERIAL.into()),
             quantity,
         })
     }
@@ -449,7 +458,10 @@ mod tests {
             Route::Price
         );
         assert_eq!(Route::of(&get, "/__sim/stats"), Route::Stats);
-        assert_eq!(Route::of(&Method::POST, "/__sim/reset-stats"), Route::ResetStats);
+        assert_eq!(
+            Route::of(&Method::POST, "/__sim/reset-stats"),
+            Route::ResetStats
+        );
         for (m, p) in [
             (Method::GET, "/"),
             (Method::GET, "/api/orders/"),
@@ -489,11 +501,17 @@ mod tests {
     #[test]
     fn list_body_splices_items() {
         let page = Page {
-            items: vec![Bytes::from_static(b"{\"id\":2}"), Bytes::from_static(b"{\"id\":1}")],
+            items: vec![
+                Bytes::from_static(b"{\"id\":2}"),
+                Bytes::from_static(b"{\"id\":1}"),
+            ],
             total: 9,
         };
         let v: serde_json::Value = serde_json::from_slice(&list_body(&page, 1, 2)).unwrap();
-        assert_eq!(v, serde_json::json!({"items":[{"id":2},{"id":1}],"page":1,"size":2,"total":9}));
+        assert_eq!(
+            v,
+            serde_json::json!({"items":[{"id":2},{"id":1}],"page":1,"size":2,"total":9})
+        );
     }
 
     #[test]

@@ -125,7 +125,8 @@ impl Shared {
     /// Changes the list latency model.
     pub(super) fn set_list_latency(&self, base: Duration, per_row: Duration) {
         self.list_base_ns.store(nanos(base), Ordering::Relaxed);
-        self.list_per_row_ns.store(nanos(per_row), Ordering::Relaxed);
+        self.list_per_row_ns
+            .store(nanos(per_row), Ordering::Relaxed);
     }
 
     /// `list_base + list_per_row * rows`: the MES slows down as history grows.

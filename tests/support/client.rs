@@ -1,0 +1,76 @@
+//! A tiny HTTP client for tests: requests in, (status, headers, body) out.
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+/// A buffered response.
+#[derive(Debug, Clone)]
+pub struct Resp {
+    /// Status.
+    pub status: StatusCode,
+    /// Headers.
+    pub headers: HeaderMap,
+    /// Body.
+    pub body: Bytes,
+}
+
+impl Resp {
+    /// `X-Cache` value, or "" when absent.
+    pub fn x_cache(&self) -> &str {
+        self.header("x-cache")
+    }
+
+    /// A header as text, or "".
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+
+    /// The body as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "body is not JSON ({e}): {}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+}
+
+/// A keep-alive HTTP/1.1 client.
+pub fn client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build(HttpConnector::new())
+}
+
+/// Sends a request with the given headers and body and buffers the answer.
+pub async fn send(method: Method, url: &str, headers: &[(&str, &str)], body: Bytes) -> Resp {
+    let mut req = Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(Full::new(body)).expect("request");
+    let resp = client().request(req).await.expect("gateway answered");
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.expect("body").to_bytes();
+    Resp {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    }
+}
+
+/// GET with no extra headers.
+pub async fn get(url: &str) -> Resp {
+    send(Method::GET, url, &[], Bytes::new()).await
+}
+
+/// GET with headers.
+pub async fn get_with(url: &str, headers: &[(&str, &str)]) -> Resp {
+    send(Method::GET, url, headers, Bytes::new()).await
+}

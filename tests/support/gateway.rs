@@ -1,0 +1,121 @@
+//! Runs the gateway on port 0 in-process and stops it.
+
+use std::net::SocketAddr;
+
+use mesgate::clock::Clock;
+use mesgate::config::{Config, Overrides};
+use mesgate::proxy::Gateway;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+/// A gateway serving on a free port.
+pub struct TestGateway {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// The gateway itself (tiers, flights) for white-box checks.
+    pub gateway: Gateway,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl TestGateway {
+    /// `http://127.0.0.1:PORT{path}`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Stops accepting and drains.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            t.await.expect("server task").expect("server");
+        }
+    }
+}
+
+/// Parses `config` (TOML) with `upstream` and `redis` put over it, and serves it on port 0.
+pub async fn spawn_gateway(config: &str, upstream: &str, redis: Option<&str>) -> TestGateway {
+    spawn_config(test_config(config, upstream, redis)).await
+}
+
+/// Parses a test config with port 0, no admin listener, and `upstream`/`redis` put over it.
+pub fn test_config(config: &str, upstream: &str, redis: Option<&str>) -> Config {
+    let overrides = Overrides {
+        listen: Some("127.0.0.1:0".into()),
+        upstream: Some(upstream.into()),
+        redis_url: redis.map(str::to_owned),
+        admin_listen: Some(String::new()),
+        admin_token: None,
+    };
+    Config::from_str_with(config, overrides).expect("test config is valid")
+}
+
+/// Serves an already built config on port 0.
+pub async fn spawn_config(config: Config) -> TestGateway {
+    spawn_with_clock(config, Clock::system()).await
+}
+
+/// Serves a config on port 0 with an injected clock.
+pub async fn spawn_with_clock(config: Config, clock: Clock) -> TestGateway {
+    let gateway = Gateway::with_clock(config, clock).expect("gateway");
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind gateway");
+    let addr = listener.local_addr().expect("addr");
+    let (tx, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(mesgate::server::run(listener, gateway.clone(), async {
+        let _ = rx.await;
+    }));
+    TestGateway {
+        addr,
+        gateway,
+        stop: Some(tx),
+        task: Some(task),
+    }
+}
+
+/// A config with a cached detail route `/api/orders/{id}` and a cached list route
+/// `/api/orders`, with `extra` appended to the list route's `[route.cache]` table.
+pub fn list_config(extra: &str) -> String {
+    format!(
+        r#"
+upstream = "http://127.0.0.1:1"
+
+[[route]]
+name = "detail"
+path = "/api/orders/{{id}}"
+[route.cache]
+ttl_l1 = "30s"
+ttl_l2 = "60s"
+
+[[route]]
+name = "list"
+path = "/api/orders"
+[route.cache]
+query = ["status", "page=1", "size=50"]
+ttl_l1 = "30s"
+ttl_l2 = "60s"
+{extra}
+"#
+    )
+}
+
+/// A `[redis]` table (URL filled in by [`spawn_gateway`]) with a unique prefix and short
+/// timeouts, to append to a config.
+pub fn redis_block() -> String {
+    format!(
+        "\n[redis]\nurl = \"redis://127.0.0.1:1\"\nprefix = \"t{}\"\nop_timeout = \"100ms\"\nconnect_timeout = \"100ms\"\nbreaker_failures = 2\nbreaker_cooldown = \"300ms\"\n",
+        rand_suffix()
+    )
+}
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    t ^ (u64::from(std::process::id()) << 32) ^ N.fetch_add(1, Ordering::Relaxed)
+}
