@@ -12,6 +12,7 @@ use std::time::Duration;
 use http::{HeaderName, Method, StatusCode, Uri};
 use serde::Deserialize;
 
+use crate::family::{Source, Template};
 use crate::route::{PathTemplate, Route, RouteTable};
 
 /// Why a config was rejected. Every variant names where.
@@ -275,6 +276,47 @@ pub struct RawRoute {
     /// How to cache reads. Absent: matching requests are forwarded untouched.
     #[serde(default)]
     pub cache: Option<RawCache>,
+    /// What a successful write on this route makes wrong. Absent: nothing is invalidated.
+    #[serde(default)]
+    pub invalidate: Option<RawInvalidate>,
+}
+
+/// `[route.cache.members]`: how to read the entities out of a cached body, so that a
+/// later write knows which families an entity was seen in (its previous status).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMembers {
+    /// Dotted path to the array of members (`items`); `""` means the body is one member.
+    #[serde(default)]
+    pub items: String,
+    /// The entity a member is, from its fields: `order:{item.id}`.
+    pub entity: String,
+    /// The families a member shows it belongs to: `["status:{item.status}"]`.
+    #[serde(default)]
+    pub member_of: Vec<String>,
+}
+
+/// `[route.invalidate]`: the families a successful write makes wrong.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawInvalidate {
+    /// Family templates over `{path.x}`, `{request.x}` (JSON body sent) and `{response.x}`
+    /// (JSON answer), e.g. `["status:{request.status}", "order:{path.id}", "counts"]`.
+    #[serde(default)]
+    pub families: Vec<String>,
+    /// The entity written, e.g. `order:{path.id}`: the families it is known to belong to
+    /// (from cached members) are invalidated too, which is how the previous status is found.
+    #[serde(default)]
+    pub entity: Option<String>,
+    /// Groups invalidated whole when the entity's families are not known (`["status"]`).
+    #[serde(default)]
+    pub fallback: Vec<String>,
+    /// Answer statuses that count as success. Default: any 2xx.
+    #[serde(default)]
+    pub statuses: Vec<u16>,
+    /// Largest request or answer body buffered to read placeholders from. Default `1MiB`.
+    #[serde(default = "default_max_body")]
+    pub max_body: RawSize,
 }
 
 fn default_methods() -> Vec<String> {
@@ -316,6 +358,13 @@ pub struct RawCache {
     /// Response statuses that may be stored. Default `[200]`.
     #[serde(default = "default_statuses")]
     pub statuses: Vec<u16>,
+    /// Families an entry belongs to, over `{path.x}` and `{query.x|default}`:
+    /// `["status:{query.status|all}"]`. A write that names one invalidates the entry.
+    #[serde(default)]
+    pub families: Vec<String>,
+    /// How to read member entities out of the body (for the previous-status lookup).
+    #[serde(default)]
+    pub members: Option<RawMembers>,
 }
 
 fn default_ttl_l1() -> String {
@@ -464,6 +513,47 @@ pub struct CachePolicy {
     pub credentials: CredentialPolicy,
     /// Statuses that may be stored.
     pub statuses: Vec<StatusCode>,
+    /// Families an entry belongs to.
+    pub families: Vec<Template>,
+    /// How to read members out of a body.
+    pub members: Option<Members>,
+}
+
+/// Validated `[route.cache.members]`.
+#[derive(Debug, Clone)]
+pub struct Members {
+    /// Dotted path to the member array; empty: the body is one member.
+    pub items: String,
+    /// Entity template over `{item.x}`.
+    pub entity: Template,
+    /// Family templates over `{item.x}`.
+    pub member_of: Vec<Template>,
+}
+
+/// Validated `[route.invalidate]`.
+#[derive(Debug, Clone)]
+pub struct InvalidateRule {
+    /// Family templates.
+    pub families: Vec<Template>,
+    /// Entity template.
+    pub entity: Option<Template>,
+    /// Groups invalidated whole when the entity's families are unknown.
+    pub fallback: Vec<String>,
+    /// Success statuses; empty means any 2xx.
+    pub statuses: Vec<StatusCode>,
+    /// Body buffering cap.
+    pub max_body: usize,
+}
+
+impl InvalidateRule {
+    /// Whether an answer with `status` counts as a successful write.
+    pub fn applies_to(&self, status: StatusCode) -> bool {
+        if self.statuses.is_empty() {
+            status.is_success()
+        } else {
+            self.statuses.contains(&status)
+        }
+    }
 }
 
 /// Values that the environment (or CLI) puts over the file, for containers.
@@ -574,14 +664,31 @@ impl std::str::FromStr for Config {
 
 fn describe_route(r: &Route) -> String {
     let methods: Vec<&str> = r.methods.iter().map(Method::as_str).collect();
-    let Some(c) = &r.cache else {
-        return format!(
-            "  {:<16} {:<10} {:<32} forward\n",
-            r.name,
-            methods.join(","),
-            r.path.as_str()
-        );
-    };
+    let head = format!(
+        "  {:<18} {:<10} {:<30}",
+        r.name,
+        methods.join(","),
+        r.path.as_str()
+    );
+    if let Some(c) = &r.cache {
+        return format!("{head} cache {}\n", describe_cache(c));
+    }
+    match &r.invalidate {
+        Some(i) => format!(
+            "{head} forward, invalidate families=[{}] entity={} fallback=[{}]\n",
+            join_templates(&i.families),
+            i.entity.as_ref().map_or("-", Template::as_str),
+            i.fallback.join(","),
+        ),
+        None => format!("{head} forward\n"),
+    }
+}
+
+fn join_templates(t: &[Template]) -> String {
+    t.iter().map(Template::as_str).collect::<Vec<_>>().join(",")
+}
+
+fn describe_cache(c: &CachePolicy) -> String {
     let query: Vec<String> = c
         .query
         .iter()
@@ -591,16 +698,14 @@ fn describe_route(r: &Route) -> String {
         })
         .collect();
     format!(
-        "  {:<16} {:<10} {:<32} cache l1={:?} l2={:?} stale_if_error={:?} query=[{}] unknown={:?} vary={:?} credentials={:?}\n",
-        r.name,
-        methods.join(","),
-        r.path.as_str(),
+        "l1={:?} l2={:?} stale_if_error={:?} query=[{}] unknown={:?} families=[{}] members={} credentials={:?}",
         c.ttl_l1,
         c.ttl_l2,
         c.stale_if_error,
         query.join(","),
         c.unknown_query,
-        c.vary,
+        join_templates(&c.families),
+        c.members.as_ref().map_or("-", |m| m.entity.as_str()),
         c.credentials,
     )
 }
@@ -825,6 +930,7 @@ fn validate_routes(raw: Vec<RawRoute>) -> Result<RouteTable, ConfigError> {
         check_clashes(&at, &route, &routes)?;
         routes.push(route);
     }
+    check_families_used(&routes)?;
     Ok(RouteTable::new(routes))
 }
 
@@ -877,6 +983,16 @@ impl RawRoute {
         let path = PathTemplate::parse(&self.path)
             .map_err(|e| invalid(format!("{at}.path"), format!("{:?}: {e}", self.path)))?;
         let methods = validate_methods(at, &self.methods)?;
+        if self.cache.is_some() && self.invalidate.is_some() {
+            return Err(invalid(
+                format!("{at}.invalidate"),
+                "a route either caches reads or invalidates on writes, not both",
+            ));
+        }
+        let invalidate = match self.invalidate {
+            Some(i) => Some(Arc::new(i.validate(&format!("{at}.invalidate"), &path)?)),
+            None => None,
+        };
         let cache = match self.cache {
             Some(c) => {
                 if let Some(m) = methods.iter().find(|m| !READ_METHODS.contains(m)) {
@@ -887,7 +1003,7 @@ impl RawRoute {
                         ),
                     ));
                 }
-                Some(Arc::new(c.validate(&format!("{at}.cache"))?))
+                Some(Arc::new(c.validate(&format!("{at}.cache"), &path)?))
             }
             None => None,
         };
@@ -896,6 +1012,7 @@ impl RawRoute {
             methods,
             path,
             cache,
+            invalidate,
         })
     }
 }
@@ -925,7 +1042,7 @@ fn validate_methods(at: &str, raw: &[String]) -> Result<Vec<Method>, ConfigError
 const STORABLE_STATUSES: [u16; 11] = [200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501];
 
 impl RawCache {
-    fn validate(self, at: &str) -> Result<CachePolicy, ConfigError> {
+    fn validate(self, at: &str, path: &PathTemplate) -> Result<CachePolicy, ConfigError> {
         let ttl_l1 = parse_duration(&format!("{at}.ttl_l1"), &self.ttl_l1)?;
         let ttl_l2 = parse_duration(&format!("{at}.ttl_l2"), &self.ttl_l2)?;
         if ttl_l1.is_zero() && ttl_l2.is_zero() {
@@ -942,8 +1059,16 @@ impl RawCache {
             ));
         }
         let vary = validate_vary(at, &self.vary, self.credentials)?;
+        let query = validate_query(at, &self.query)?;
+        let families = validate_entry_families(at, &self.families, path, &query)?;
+        let members = self
+            .members
+            .map(|m| m.validate(&format!("{at}.members")))
+            .transpose()?;
         Ok(CachePolicy {
-            query: validate_query(at, &self.query)?,
+            families,
+            members,
+            query,
             unknown_query: self.unknown_query,
             vary,
             ttl_l1,
@@ -1037,6 +1162,176 @@ fn validate_statuses(at: &str, raw: &[u16]) -> Result<Vec<StatusCode>, ConfigErr
                 .map_err(|_| invalid(format!("{at}.statuses[{k}]"), "bad status"))
         })
         .collect()
+}
+
+fn template(path: &str, text: &str, allowed: &[Source]) -> Result<Template, ConfigError> {
+    Template::parse(text, allowed).map_err(|e| invalid(path, format!("{text:?}: {e}")))
+}
+
+fn validate_entry_families(
+    at: &str,
+    raw: &[String],
+    path: &PathTemplate,
+    query: &[QueryParam],
+) -> Result<Vec<Template>, ConfigError> {
+    let mut out = Vec::with_capacity(raw.len());
+    for (k, text) in raw.iter().enumerate() {
+        let here = format!("{at}.families[{k}]");
+        let t = template(&here, text, &[Source::Path, Source::Query])?;
+        for (source, field, default) in t.placeholders() {
+            check_entry_placeholder(&here, source, field, default, path, query)?;
+        }
+        out.push(t);
+    }
+    Ok(out)
+}
+
+fn check_entry_placeholder(
+    here: &str,
+    source: Source,
+    field: &str,
+    default: Option<&str>,
+    path: &PathTemplate,
+    query: &[QueryParam],
+) -> Result<(), ConfigError> {
+    match source {
+        Source::Path if !path.params().any(|p| p == field) => Err(invalid(
+            here,
+            format!("unknown placeholder {{path.{field}}}: the path has no {{{field}}}"),
+        )),
+        Source::Query => match query.iter().find(|q| q.name == field) {
+            None => Err(invalid(
+                here,
+                format!("unknown placeholder {{query.{field}}}: not in this route's query list"),
+            )),
+            Some(q) if q.default.is_none() && default.is_none() => Err(invalid(
+                here,
+                format!(
+                    "{{query.{field}}} may be absent: give it a default, e.g. {{query.{field}|all}}"
+                ),
+            )),
+            Some(_) => Ok(()),
+        },
+        _ => Ok(()),
+    }
+}
+
+impl RawMembers {
+    fn validate(self, at: &str) -> Result<Members, ConfigError> {
+        let entity = template(&format!("{at}.entity"), &self.entity, &[Source::Item])?;
+        let member_of = self
+            .member_of
+            .iter()
+            .enumerate()
+            .map(|(k, t)| template(&format!("{at}.member_of[{k}]"), t, &[Source::Item]))
+            .collect::<Result<_, _>>()?;
+        Ok(Members {
+            items: self.items,
+            entity,
+            member_of,
+        })
+    }
+}
+
+const WRITE_SOURCES: &[Source] = &[Source::Path, Source::Request, Source::Response];
+
+fn write_template(here: &str, text: &str, path: &PathTemplate) -> Result<Template, ConfigError> {
+    let t = template(here, text, WRITE_SOURCES)?;
+    for (source, field, _) in t.placeholders() {
+        if source == Source::Path && !path.params().any(|p| p == field) {
+            return Err(invalid(
+                here,
+                format!("unknown placeholder {{path.{field}}}"),
+            ));
+        }
+    }
+    Ok(t)
+}
+
+impl RawInvalidate {
+    fn validate(self, at: &str, path: &PathTemplate) -> Result<InvalidateRule, ConfigError> {
+        let families = self
+            .families
+            .iter()
+            .enumerate()
+            .map(|(k, text)| write_template(&format!("{at}.families[{k}]"), text, path))
+            .collect::<Result<Vec<_>, _>>()?;
+        let entity = self
+            .entity
+            .as_deref()
+            .map(|text| write_template(&format!("{at}.entity"), text, path))
+            .transpose()?;
+        if families.is_empty() && entity.is_none() {
+            return Err(invalid(
+                at,
+                "lists no families and no entity: nothing would be invalidated",
+            ));
+        }
+        let statuses = self
+            .statuses
+            .iter()
+            .enumerate()
+            .map(|(k, &c)| {
+                StatusCode::from_u16(c).map_err(|_| {
+                    invalid(
+                        format!("{at}.statuses[{k}]"),
+                        format!("{c} is not a status"),
+                    )
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(InvalidateRule {
+            families,
+            entity,
+            fallback: self.fallback,
+            statuses,
+            max_body: parse_size(&format!("{at}.max_body"), &self.max_body)? as usize,
+        })
+    }
+}
+
+/// A write may only name families (by group) that some cached route's entries belong to,
+/// so a typo cannot silently invalidate nothing.
+fn check_families_used(routes: &[Route]) -> Result<(), ConfigError> {
+    let mut groups: HashSet<String> = HashSet::new();
+    let mut entity_groups: HashSet<String> = HashSet::new();
+    for c in routes.iter().filter_map(|r| r.cache.as_ref()) {
+        groups.extend(c.families.iter().map(Template::group));
+        if let Some(m) = &c.members {
+            groups.extend(m.member_of.iter().map(Template::group));
+            entity_groups.insert(m.entity.group());
+        }
+    }
+    for (i, r) in routes.iter().enumerate() {
+        let Some(rule) = &r.invalidate else { continue };
+        let at = format!("route[{i}].invalidate");
+        for (k, t) in rule.families.iter().enumerate() {
+            if !groups.contains(&t.group()) {
+                let msg = format!(
+                    "{:?}: no cached route has a family in group {:?}",
+                    t.as_str(),
+                    t.group()
+                );
+                return Err(invalid(format!("{at}.families[{k}]"), msg));
+            }
+        }
+        for (k, g) in rule.fallback.iter().enumerate() {
+            if !groups.contains(g) {
+                let msg = format!("no cached route has a family in group {g:?}");
+                return Err(invalid(format!("{at}.fallback[{k}]"), msg));
+            }
+        }
+        if let Some(e) = &rule.entity
+            && !entity_groups.contains(&e.group())
+        {
+            let msg = format!(
+                "{:?}: no cached route reads members of that kind",
+                e.as_str()
+            );
+            return Err(invalid(format!("{at}.entity"), msg));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

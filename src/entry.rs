@@ -7,7 +7,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
 /// Version byte of the codec; bump it when the layout changes, old entries then read as misses.
-pub const CODEC_VERSION: u8 = 1;
+pub const CODEC_VERSION: u8 = 2;
 
 /// One stored answer of the MES: everything needed to replay it.
 #[derive(Debug, Clone, PartialEq)]
@@ -22,6 +22,9 @@ pub struct Entry {
     pub stored_at_ms: u64,
     /// Freshness lifetime in the tier it was stored in, ms.
     pub ttl_ms: u64,
+    /// The shared-tier epochs of its families when its fetch started; it is valid in
+    /// Redis only while they are unchanged (empty outside the shared tier).
+    pub epochs: Vec<u64>,
 }
 
 impl Entry {
@@ -47,7 +50,8 @@ impl Entry {
 
     /// Serializes for the shared tier.
     ///
-    /// Layout: version u8, status u16, stored_at u64, ttl u64, header count u16, then
+    /// Layout: version u8, status u16, stored_at u64, ttl u64, epoch count u8 and the
+    /// epochs as u64, header count u16, then
     /// (name len u16, name, value len u32, value) per header, then the body to the end.
     pub fn encode(&self) -> Bytes {
         let mut buf = BytesMut::with_capacity(self.weight());
@@ -55,6 +59,11 @@ impl Entry {
         buf.put_u16(self.status.as_u16());
         buf.put_u64(self.stored_at_ms);
         buf.put_u64(self.ttl_ms);
+        let epochs = &self.epochs[..self.epochs.len().min(u8::MAX as usize)];
+        buf.put_u8(epochs.len() as u8);
+        for e in epochs {
+            buf.put_u64(*e);
+        }
         buf.put_u16(self.headers.len().min(u16::MAX as usize) as u16);
         for (name, value) in self.headers.iter().take(u16::MAX as usize) {
             buf.put_u16(name.as_str().len() as u16);
@@ -68,7 +77,7 @@ impl Entry {
 
     /// Parses what [`Entry::encode`] wrote; anything else is a [`CodecError`].
     pub fn decode(mut buf: Bytes) -> Result<Self, CodecError> {
-        need(&buf, 1 + 2 + 8 + 8 + 2)?;
+        need(&buf, 1 + 2 + 8 + 8 + 1)?;
         let version = buf.get_u8();
         if version != CODEC_VERSION {
             return Err(CodecError::Version(version));
@@ -76,6 +85,9 @@ impl Entry {
         let status = StatusCode::from_u16(buf.get_u16()).map_err(|_| CodecError::Status)?;
         let stored_at_ms = buf.get_u64();
         let ttl_ms = buf.get_u64();
+        let n = buf.get_u8() as usize;
+        need(&buf, n * 8 + 2)?;
+        let epochs = (0..n).map(|_| buf.get_u64()).collect();
         let count = buf.get_u16() as usize;
         let mut headers = HeaderMap::with_capacity(count);
         for _ in 0..count {
@@ -88,6 +100,7 @@ impl Entry {
             body: buf,
             stored_at_ms,
             ttl_ms,
+            epochs,
         })
     }
 }
@@ -143,6 +156,7 @@ mod tests {
             body: Bytes::from_static(b"{\"items\":[]}"),
             stored_at_ms: 1_700_000_000_000,
             ttl_ms: 5_000,
+            epochs: vec![3, 0, 7],
         }
     }
 

@@ -35,6 +35,12 @@ pub enum GatewayError {
     /// The task fetching for this key ended without an answer.
     #[error("the shared fetch for this request was lost")]
     FetchLost,
+    /// A write's body is larger than its route's `invalidate.max_body`.
+    #[error("request body larger than {0} bytes")]
+    BodyTooLarge(usize),
+    /// A write's body could not be read from the client.
+    #[error("request body could not be read: {0}")]
+    BadBody(String),
 }
 
 impl GatewayError {
@@ -45,7 +51,8 @@ impl GatewayError {
                 StatusCode::BAD_GATEWAY
             }
             Self::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            Self::BadTarget(_) => StatusCode::BAD_REQUEST,
+            Self::BadTarget(_) | Self::BadBody(_) => StatusCode::BAD_REQUEST,
+            Self::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
         }
     }
 
@@ -57,6 +64,8 @@ impl GatewayError {
             Self::UpstreamProtocol(_) => "upstream-protocol",
             Self::BadTarget(_) => "bad-target",
             Self::FetchLost => "fetch-lost",
+            Self::BodyTooLarge(_) => "body-too-large",
+            Self::BadBody(_) => "bad-body",
         }
     }
 
@@ -66,7 +75,7 @@ impl GatewayError {
             Self::UpstreamConnect(_) | Self::UpstreamTimeout(_) | Self::UpstreamProtocol(_) => {
                 Fault::Upstream
             }
-            Self::BadTarget(_) => Fault::Client,
+            Self::BadTarget(_) | Self::BodyTooLarge(_) | Self::BadBody(_) => Fault::Client,
             Self::FetchLost => Fault::Internal,
         }
     }
@@ -117,6 +126,8 @@ mod tests {
             ),
             (GatewayError::BadTarget("x".into()), 400, Fault::Client),
             (GatewayError::FetchLost, 502, Fault::Internal),
+            (GatewayError::BodyTooLarge(10), 413, Fault::Client),
+            (GatewayError::BadBody("reset".into()), 400, Fault::Client),
         ];
         for (err, status, fault) in rows {
             assert_eq!(err.fault(), fault);

@@ -19,6 +19,8 @@ pub struct CacheKey {
     pub key: Arc<str>,
     /// Path and normalized query sent to the MES, so the fetch asks exactly what the key says.
     pub upstream_path: String,
+    /// The normalized query as pairs (allowed parameters, defaults applied).
+    pub query: Vec<(String, String)>,
 }
 
 /// Builds the key of a request on a cached route, or says why the cache must be bypassed.
@@ -46,7 +48,10 @@ pub fn build(
     query: Option<&str>,
     headers: &HeaderMap,
 ) -> Result<CacheKey, BypassReason> {
-    let normalized = normalize_query(policy, query.unwrap_or(""))?;
+    let pairs = normalize_query(policy, query.unwrap_or(""))?;
+    let normalized = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(pairs.iter())
+        .finish();
     let upstream_path = if normalized.is_empty() {
         path.to_owned()
     } else {
@@ -58,11 +63,15 @@ pub fn build(
     Ok(CacheKey {
         key: key.into(),
         upstream_path,
+        query: pairs,
     })
 }
 
-/// Sorted allow-listed parameters with defaults applied, form-encoded.
-fn normalize_query(policy: &CachePolicy, query: &str) -> Result<String, BypassReason> {
+/// Sorted allow-listed parameters with defaults applied.
+fn normalize_query(
+    policy: &CachePolicy,
+    query: &str,
+) -> Result<Vec<(String, String)>, BypassReason> {
     let mut values: Vec<Option<String>> = vec![None; policy.query.len()];
     for (name, value) in form_urlencoded::parse(query.as_bytes()) {
         match policy.query.iter().position(|p| p.name == name) {
@@ -72,13 +81,16 @@ fn normalize_query(policy: &CachePolicy, query: &str) -> Result<String, BypassRe
             None => return Err(BypassReason::UnknownQuery),
         }
     }
-    let mut out = form_urlencoded::Serializer::new(String::new());
-    for (param, value) in policy.query.iter().zip(values) {
-        if let Some(v) = value.or_else(|| param.default.clone()) {
-            out.append_pair(&param.name, &v);
-        }
-    }
-    Ok(out.finish())
+    let pairs = policy
+        .query
+        .iter()
+        .zip(values)
+        .filter_map(|(param, value)| {
+            let v = value.or_else(|| param.default.clone())?;
+            Some((param.name.clone(), v))
+        })
+        .collect();
+    Ok(pairs)
 }
 
 fn push_vary(key: &mut String, policy: &CachePolicy, headers: &HeaderMap) {

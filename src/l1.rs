@@ -12,6 +12,7 @@ use moka::future::Cache;
 use moka::notification::RemovalCause;
 
 use crate::entry::Entry;
+use crate::epoch::Fence;
 
 /// An entry in the local tier.
 #[derive(Debug, Clone)]
@@ -22,12 +23,14 @@ pub struct L1Entry {
     pub fresh_until_ms: u64,
     /// How long moka keeps it after insertion: freshness plus the stale-if-error window.
     pub keep_for: Duration,
+    /// The local epochs of its families when its fill started.
+    pub fence: Fence,
 }
 
 impl L1Entry {
-    /// Whether it may be served as a hit at `now_ms`.
+    /// Whether it may be served as a hit at `now_ms`: fresh and not invalidated.
     pub fn is_fresh(&self, now_ms: u64) -> bool {
-        now_ms < self.fresh_until_ms
+        now_ms < self.fresh_until_ms && self.fence.is_valid()
     }
 }
 
@@ -147,9 +150,11 @@ mod tests {
                 body: Bytes::from(vec![b'x'; body_len]),
                 stored_at_ms: 0,
                 ttl_ms: 1_000,
+                epochs: Vec::new(),
             }),
             fresh_until_ms: 1_000,
             keep_for: Duration::from_secs(60),
+            fence: Fence::default(),
         }
     }
 

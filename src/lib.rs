@@ -5,6 +5,9 @@
 //! - [`config`]: raw TOML structs, validation with field paths, the typed runtime config.
 //! - [`route`]: path templates and the route table (which rule a request falls under).
 //! - [`key`]: cache keys (query normalization, vary headers, credential policy).
+//! - [`family`]: family templates (`status:{query.status|all}`) and JSON field access.
+//! - [`epoch`]: local epoch counters and the fences entries carry.
+//! - [`invalidate`]: the write path: plan, apply (L1, L2, bus), entity index, retries.
 //! - [`entry`]: a cached response and its versioned wire codec for the shared tier.
 //! - [`outcome`]: the decisions (`CacheOutcome`, `BypassReason`, `NoStoreReason`) and their names.
 //! - [`l1`]: the in-process tier (moka, bounded in bytes).
@@ -13,6 +16,7 @@
 //! - [`upstream`]: the pooled client to the MES and its timeouts.
 //! - [`forward`]: what crosses the proxy: hop-by-hop removal, `X-Forwarded-*`, `Via`.
 //! - [`proxy`]: the request phases, read path and pass-through.
+//! - [`write`]: the write path: forward detached, plan the invalidation, apply it.
 //! - [`server`]: accept loop, connection settings, graceful shutdown.
 //! - [`admin`]: the admin listener (health, readiness).
 //! - [`error`]: the top-level error and its one mapping to a problem response.
@@ -34,9 +38,12 @@ pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod entry;
+pub mod epoch;
 pub mod error;
+pub mod family;
 pub mod flight;
 pub mod forward;
+pub mod invalidate;
 pub mod key;
 pub mod l1;
 pub mod l2;
@@ -46,3 +53,4 @@ pub mod route;
 pub mod server;
 pub mod sim;
 pub mod upstream;
+pub mod write;

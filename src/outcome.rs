@@ -43,6 +43,8 @@ pub enum NoStoreReason {
     VaryStar,
     /// `Vary` names a header the route does not key on.
     VaryMismatch,
+    /// A write to an entity the answer lists landed while it was being fetched.
+    Invalidated,
 }
 
 impl NoStoreReason {
@@ -54,13 +56,15 @@ impl NoStoreReason {
             Self::CacheControl => "cache-control",
             Self::VaryStar => "vary-star",
             Self::VaryMismatch => "vary-mismatch",
+            Self::Invalidated => "invalidated",
         }
     }
 
     /// Whether the answer may still be handed to concurrent waiters of the same key.
-    /// Only a status makes an answer unstorable yet identical for every caller.
+    /// Only a status (or a write that raced the fill: its waiters joined before the
+    /// write) makes an answer unstorable yet right for every caller of the flight.
     pub fn shareable(self) -> bool {
-        matches!(self, Self::Status)
+        matches!(self, Self::Status | Self::Invalidated)
     }
 }
 

@@ -1,7 +1,9 @@
 //! The request as a fixed sequence of phases: match route → build key → local tier →
-//! single-flight (shared tier, then MES) → store → respond; everything else is forwarded.
+//! single-flight (shared tier, then MES) → store → respond; everything else is forwarded
+//! (writes with invalidation rules go through [`crate::write`]).
 //!
-//! It owns the decisions; the tiers, the client and the header surgery live in their modules.
+//! It owns the read decisions; the tiers, the client and the header surgery live in their
+//! modules.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,19 +13,22 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::request::Parts;
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Either, Empty, Full, Limited};
+use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
 use tracing::{debug, warn};
 
 use crate::clock::Clock;
-use crate::config::{CachePolicy, Config};
+use crate::config::{CachePolicy, Config, Members};
 use crate::entry::Entry;
+use crate::epoch::{self, Fence};
 use crate::error::GatewayError;
+use crate::family::{Source, json_field};
 use crate::flight::{Flights, Role};
 use crate::forward;
+use crate::invalidate::Invalidator;
 use crate::key::{self, CacheKey};
 use crate::l1::{L1, L1Entry};
-use crate::l2::L2;
+use crate::l2::{L2, Lookup};
 use crate::outcome::{BypassReason, CacheOutcome, MissDetail, NoStoreReason, cache_status};
 use crate::route::Route;
 use crate::upstream::{Upstream, UpstreamBody, error_chain};
@@ -31,19 +36,32 @@ use crate::upstream::{Upstream, UpstreamBody, error_chain};
 /// Body of every response to a client: bytes we hold, or the MES's stream.
 pub type Body = Either<Full<Bytes>, Incoming>;
 
-/// The gateway: config, tiers, client and flights. Cheap to clone (one `Arc`).
+/// The gateway: config, tiers, client, flights and invalidation. Cheap to clone (one `Arc`).
 #[derive(Clone)]
 pub struct Gateway {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
-struct Inner {
-    config: Config,
-    upstream: Upstream,
-    l1: L1,
-    l2: Option<L2>,
+pub(crate) struct Inner {
+    pub(crate) config: Config,
+    pub(crate) upstream: Upstream,
+    pub(crate) l1: L1,
+    pub(crate) l2: Option<L2>,
     flights: Flights<Arc<Fill>>,
-    clock: Clock,
+    pub(crate) clock: Clock,
+    pub(crate) invalidator: Invalidator,
+}
+
+/// What a fill needs to know about its request, decided before it starts.
+struct FillCtx {
+    policy: Arc<CachePolicy>,
+    key: CacheKey,
+    /// Epoch names of the entry's families (family, group, global).
+    names: Vec<String>,
+    /// Local epochs when the request arrived.
+    fence: Fence,
+    /// Write sequence when the request arrived.
+    seq: u64,
 }
 
 /// Why a gateway could not be built.
@@ -90,18 +108,37 @@ impl Gateway {
     }
 
     /// Builds the gateway with an injected clock (tests control freshness with it).
+    ///
+    /// Starts the invalidation bus listener and retry loop when Redis is configured, so
+    /// it must be called inside a tokio runtime.
     pub fn with_clock(config: Config, clock: Clock) -> Result<Self, BuildError> {
         let l2 = config.redis.as_ref().map(L2::new).transpose()?;
+        let l1 = L1::new(config.l1_max_bytes);
+        let fill_ttl = config.timeouts.total * 2 + Duration::from_secs(10);
+        let invalidator = Invalidator::new(
+            l1.clone(),
+            l2.clone(),
+            clock.clone(),
+            index_ttl(&config),
+            fill_ttl,
+        );
+        invalidator.start_background();
         Ok(Self {
             inner: Arc::new(Inner {
                 upstream: Upstream::new(config.upstream.clone(), &config.timeouts),
-                l1: L1::new(config.l1_max_bytes),
+                l1,
                 l2,
                 flights: Flights::default(),
                 clock,
+                invalidator,
                 config,
             }),
         })
+    }
+
+    /// The invalidation state (admin, tests).
+    pub fn invalidator(&self) -> &Invalidator {
+        &self.inner.invalidator
     }
 
     /// The runtime config.
@@ -127,15 +164,22 @@ impl Gateway {
     /// Handles one request from `remote`. Never fails: errors become problem responses.
     pub async fn handle(&self, req: Request<Incoming>, remote: SocketAddr) -> Response<Body> {
         let config = &self.inner.config;
-        let route = config
-            .routes
-            .find(req.method(), req.uri().path())
-            .map(|m| m.route);
-        match route {
-            Some(r) if r.cache.is_some() && is_read(req.method()) => {
-                self.read(req, remote, r).await
-            }
-            _ => self.pass(req, remote).await,
+        let Some(m) = config.routes.find(req.method(), req.uri().path()) else {
+            return self.pass(req, remote).await;
+        };
+        let route = m.route;
+        let params: Vec<(String, String)> = route
+            .path
+            .params()
+            .zip(m.params)
+            .map(|(n, v)| (n.to_owned(), v.to_owned()))
+            .collect();
+        if route.cache.is_some() && is_read(req.method()) {
+            return self.read(req, remote, route, &params).await;
+        }
+        match &route.invalidate {
+            Some(rule) => self.write(req, remote, rule.clone(), params).await,
+            None => self.pass(req, remote).await,
         }
     }
 
@@ -148,6 +192,7 @@ impl Gateway {
         req: Request<Incoming>,
         remote: SocketAddr,
         route: &Route,
+        params: &[(String, String)],
     ) -> Response<Body> {
         let Some(policy) = route.cache.clone() else {
             return self.pass(req, remote).await;
@@ -167,22 +212,55 @@ impl Gateway {
         let now = self.inner.clock.now_ms();
         let local = self.local_lookup(&policy, &key).await;
         if let Some(l) = local.as_ref().filter(|l| l.is_fresh(now)) {
-            return entry_response(
-                &l.entry,
-                CacheOutcome::HitLocal,
-                MissDetail::default(),
-                None,
-                head,
-                now,
-            );
+            let none = MissDetail::default();
+            return entry_response(&l.entry, CacheOutcome::HitLocal, none, None, head, now);
         }
         let (parts, _) = req.into_parts();
         let stale_ms = policy.stale_if_error.as_millis() as u64;
-        let stale = local.map(|l| Stale {
+        // An invalidated entry never stands in, not even when the MES fails.
+        let stale = local.filter(|l| l.fence.is_valid()).map(|l| Stale {
             until_ms: l.fresh_until_ms.saturating_add(stale_ms),
             entry: l.entry,
         });
-        self.miss(parts, remote, policy, key, stale).await
+        let ctx = self.fill_ctx(policy, key, params);
+        self.miss(parts, remote, ctx, stale).await
+    }
+
+    fn fill_ctx(
+        &self,
+        policy: Arc<CachePolicy>,
+        key: CacheKey,
+        params: &[(String, String)],
+    ) -> FillCtx {
+        let lookup = |source: Source, field: &str| {
+            let pairs = match source {
+                Source::Path => params,
+                Source::Query => &key.query[..],
+                _ => return None,
+            };
+            pairs
+                .iter()
+                .find(|(n, _)| n == field)
+                .map(|(_, v)| v.clone())
+        };
+        let families: Vec<String> = policy
+            .families
+            .iter()
+            .filter_map(|t| t.render(&lookup))
+            .collect();
+        let names = epoch::names_for_all(&families);
+        let inv = &self.inner.invalidator;
+        // The write sequence is read before the fence: a write that lands in between is
+        // then caught by one or the other.
+        let seq = inv.write_seq();
+        let fence = inv.fence(&names);
+        FillCtx {
+            policy,
+            key,
+            names,
+            fence,
+            seq,
+        }
     }
 
     async fn local_lookup(&self, policy: &CachePolicy, key: &CacheKey) -> Option<L1Entry> {
@@ -197,20 +275,22 @@ impl Gateway {
         &self,
         parts: Parts,
         remote: SocketAddr,
-        policy: Arc<CachePolicy>,
-        key: CacheKey,
+        ctx: FillCtx,
         stale: Option<Stale>,
     ) -> Response<Body> {
         let head = parts.method == Method::HEAD;
-        let (waiter, leader) = match self.inner.flights.join(&key.key) {
+        // Fills under different epochs never merge: a request that arrives after an
+        // invalidation never receives a fetch that started before it.
+        let flight_key: Arc<str> = format!("{}#{}", ctx.key.key, ctx.fence.tag()).into();
+        let (waiter, leader) = match self.inner.flights.join(&flight_key) {
             Role::Waiter(w) => (w, false),
             Role::Leader(l) => {
                 let w = l.waiter();
-                let fetch = self.fill_request(&parts, remote, &policy, &key);
+                let fetch = self.fill_request(&parts, remote, &ctx.policy, &ctx.key);
                 let gw = self.clone();
                 // Detached: a client that goes away cannot cancel a fill others wait on.
                 tokio::spawn(async move {
-                    let fill = gw.run_flight(fetch, policy, key, stale).await;
+                    let fill = gw.run_flight(fetch, ctx, stale).await;
                     l.finish(Arc::new(fill));
                 });
                 (w, true)
@@ -250,7 +330,7 @@ impl Gateway {
             } => {
                 let shareable = no_store.is_none_or(|r| r.shareable());
                 if !leader && !shareable {
-                    let req = Request::from_parts(parts, Either::Right(Empty::new()));
+                    let req = Request::from_parts(parts, Either::Right(Full::new(Bytes::new())));
                     return self
                         .forward_marked(req, remote, BypassReason::NotShareable)
                         .await;
@@ -267,7 +347,7 @@ impl Gateway {
                 entry_response(entry, CacheOutcome::Stale, none, *fwd_status, head, now)
             }
             Fill::TooLarge => {
-                let req = Request::from_parts(parts, Either::Right(Empty::new()));
+                let req = Request::from_parts(parts, Either::Right(Full::new(Bytes::new())));
                 self.forward_marked(req, remote, BypassReason::TooLarge)
                     .await
             }
@@ -295,7 +375,7 @@ impl Gateway {
             host,
             upstream.authority(),
         );
-        let mut req = Request::new(Either::Right(Empty::new()));
+        let mut req = Request::new(Either::Right(Full::new(Bytes::new())));
         *req.uri_mut() = upstream.uri(&key.upstream_path)?;
         *req.headers_mut() = headers;
         Ok(req)
@@ -305,59 +385,52 @@ impl Gateway {
     async fn run_flight(
         &self,
         fetch: Result<Request<UpstreamBody>, GatewayError>,
-        policy: Arc<CachePolicy>,
-        key: CacheKey,
+        ctx: FillCtx,
         mut stale: Option<Stale>,
     ) -> Fill {
         let now = self.inner.clock.now_ms();
-        if let Some(l) = self
-            .local_lookup(&policy, &key)
-            .await
-            .filter(|l| l.is_fresh(now))
-        {
+        let local = self.local_lookup(&ctx.policy, &ctx.key).await;
+        if let Some(l) = local.filter(|l| l.is_fresh(now)) {
             return Fill::Hit {
                 entry: l.entry,
                 tier: Tier::Local,
             };
         }
-        if let Some(e) = self.shared_lookup(&policy, &key).await {
-            if e.is_fresh(now) {
-                let entry = Arc::new(e);
-                self.store_local(&policy, &key, &entry, now).await;
-                return Fill::Hit {
-                    entry,
-                    tier: Tier::Shared,
-                };
+        let mut snapshot = None;
+        if let Some(found) = self.shared_lookup(&ctx).await {
+            if let Some(e) = found.entry {
+                if e.is_fresh(now) {
+                    let entry = Arc::new(e);
+                    self.store_local(&ctx, &entry, now).await;
+                    return Fill::Hit {
+                        entry,
+                        tier: Tier::Shared,
+                    };
+                }
+                stale = newer_stale(stale, e, ctx.policy.stale_if_error);
             }
-            if stale
-                .as_ref()
-                .is_none_or(|s| s.entry.stored_at_ms < e.stored_at_ms)
-            {
-                let stale_ms = policy.stale_if_error.as_millis() as u64;
-                stale = Some(Stale {
-                    until_ms: e
-                        .stored_at_ms
-                        .saturating_add(e.ttl_ms)
-                        .saturating_add(stale_ms),
-                    entry: Arc::new(e),
-                });
-            }
+            snapshot = Some(found.epochs);
         }
         let stale = stale.filter(|s| now < s.until_ms).map(|s| s.entry);
         match fetch {
-            Ok(req) => self.fetch_and_store(req, &policy, &key, stale).await,
+            Ok(req) => self.fetch_and_store(req, &ctx, snapshot, stale).await,
             Err(e) => Fill::Failed(e),
         }
     }
 
-    async fn shared_lookup(&self, policy: &CachePolicy, key: &CacheKey) -> Option<Entry> {
+    /// Asks Redis for the entry and the current epochs of its families; `None` when the
+    /// shared tier is off for the route, waits for a queued invalidation, or failed.
+    async fn shared_lookup(&self, ctx: &FillCtx) -> Option<Lookup> {
         let l2 = self
             .inner
             .l2
             .as_ref()
-            .filter(|_| !policy.ttl_l2.is_zero())?;
-        match l2.get(&key.key).await {
-            Ok(found) => found,
+            .filter(|_| !ctx.policy.ttl_l2.is_zero())?;
+        if self.inner.invalidator.pending_any(&ctx.names) {
+            return None;
+        }
+        match l2.lookup(&ctx.key.key, &ctx.names).await {
+            Ok(found) => Some(found),
             Err(e) => {
                 debug!(error = %e, kind = e.as_str(), tier = "shared", "lookup failed");
                 None
@@ -368,20 +441,18 @@ impl Gateway {
     async fn fetch_and_store(
         &self,
         req: Request<UpstreamBody>,
-        policy: &CachePolicy,
-        key: &CacheKey,
+        ctx: &FillCtx,
+        snapshot: Option<Vec<u64>>,
         stale: Option<Arc<Entry>>,
     ) -> Fill {
         let total = self.inner.config.timeouts.total;
-        let fetched = tokio::time::timeout(total, self.fetch(req, policy.max_body)).await;
-        let fetched = fetched.unwrap_or(Err(FetchError::Gateway(GatewayError::UpstreamTimeout(
-            "total",
-        ))));
-        let (parts, body) = match fetched {
+        let timed_out = FetchError::Gateway(GatewayError::UpstreamTimeout("total"));
+        let fetched = tokio::time::timeout(total, self.fetch(req, ctx.policy.max_body)).await;
+        let (parts, body) = match fetched.unwrap_or(Err(timed_out)) {
             Ok(ok) => ok,
             Err(FetchError::TooLarge) => return Fill::TooLarge,
             Err(FetchError::Gateway(e)) => {
-                warn!(error = %e, key = %key.key, "fill failed");
+                warn!(error = %e, key = %ctx.key.key, "fill failed");
                 return match stale {
                     Some(entry) => Fill::Stale {
                         entry,
@@ -399,7 +470,7 @@ impl Gateway {
                 fwd_status: Some(parts.status.as_u16()),
             };
         }
-        self.store(parts, body, policy, key).await
+        self.store(parts, body, ctx, snapshot).await
     }
 
     async fn fetch(
@@ -423,29 +494,41 @@ impl Gateway {
         }
     }
 
-    /// Decides cacheability, stores in L1 then (detached) L2, and reports the fill.
+    /// Decides cacheability; records the members, then stores in L1 and (fenced) in L2.
     async fn store(
         &self,
         mut parts: http::response::Parts,
         body: Bytes,
-        policy: &CachePolicy,
-        key: &CacheKey,
+        ctx: &FillCtx,
+        snapshot: Option<Vec<u64>>,
     ) -> Fill {
-        let no_store = no_store_reason(policy, parts.status, &parts.headers);
+        let policy = &ctx.policy;
+        let mut no_store = no_store_reason(policy, parts.status, &parts.headers);
+        let members = match (&no_store, &policy.members) {
+            (None, Some(m)) => read_members(m, &body),
+            _ => Vec::new(),
+        };
+        let entities: Vec<String> = members.iter().map(|(e, _)| e.clone()).collect();
+        if no_store.is_none() && self.inner.invalidator.written_since(&entities, ctx.seq) {
+            no_store = Some(NoStoreReason::Invalidated);
+        }
         forward::strip_hop_by_hop(&mut parts.headers);
         parts.headers.remove(header::CONTENT_LENGTH);
         parts.headers.remove(header::AGE);
         let now = self.inner.clock.now_ms();
+        let fenced = snapshot.is_some();
         let entry = Arc::new(Entry {
             status: parts.status,
             headers: parts.headers,
             body,
             stored_at_ms: now,
             ttl_ms: policy.ttl_l2.as_millis() as u64,
+            epochs: snapshot.unwrap_or_default(),
         });
         if no_store.is_none() {
-            self.store_local(policy, key, &entry, now).await;
-            self.store_shared(policy, key, &entry).await;
+            self.remember(&members).await;
+            self.store_local(ctx, &entry, now).await;
+            self.store_shared(ctx, &entry, fenced).await;
         }
         Fill::Fetched {
             entry,
@@ -454,14 +537,27 @@ impl Gateway {
         }
     }
 
-    async fn store_local(
-        &self,
-        policy: &CachePolicy,
-        key: &CacheKey,
-        entry: &Arc<Entry>,
-        now: u64,
-    ) {
-        if policy.ttl_l1.is_zero() {
+    /// Records which families the listed entities were seen in, before the entry that
+    /// lists them becomes visible (so a write that follows finds them).
+    async fn remember(&self, members: &[(String, Vec<String>)]) {
+        if members.is_empty() {
+            return;
+        }
+        self.inner.invalidator.remember_local(members);
+        let Some(l2) = &self.inner.l2 else { return };
+        if let Err(e) = l2.remember(members, index_ttl(&self.inner.config)).await {
+            debug!(error = %e, kind = e.as_str(), tier = "shared", "entity index store failed");
+        }
+    }
+
+    async fn store_local(&self, ctx: &FillCtx, entry: &Arc<Entry>, now: u64) {
+        let policy = &ctx.policy;
+        let fence = if self.inner.invalidator.fencing() {
+            ctx.fence.clone()
+        } else {
+            self.inner.invalidator.fence(&ctx.names)
+        };
+        if policy.ttl_l1.is_zero() || !fence.is_valid() {
             return;
         }
         let own_limit = now + policy.ttl_l1.as_millis() as u64;
@@ -476,18 +572,33 @@ impl Gateway {
             entry: entry.clone(),
             fresh_until_ms,
             keep_for,
+            fence,
         };
-        self.inner.l1.insert(key.key.clone(), value).await;
+        self.inner.l1.insert(ctx.key.key.clone(), value).await;
     }
 
     /// Stores in Redis before the flight finishes, so once an answer has left, every
-    /// instance can find it. Bounded by the op timeout; a failure only costs the share.
-    async fn store_shared(&self, policy: &CachePolicy, key: &CacheKey, entry: &Entry) {
+    /// instance can find it, unless an epoch moved since the fill began (checked and
+    /// stored in one script). Bounded by the op timeout; a failure only costs the share.
+    async fn store_shared(&self, ctx: &FillCtx, entry: &Arc<Entry>, fenced: bool) {
+        let policy = &ctx.policy;
         let Some(l2) = self.inner.l2.as_ref().filter(|_| !policy.ttl_l2.is_zero()) else {
             return;
         };
+        if !fenced || self.inner.invalidator.pending_any(&ctx.names) {
+            return;
+        }
         let keep = policy.ttl_l2 + policy.stale_if_error;
-        if let Err(e) = l2.set(&key.key, entry, keep).await {
+        let mut entry = entry.as_ref().clone();
+        if !self.inner.invalidator.fencing()
+            && let Ok(now) = l2.lookup(&ctx.key.key, &ctx.names).await
+        {
+            entry.epochs = now.epochs;
+        }
+        if let Err(e) = l2
+            .store_fenced(&ctx.key.key, &entry, keep, &ctx.names)
+            .await
+        {
             debug!(error = %e, kind = e.as_str(), tier = "shared", "store failed");
         }
     }
@@ -532,7 +643,11 @@ impl Gateway {
     }
 
     /// Forwards a request untouched but for hop-by-hop headers, streaming both bodies.
-    async fn pass_body(&self, req: Request<UpstreamBody>, remote: SocketAddr) -> Response<Body> {
+    pub(crate) async fn pass_body(
+        &self,
+        req: Request<UpstreamBody>,
+        remote: SocketAddr,
+    ) -> Response<Body> {
         match self.forward(req, remote).await {
             Ok(resp) => resp.map(Either::Right),
             Err(e) => {
@@ -542,7 +657,7 @@ impl Gateway {
         }
     }
 
-    async fn forward(
+    pub(crate) async fn forward(
         &self,
         req: Request<UpstreamBody>,
         remote: SocketAddr,
@@ -566,6 +681,70 @@ impl Gateway {
         forward::response_headers(resp.headers_mut(), version);
         Ok(resp)
     }
+}
+
+/// Keeps the newer of two stale candidates.
+fn newer_stale(current: Option<Stale>, e: Entry, window: Duration) -> Option<Stale> {
+    if current
+        .as_ref()
+        .is_some_and(|s| s.entry.stored_at_ms >= e.stored_at_ms)
+    {
+        return current;
+    }
+    let until_ms = e
+        .stored_at_ms
+        .saturating_add(e.ttl_ms)
+        .saturating_add(window.as_millis() as u64);
+    Some(Stale {
+        until_ms,
+        entry: Arc::new(e),
+    })
+}
+
+/// How long entity memberships must be remembered: as long as any entry listing them can
+/// live in either tier, plus a margin.
+fn index_ttl(config: &Config) -> Duration {
+    let longest = config
+        .routes
+        .routes()
+        .iter()
+        .filter_map(|r| r.cache.as_ref())
+        .map(|c| c.ttl_l1.max(c.ttl_l2) + c.stale_if_error)
+        .max()
+        .unwrap_or_default();
+    longest + Duration::from_secs(60)
+}
+
+/// The members of a body: each entity with the families it shows it belongs to.
+fn read_members(m: &Members, body: &[u8]) -> Vec<(String, Vec<String>)> {
+    let Ok(json) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return Vec::new();
+    };
+    let mut list = &json;
+    for seg in m.items.split('.').filter(|s| !s.is_empty()) {
+        match list.get(seg) {
+            Some(next) => list = next,
+            None => return Vec::new(),
+        }
+    }
+    let items: Vec<&serde_json::Value> = match (m.items.is_empty(), list.as_array()) {
+        (true, _) => vec![list],
+        (false, Some(a)) => a.iter().collect(),
+        (false, None) => Vec::new(),
+    };
+    items
+        .into_iter()
+        .filter_map(|item| {
+            let lookup = |_: Source, field: &str| json_field(item, field);
+            let entity = m.entity.render(&lookup)?;
+            let families = m
+                .member_of
+                .iter()
+                .filter_map(|t| t.render(&lookup))
+                .collect();
+            Some((entity, families))
+        })
+        .collect()
 }
 
 /// An entry past its freshness that may stand in when the MES fails, until `until_ms`.
@@ -747,6 +926,7 @@ mod tests {
             body: Bytes::from_static(b"12345"),
             stored_at_ms: 1_000,
             ttl_ms: 10_000,
+            epochs: Vec::new(),
         };
         let r = entry_response(
             &entry,

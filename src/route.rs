@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use http::Method;
 
-use crate::config::CachePolicy;
+use crate::config::{CachePolicy, InvalidateRule};
 
 /// One segment of a path template.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -133,6 +133,8 @@ pub struct Route {
     pub path: PathTemplate,
     /// How reads are cached; `None` means forward untouched.
     pub cache: Option<Arc<CachePolicy>>,
+    /// What a successful write invalidates; `None` means nothing.
+    pub invalidate: Option<Arc<InvalidateRule>>,
 }
 
 /// A matched route with the captured path parameters.
@@ -231,6 +233,7 @@ mod tests {
             methods: vec![Method::GET],
             path: t(path),
             cache: None,
+            invalidate: None,
         }
     }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, Uri};
-use http_body_util::{Either, Empty};
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -15,8 +15,9 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use crate::config::{Timeouts, UpstreamTarget};
 use crate::error::GatewayError;
 
-/// Body of a request to the MES: a client's streamed body, or nothing (cache fills).
-pub type UpstreamBody = Either<Incoming, Empty<Bytes>>;
+/// Body of a request to the MES: a client's streamed body, or bytes we hold (cache
+/// fills send none; writes with invalidation rules are buffered to read their fields).
+pub type UpstreamBody = Either<Incoming, Full<Bytes>>;
 
 /// The client to the MES. Cheap to clone (the pool is shared).
 #[derive(Clone)]

@@ -1,0 +1,130 @@
+//! Local epochs: one counter per family, per group (`status:*`) and one global (`*`).
+//!
+//! An entry remembers the epochs of its families when its fetch started (its [`Fence`]);
+//! bumping any of them makes it invalid in O(1), with no scan of keys. This module holds the
+//! counters; who bumps them and when is [`crate::invalidate`]'s business.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::family::group_of;
+
+/// The epoch name that every entry carries: bumping it invalidates everything.
+pub const GLOBAL: &str = "*";
+
+/// The epoch names an entry of `family` depends on: the family, its group, the global one.
+pub fn names_for(family: &str) -> Vec<String> {
+    let group = group_of(family);
+    let mut names = vec![family.to_owned()];
+    if group != family {
+        names.push(format!("{group}:*"));
+    }
+    names.push(GLOBAL.to_owned());
+    names
+}
+
+/// The epoch names of a set of families, without duplicates, in a stable order.
+pub fn names_for_all(families: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for f in families {
+        for n in names_for(f) {
+            if !out.contains(&n) {
+                out.push(n);
+            }
+        }
+    }
+    if out.is_empty() {
+        out.push(GLOBAL.to_owned());
+    }
+    out
+}
+
+/// The local epoch counters. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct Epochs {
+    // A std Mutex: get-or-create only, never held across `.await`. Reads on the hit path
+    // go through the `Arc<AtomicU64>` cells a fence holds, not through this map.
+    cells: Arc<Mutex<HashMap<String, Arc<AtomicU64>>>>,
+}
+
+/// The epochs an entry was filled under. Valid while none of them moved.
+#[derive(Debug, Clone, Default)]
+pub struct Fence {
+    cells: Vec<(Arc<AtomicU64>, u64)>,
+}
+
+impl Fence {
+    /// Whether no epoch moved since the fence was taken (a few atomic loads).
+    pub fn is_valid(&self) -> bool {
+        self.cells
+            .iter()
+            .all(|(cell, seen)| cell.load(Ordering::Acquire) == *seen)
+    }
+
+    /// The values, for the single-flight key (fills under different epochs never merge).
+    pub fn tag(&self) -> String {
+        let v: Vec<String> = self.cells.iter().map(|(_, s)| s.to_string()).collect();
+        v.join(".")
+    }
+}
+
+impl Epochs {
+    fn cell(&self, name: &str) -> Arc<AtomicU64> {
+        let mut map = self.cells.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(name.to_owned()).or_default().clone()
+    }
+
+    /// Takes a fence over the given epoch names.
+    pub fn fence(&self, names: &[String]) -> Fence {
+        let cells = names
+            .iter()
+            .map(|n| {
+                let c = self.cell(n);
+                let v = c.load(Ordering::Acquire);
+                (c, v)
+            })
+            .collect();
+        Fence { cells }
+    }
+
+    /// Moves the given epochs: every fence over any of them becomes invalid.
+    pub fn bump(&self, names: &[String]) {
+        for n in names {
+            self.cell(n).fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Current value of one epoch.
+    pub fn get(&self, name: &str) -> u64 {
+        self.cell(name).load(Ordering::Acquire)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_cover_family_group_and_global() {
+        assert_eq!(names_for("status:A"), ["status:A", "status:*", "*"]);
+        assert_eq!(names_for("counts"), ["counts", "*"]);
+        let all = names_for_all(&["status:A".into(), "status:B".into()]);
+        assert_eq!(all, ["status:A", "status:*", "*", "status:B"]);
+    }
+
+    #[test]
+    fn bumping_a_family_a_group_or_global_breaks_the_fence() {
+        let e = Epochs::default();
+        let names = names_for("status:A");
+        for bumped in ["status:A", "status:*", "*"] {
+            let f = e.fence(&names);
+            assert!(f.is_valid());
+            e.bump(&[bumped.to_owned()]);
+            assert!(!f.is_valid(), "{bumped}");
+        }
+        let f = e.fence(&names);
+        e.bump(&["status:B".to_owned()]);
+        assert!(f.is_valid(), "another family leaves it alone");
+    }
+}

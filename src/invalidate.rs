@@ -1,0 +1,380 @@
+//! Invalidation: local epochs, the entity index (what families an entity was seen in),
+//! applying an invalidation to L1, Redis and the bus, retrying what Redis missed, and
+//! listening to other instances.
+//!
+//! It does not decide what a write invalidates ([`crate::write`] plans that) and it does
+//! not read or store entries ([`crate::proxy`] does, under the fences taken here).
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use moka::sync::Cache;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+use tracing::{debug, info, warn};
+
+use crate::clock::Clock;
+use crate::epoch::{Epochs, Fence, GLOBAL};
+use crate::l1::L1;
+use crate::l2::L2;
+
+/// A message on the invalidation bus.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BusMessage {
+    /// Instance that applied it (its own messages are skipped).
+    pub origin: String,
+    /// Epoch names bumped.
+    pub names: Vec<String>,
+    /// Entity written, if any.
+    pub entity: Option<String>,
+    /// When it was applied at the origin, ms since the epoch.
+    pub at_ms: u64,
+}
+
+/// Counters of the invalidation machinery.
+#[derive(Debug, Default)]
+pub struct InvalidationStats {
+    /// Invalidations applied by this instance.
+    pub applied: AtomicU64,
+    /// Writes whose entity's families were unknown, so whole groups were invalidated.
+    pub fallbacks: AtomicU64,
+    /// Redis invalidations that failed and were queued.
+    pub queued: AtomicU64,
+    /// Queued invalidations later applied to Redis.
+    pub retried: AtomicU64,
+    /// Messages applied from other instances.
+    pub received: AtomicU64,
+    /// Sum of write-to-applied latency of received messages, ms (with `received`: a mean).
+    pub received_latency_ms: AtomicU64,
+    /// Worst write-to-applied latency seen, ms.
+    pub received_latency_max_ms: AtomicU64,
+    /// Times the bus subscription (re)started and L1 was flushed.
+    pub resubscribes: AtomicU64,
+    /// Fills not stored because an entity they list was written during the fill.
+    pub fenced_fills: AtomicU64,
+}
+
+/// Switches for the randomized consistency test: each one, turned off, must produce
+/// violations. Never turned off in production.
+#[derive(Debug)]
+pub struct TestSwitches {
+    /// Fences on fills (epoch checks at store time, entity-write checks).
+    pub fencing: AtomicBool,
+    /// The previous-status lookup (entity index) and its fallback.
+    pub previous_lookup: AtomicBool,
+}
+
+impl Default for TestSwitches {
+    fn default() -> Self {
+        Self {
+            fencing: AtomicBool::new(true),
+            previous_lookup: AtomicBool::new(true),
+        }
+    }
+}
+
+/// The invalidation state of one instance. Cheap to clone.
+#[derive(Clone)]
+pub struct Invalidator {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    epochs: Epochs,
+    l1: L1,
+    l2: Option<L2>,
+    clock: Clock,
+    origin: String,
+    /// entity → families it was seen in, for as long as entries listing it may live.
+    index: Cache<String, Arc<Vec<String>>>,
+    /// entity → write sequence of its last write (to fence fills that listed it).
+    writes: Cache<String, u64>,
+    seq: AtomicU64,
+    // A std Mutex: inserts and drains only, never held across `.await`.
+    pending: Mutex<HashSet<String>>,
+    wake_retry: Notify,
+    stats: InvalidationStats,
+    switches: TestSwitches,
+}
+
+impl Invalidator {
+    /// A new invalidator; `index_ttl` bounds how long entity memberships are remembered
+    /// (at least as long as any entry lives), `fill_ttl` how long write marks are kept
+    /// (at least as long as a fill can take).
+    pub fn new(
+        l1: L1,
+        l2: Option<L2>,
+        clock: Clock,
+        index_ttl: Duration,
+        fill_ttl: Duration,
+    ) -> Self {
+        let origin = format!("{}-{:x}", std::process::id(), clock.now_ms() ^ rand_salt());
+        Self {
+            inner: Arc::new(Inner {
+                epochs: Epochs::default(),
+                l1,
+                l2,
+                clock,
+                origin,
+                index: Cache::builder()
+                    .max_capacity(1_000_000)
+                    .time_to_live(index_ttl)
+                    .build(),
+                writes: Cache::builder()
+                    .max_capacity(1_000_000)
+                    .time_to_live(fill_ttl)
+                    .build(),
+                seq: AtomicU64::new(1),
+                pending: Mutex::default(),
+                wake_retry: Notify::new(),
+                stats: InvalidationStats::default(),
+                switches: TestSwitches::default(),
+            }),
+        }
+    }
+
+    /// Takes a fence over epoch names.
+    pub fn fence(&self, names: &[String]) -> Fence {
+        self.inner.epochs.fence(names)
+    }
+
+    /// The write sequence now; a fill remembers it to detect writes during the fill.
+    pub fn write_seq(&self) -> u64 {
+        self.inner.seq.load(Ordering::Acquire)
+    }
+
+    /// Whether any of `entities` was written after `seq` (the fill must not be stored).
+    pub fn written_since(&self, entities: &[String], seq: u64) -> bool {
+        if !self.fencing() {
+            return false;
+        }
+        let hit = entities
+            .iter()
+            .any(|e| self.inner.writes.get(e).is_some_and(|w| w >= seq));
+        if hit {
+            self.inner
+                .stats
+                .fenced_fills
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        hit
+    }
+
+    /// Whether any of the names waits for its Redis invalidation (L2 must not be used).
+    pub fn pending_any(&self, names: &[String]) -> bool {
+        let p = self.lock_pending();
+        !p.is_empty() && names.iter().any(|n| p.contains(n))
+    }
+
+    /// Records memberships seen in a stored body, locally (the caller does Redis).
+    pub fn remember_local(&self, members: &[(String, Vec<String>)]) {
+        for (entity, families) in members {
+            let mut merged: Vec<String> = self
+                .inner
+                .index
+                .get(entity)
+                .map(|v| v.as_ref().clone())
+                .unwrap_or_default();
+            for f in families {
+                if !merged.contains(f) {
+                    merged.push(f.clone());
+                }
+            }
+            self.inner.index.insert(entity.clone(), Arc::new(merged));
+        }
+    }
+
+    /// The families `entity` is known to belong to, here and in Redis.
+    pub async fn known(&self, entity: &str) -> Vec<String> {
+        if !self.inner.switches.previous_lookup.load(Ordering::Relaxed) {
+            return Vec::new();
+        }
+        let mut out: Vec<String> = self
+            .inner
+            .index
+            .get(entity)
+            .map(|v| v.as_ref().clone())
+            .unwrap_or_default();
+        if let Some(l2) = &self.inner.l2 {
+            match l2.known(entity).await {
+                Ok(shared) => out.extend(
+                    shared
+                        .into_iter()
+                        .filter(|f| !out.contains(f))
+                        .collect::<Vec<_>>(),
+                ),
+                Err(e) => debug!(error = %e, tier = "shared", "entity lookup failed"),
+            }
+        }
+        out
+    }
+
+    /// Whether unknown previous families fall back to whole groups (off only in tests).
+    pub fn previous_lookup(&self) -> bool {
+        self.inner.switches.previous_lookup.load(Ordering::Relaxed)
+    }
+
+    /// Whether fills are fenced (off only in tests).
+    pub fn fencing(&self) -> bool {
+        self.inner.switches.fencing.load(Ordering::Relaxed)
+    }
+
+    /// Counts a previous-status fallback.
+    pub fn count_fallback(&self) {
+        self.inner.stats.fallbacks.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Applies an invalidation: write mark and L1 epochs at once, then Redis epochs and
+    /// the bus in one script; when Redis fails, the names are queued for retry and L2 is
+    /// not used for them meanwhile. Returns when L1 is invalidated and Redis either has
+    /// it or has it queued.
+    pub async fn apply(&self, names: Vec<String>, entity: Option<String>) {
+        let inner = &self.inner;
+        if let Some(e) = &entity {
+            let seq = inner.seq.fetch_add(1, Ordering::AcqRel);
+            inner.writes.insert(e.clone(), seq);
+        }
+        inner.epochs.bump(&names);
+        inner.stats.applied.fetch_add(1, Ordering::Relaxed);
+        let Some(l2) = &inner.l2 else { return };
+        let msg = self.message(&names, entity);
+        if let Err(e) = l2.invalidate(&names, &msg).await {
+            warn!(error = %e, kind = e.as_str(), tier = "shared", "invalidation queued for retry");
+            inner.stats.queued.fetch_add(1, Ordering::Relaxed);
+            self.lock_pending().extend(names);
+            inner.wake_retry.notify_one();
+        }
+    }
+
+    fn message(&self, names: &[String], entity: Option<String>) -> String {
+        let m = BusMessage {
+            origin: self.inner.origin.clone(),
+            names: names.to_vec(),
+            entity,
+            at_ms: self.inner.clock.now_ms(),
+        };
+        serde_json::to_string(&m).unwrap_or_default()
+    }
+
+    fn lock_pending(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.inner.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Everything: bump the global epoch (all entries, all in-flight fills).
+    pub async fn purge_all(&self) {
+        self.apply(vec![GLOBAL.to_owned()], None).await;
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &InvalidationStats {
+        &self.inner.stats
+    }
+
+    /// Test switches.
+    pub fn switches(&self) -> &TestSwitches {
+        &self.inner.switches
+    }
+
+    /// Starts the retry loop and the bus listener (when Redis is configured).
+    pub fn start_background(&self) {
+        let Some(l2) = self.inner.l2.clone() else {
+            return;
+        };
+        tokio::spawn(self.clone().retry_loop(l2.clone()));
+        tokio::spawn(self.clone().listen(l2));
+    }
+
+    async fn retry_loop(self, l2: L2) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            if self.lock_pending().is_empty() {
+                backoff = Duration::from_millis(100);
+                self.inner.wake_retry.notified().await;
+                continue;
+            }
+            tokio::time::sleep(backoff).await;
+            let names: Vec<String> = self.lock_pending().iter().cloned().collect();
+            let msg = self.message(&names, None);
+            match l2.invalidate(&names, &msg).await {
+                Ok(()) => {
+                    let mut p = self.lock_pending();
+                    for n in &names {
+                        p.remove(n);
+                    }
+                    self.inner.stats.retried.fetch_add(1, Ordering::Relaxed);
+                    info!(count = names.len(), "queued invalidations applied to redis");
+                }
+                Err(e) => {
+                    debug!(error = %e, "retry of queued invalidations failed");
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+
+    /// Follows the bus. Every (re)subscription flushes L1 and bumps the global epoch:
+    /// messages may have been missed while the subscription was down.
+    async fn listen(self, l2: L2) {
+        let channel = l2.channel();
+        let mut first = true;
+        loop {
+            match l2.subscribe(&channel).await {
+                Ok(mut stream) => {
+                    if !first {
+                        self.flush_after_gap();
+                    }
+                    first = false;
+                    while let Some(msg) = stream.next().await {
+                        self.on_message(&msg);
+                    }
+                    warn!("invalidation bus subscription dropped");
+                }
+                Err(e) => debug!(error = %e, "invalidation bus subscribe failed"),
+            }
+            if !first {
+                // Down: anything cached now may miss a message; keep flushing until back.
+                self.flush_after_gap();
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    fn flush_after_gap(&self) {
+        self.inner.epochs.bump(&[GLOBAL.to_owned()]);
+        self.inner.l1.clear();
+        self.inner
+            .stats
+            .resubscribes
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn on_message(&self, payload: &[u8]) {
+        let Ok(m) = serde_json::from_slice::<BusMessage>(payload) else {
+            warn!("unreadable message on the invalidation bus");
+            return;
+        };
+        if m.origin == self.inner.origin {
+            return;
+        }
+        if let Some(e) = &m.entity {
+            let seq = self.inner.seq.fetch_add(1, Ordering::AcqRel);
+            self.inner.writes.insert(e.clone(), seq);
+        }
+        self.inner.epochs.bump(&m.names);
+        let lat = self.inner.clock.now_ms().saturating_sub(m.at_ms);
+        let s = &self.inner.stats;
+        s.received.fetch_add(1, Ordering::Relaxed);
+        s.received_latency_ms.fetch_add(lat, Ordering::Relaxed);
+        s.received_latency_max_ms.fetch_max(lat, Ordering::Relaxed);
+    }
+}
+
+fn rand_salt() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(0);
+    h.finish()
+}

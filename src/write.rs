@@ -1,0 +1,163 @@
+//! The write path: forward a write detached from the client, then plan its invalidation
+//! from the rule and apply it before the answer leaves.
+//!
+//! It plans; applying (L1, Redis, bus, retries) is [`crate::invalidate`]'s.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Either, Full, Limited};
+use hyper::body::Incoming;
+use serde_json::Value;
+use tokio::sync::oneshot;
+use tracing::{debug, warn};
+
+use crate::config::InvalidateRule;
+use crate::error::GatewayError;
+use crate::family::{Source, json_field};
+use crate::proxy::{Body, Gateway};
+use crate::upstream::error_chain;
+
+/// What one successful write invalidates.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Plan {
+    /// Epoch names to bump (families, and `group:*` for fallbacks).
+    pub names: Vec<String>,
+    /// The entity written.
+    pub entity: Option<String>,
+    /// Whether the previous families were unknown and whole groups were taken instead.
+    pub fallback: bool,
+}
+
+/// What a write's placeholders can read.
+struct WriteFacts<'a> {
+    params: &'a [(String, String)],
+    request: Option<Value>,
+    response: Option<Value>,
+}
+
+impl WriteFacts<'_> {
+    fn lookup(&self, source: Source, field: &str) -> Option<String> {
+        match source {
+            Source::Path => self
+                .params
+                .iter()
+                .find(|(n, _)| n == field)
+                .map(|(_, v)| v.clone()),
+            Source::Request => json_field(self.request.as_ref()?, field),
+            Source::Response => json_field(self.response.as_ref()?, field),
+            Source::Query | Source::Item => None,
+        }
+    }
+}
+
+impl Gateway {
+    /// Buffers the write's body (to read its fields), then forwards and invalidates in a
+    /// task of its own: a client that goes away cannot cancel either.
+    pub(crate) async fn write(
+        &self,
+        req: Request<Incoming>,
+        remote: SocketAddr,
+        rule: Arc<InvalidateRule>,
+        params: Vec<(String, String)>,
+    ) -> Response<Body> {
+        let (parts, body) = req.into_parts();
+        let body = match Limited::new(body, rule.max_body).collect().await {
+            Ok(c) => c.to_bytes(),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                return problem(&GatewayError::BodyTooLarge(rule.max_body));
+            }
+            Err(e) => return problem(&GatewayError::BadBody(error_chain(&*e))),
+        };
+        let gw = self.clone();
+        let (tx, rx) = oneshot::channel();
+        tokio::spawn(async move {
+            let req = Request::from_parts(parts, body);
+            let _ = tx.send(gw.write_detached(req, remote, &rule, &params).await);
+        });
+        rx.await
+            .unwrap_or_else(|_| problem(&GatewayError::FetchLost))
+    }
+
+    async fn write_detached(
+        &self,
+        req: Request<Bytes>,
+        remote: SocketAddr,
+        rule: &InvalidateRule,
+        params: &[(String, String)],
+    ) -> Response<Body> {
+        let request = serde_json::from_slice(req.body()).ok();
+        let req = req.map(|b| Either::Right(Full::new(b)));
+        let resp = match self.forward(req, remote).await {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(error = %e, kind = e.as_str(), "write forward failed");
+                return problem(&e);
+            }
+        };
+        if !rule.applies_to(resp.status()) {
+            return resp.map(Either::Right);
+        }
+        let (parts, body) = resp.into_parts();
+        let bytes = Limited::new(body, rule.max_body).collect().await.ok();
+        let bytes = bytes.map(|c| c.to_bytes());
+        let facts = WriteFacts {
+            params,
+            request,
+            response: bytes.as_ref().and_then(|b| serde_json::from_slice(b).ok()),
+        };
+        let plan = self.plan(rule, &facts).await;
+        debug!(names = ?plan.names, fallback = plan.fallback, "invalidating");
+        self.inner.invalidator.apply(plan.names, plan.entity).await;
+        match bytes {
+            Some(b) => Response::from_parts(parts, Either::Left(Full::new(b))),
+            None => problem(&GatewayError::UpstreamProtocol(
+                "the MES answer to a write could not be read in full; the write may have \
+                 been applied, and what it touches was invalidated"
+                    .into(),
+            )),
+        }
+    }
+
+    /// The families a successful write makes wrong. A family that cannot be rendered
+    /// (a field missing from the bodies) becomes its whole group: never less than needed.
+    async fn plan(&self, rule: &InvalidateRule, facts: &WriteFacts<'_>) -> Plan {
+        let lookup = |s: Source, f: &str| facts.lookup(s, f);
+        let mut plan = Plan::default();
+        for t in &rule.families {
+            let name = t
+                .render(&lookup)
+                .unwrap_or_else(|| format!("{}:*", t.group()));
+            push_unique(&mut plan.names, name);
+        }
+        plan.entity = rule.entity.as_ref().and_then(|t| t.render(&lookup));
+        let inv = &self.inner.invalidator;
+        let known = match &plan.entity {
+            Some(e) => inv.known(e).await,
+            None => Vec::new(),
+        };
+        if known.is_empty() && inv.previous_lookup() && !rule.fallback.is_empty() {
+            plan.fallback = true;
+            inv.count_fallback();
+            for g in &rule.fallback {
+                push_unique(&mut plan.names, format!("{g}:*"));
+            }
+        }
+        for k in known {
+            push_unique(&mut plan.names, k);
+        }
+        plan
+    }
+}
+
+fn push_unique(names: &mut Vec<String>, name: String) {
+    if !names.contains(&name) {
+        names.push(name);
+    }
+}
+
+fn problem(e: &GatewayError) -> Response<Body> {
+    e.to_response().map(Either::Left)
+}
