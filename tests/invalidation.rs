@@ -1,0 +1,401 @@
+//! Write-driven invalidation end to end, with the shipped `config/mesgate.toml`, the MES
+//! simulator (MVCC reads) and a real Redis.
+
+mod support;
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::Method;
+use mesgate::sim::{self, SimConfig, SimHandle};
+use serde_json::Value;
+use support::client::{Resp, get, send};
+use support::gateway::{TestGateway, spawn_gateway};
+use support::redis::RedisServer;
+use tokio::io::AsyncWriteExt;
+
+struct Env {
+    redis: RedisServer,
+    sim: SimHandle,
+    gw: TestGateway,
+}
+
+fn shipped_config() -> String {
+    std::fs::read_to_string("config/mesgate.toml").expect("config/mesgate.toml")
+}
+
+async fn start_sim(config: SimConfig) -> SimHandle {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    sim::spawn(l, config)
+}
+
+async fn env(config: SimConfig) -> Env {
+    let redis = RedisServer::start().await;
+    let sim = start_sim(config).await;
+    let gw = spawn_gateway(&shipped_config(), &sim.base_url(), Some(&redis.url())).await;
+    Env { redis, sim, gw }
+}
+
+fn ids(r: &Resp) -> Vec<u64> {
+    r.json()["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|o| o["id"].as_u64().unwrap())
+        .collect()
+}
+
+async fn patch_status(base: &str, id: u64, status: &str) -> Resp {
+    let body = Bytes::from(format!("{{\"status\":\"{status}\"}}"));
+    let url = format!("{base}/api/orders/{id}/status");
+    send(
+        Method::PATCH,
+        &url,
+        &[("content-type", "application/json")],
+        body,
+    )
+    .await
+}
+
+/// The newest order of all and its status, asked of the simulator directly.
+async fn newest(sim: &SimHandle) -> (u64, String) {
+    let r = get(&format!("{}/api/orders?size=1", sim.base_url())).await;
+    let o = &r.json()["items"][0];
+    (
+        o["id"].as_u64().unwrap(),
+        o["status"].as_str().unwrap().to_owned(),
+    )
+}
+
+fn other_status(s: &str) -> &'static str {
+    if s == "MANUFACTURING_STARTED" {
+        "SHIPPED"
+    } else {
+        "MANUFACTURING_STARTED"
+    }
+}
+
+async fn warm(gw: &TestGateway, path: &str) -> Resp {
+    get(&gw.url(path)).await;
+    let r = get(&gw.url(path)).await;
+    assert_eq!(r.x_cache(), "HIT-L1", "{path} is warm");
+    r
+}
+
+#[tokio::test]
+async fn status_change_is_visible_on_the_same_instance_right_after_the_200() {
+    let e = env(SimConfig::instant()).await;
+    let (id, from) = newest(&e.sim).await;
+    let to = other_status(&from);
+    let old_list = format!("/api/orders?status={from}");
+    let new_list = format!("/api/orders?status={to}");
+    let detail = format!("/api/orders/{id}");
+    assert!(ids(&warm(&e.gw, &old_list).await).contains(&id));
+    assert!(!ids(&warm(&e.gw, &new_list).await).contains(&id));
+    warm(&e.gw, &detail).await;
+    let counts = warm(&e.gw, "/api/orders/status-counts").await.json();
+    warm(&e.gw, "/api/orders").await;
+    let before = e.sim.stats();
+
+    let r = patch_status(&e.gw.url(""), id, to).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["status"], to);
+
+    let r = get(&e.gw.url(&old_list)).await;
+    assert_eq!(r.x_cache(), "MISS");
+    assert!(!ids(&r).contains(&id), "old status no longer lists it");
+    let r = get(&e.gw.url(&new_list)).await;
+    assert_eq!(r.x_cache(), "MISS");
+    assert_eq!(ids(&r)[0], id, "new status lists it first");
+    let r = get(&e.gw.url(&detail)).await;
+    assert_eq!(
+        (r.x_cache(), r.json()["status"].as_str()),
+        ("MISS", Some(to))
+    );
+    let r = get(&e.gw.url("/api/orders")).await;
+    assert_eq!(
+        r.x_cache(),
+        "MISS",
+        "the unfiltered list shows statuses too"
+    );
+    assert_eq!(r.json()["items"][0]["status"], to);
+    let now = get(&e.gw.url("/api/orders/status-counts")).await;
+    assert_eq!(now.x_cache(), "MISS");
+    let c = now.json();
+    assert_eq!(
+        c["counts"][&from].as_u64().unwrap() + 1,
+        counts["counts"][&from].as_u64().unwrap()
+    );
+    assert_eq!(
+        c["counts"][to].as_u64().unwrap(),
+        counts["counts"][to].as_u64().unwrap() + 1
+    );
+
+    let after = e.sim.stats();
+    assert_eq!(after.status_change - before.status_change, 1);
+    assert_eq!(
+        after.list - before.list,
+        3,
+        "exactly the three affected lists refetched"
+    );
+    assert_eq!(after.detail - before.detail, 1);
+    assert_eq!(after.counts - before.counts, 1);
+    assert_eq!(
+        e.gw.gateway
+            .invalidator()
+            .stats()
+            .fallbacks
+            .load(Ordering::Relaxed),
+        0
+    );
+    // Lists of statuses the write did not touch stay cached.
+    let untouched = format!("/api/orders?status={}", other_status(to));
+    if untouched != old_list {
+        get(&e.gw.url(&untouched)).await;
+        assert_eq!(get(&e.gw.url(&untouched)).await.x_cache(), "HIT-L1");
+    }
+}
+
+#[tokio::test]
+async fn order_creation_tops_submitted_page_one_and_counts() {
+    let e = env(SimConfig::instant()).await;
+    let list = "/api/orders?status=SUBMITTED";
+    warm(&e.gw, list).await;
+    let counts = warm(&e.gw, "/api/orders/status-counts").await.json();
+    let r = send(
+        Method::POST,
+        &e.gw.url("/api/orders"),
+        &[("content-type", "application/json")],
+        Bytes::from("{}"),
+    )
+    .await;
+    assert_eq!(r.status, 201);
+    let id = r.json()["id"].as_u64().unwrap();
+    let r = get(&e.gw.url(list)).await;
+    assert_eq!(r.x_cache(), "MISS");
+    assert_eq!(ids(&r)[0], id);
+    let c = get(&e.gw.url("/api/orders/status-counts")).await.json();
+    assert_eq!(
+        c["total"].as_u64().unwrap(),
+        counts["total"].as_u64().unwrap() + 1
+    );
+}
+
+#[tokio::test]
+async fn an_order_leaving_page_one_pulls_page_two_up() {
+    let e = env(SimConfig::instant()).await;
+    let status = "MANUFACTURING_APPROVED";
+    let p1 = format!("/api/orders?status={status}&page=1");
+    let p2 = format!("/api/orders?status={status}&page=2");
+    let page1 = ids(&warm(&e.gw, &p1).await);
+    let page2 = ids(&warm(&e.gw, &p2).await);
+    assert_eq!(
+        patch_status(&e.gw.url(""), page1[0], "CANCELLED")
+            .await
+            .status,
+        200
+    );
+    let r1 = get(&e.gw.url(&p1)).await;
+    let r2 = get(&e.gw.url(&p2)).await;
+    assert_eq!(
+        (r1.x_cache(), r2.x_cache()),
+        ("MISS", "MISS"),
+        "every page of the family"
+    );
+    assert_eq!(ids(&r1)[..49], page1[1..]);
+    assert_eq!(ids(&r1)[49], page2[0], "first of page 2 moved up");
+    assert_eq!(ids(&r2)[0], page2[1]);
+}
+
+#[tokio::test]
+async fn unknown_previous_status_invalidates_every_status_family() {
+    let e = env(SimConfig::instant()).await;
+    let status = "MANUFACTURING_APPROVED";
+    // An order of that status the gateway has never seen (page 3, never fetched through it).
+    let r = get(&format!(
+        "{}/api/orders?status={status}&page=3",
+        e.sim.base_url()
+    ))
+    .await;
+    let id = ids(&r)[0];
+    let p1 = format!("/api/orders?status={status}");
+    let total = warm(&e.gw, &p1).await.json()["total"].as_u64().unwrap();
+    let elsewhere = warm(&e.gw, "/api/orders?status=DELIVERED").await;
+    assert_eq!(patch_status(&e.gw.url(""), id, "SHIPPED").await.status, 200);
+    let r = get(&e.gw.url(&p1)).await;
+    assert_eq!(
+        r.x_cache(),
+        "MISS",
+        "page 1 did not list it, but its total changed"
+    );
+    assert_eq!(r.json()["total"].as_u64().unwrap(), total - 1);
+    let r = get(&e.gw.url("/api/orders?status=DELIVERED")).await;
+    assert_eq!(r.x_cache(), "MISS", "fallback takes every status family");
+    assert_eq!(r.body, elsewhere.body);
+    assert_eq!(
+        e.gw.gateway
+            .invalidator()
+            .stats()
+            .fallbacks
+            .load(Ordering::Relaxed),
+        1
+    );
+}
+
+#[tokio::test]
+async fn a_client_that_disconnects_mid_patch_still_gets_its_write_invalidated() {
+    let mut cfg = SimConfig::instant();
+    cfg.write_latency = Duration::from_millis(300);
+    let e = env(cfg).await;
+    let (id, from) = newest(&e.sim).await;
+    let to = other_status(&from);
+    let detail = format!("/api/orders/{id}");
+    warm(&e.gw, &detail).await;
+
+    let mut tcp = tokio::net::TcpStream::connect(e.gw.addr).await.unwrap();
+    let body = format!("{{\"status\":\"{to}\"}}");
+    let req = format!(
+        "PATCH /api/orders/{id}/status HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    tcp.write_all(req.as_bytes()).await.unwrap();
+    // Wait for the MES to have the write in hand, then hang up before it answers.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while e.sim.stats().status_change == 0 {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    drop(tcp);
+
+    let applied = &e.gw.gateway.invalidator().stats().applied;
+    while applied.load(Ordering::Relaxed) == 0 {
+        assert!(Instant::now() < deadline, "the invalidation never ran");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(e.sim.order_status(id).as_deref(), Some(to));
+    let r = get(&e.gw.url(&detail)).await;
+    assert_eq!(
+        (r.x_cache(), r.json()["status"].as_str()),
+        ("MISS", Some(to))
+    );
+}
+
+#[tokio::test]
+async fn redis_unreachable_during_a_write_never_serves_stale_before_or_after() {
+    let e = env(SimConfig::instant()).await;
+    let (id, from) = newest(&e.sim).await;
+    let to = other_status(&from);
+    let detail = format!("/api/orders/{id}");
+    warm(&e.gw, &detail).await;
+    assert!(e.redis.dbsize().await > 0, "the detail is in Redis");
+
+    // Redis stops answering (data kept), for longer than the op timeout.
+    redis_cmd(&e.redis, &["CLIENT", "PAUSE", "1500", "ALL"]).await;
+    let r = patch_status(&e.gw.url(""), id, to).await;
+    assert_eq!(r.status, 200, "the write succeeds without Redis");
+    let inv = e.gw.gateway.invalidator();
+    assert_eq!(inv.stats().queued.load(Ordering::Relaxed), 1);
+    let r = get(&e.gw.url(&detail)).await;
+    assert_eq!(
+        r.json()["status"],
+        to,
+        "L1 was invalidated at once, L2 not consulted"
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while inv.stats().retried.load(Ordering::Relaxed) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the queued invalidation never reached Redis"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    e.gw.gateway.l1().clear();
+    let r = get(&e.gw.url(&detail)).await;
+    assert_eq!(
+        r.json()["status"],
+        to,
+        "the pre-write entry in Redis is dead: {}",
+        r.x_cache()
+    );
+}
+
+async fn redis_cmd(redis: &RedisServer, args: &[&str]) {
+    let client = ::redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let mut cmd = ::redis::cmd(args[0]);
+    for a in &args[1..] {
+        cmd.arg(*a);
+    }
+    let _: ::redis::Value = cmd.query_async(&mut conn).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_fill_that_raced_an_invalidation_is_never_stored() {
+    let e = env(SimConfig::instant()).await;
+    let (id, from) = newest(&e.sim).await;
+    let to = other_status(&from);
+    let list = format!("/api/orders?status={from}");
+    // The MES answers lists slowly, from a snapshot taken on arrival (MVCC).
+    e.sim
+        .set_list_latency(Duration::from_millis(400), Duration::ZERO);
+    let base = e.sim.stats().list;
+    let slow = {
+        let url = e.gw.url(&list);
+        tokio::spawn(async move { get(&url).await })
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while e.sim.stats().list == base {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(patch_status(&e.gw.url(""), id, to).await.status, 200);
+    let r = slow.await.unwrap();
+    assert!(
+        ids(&r).contains(&id),
+        "the racing read saw the pre-write snapshot"
+    );
+    assert!(
+        !r.header("cache-status").contains("stored"),
+        "{}",
+        r.header("cache-status")
+    );
+
+    e.sim.set_list_latency(Duration::ZERO, Duration::ZERO);
+    let r = get(&e.gw.url(&list)).await;
+    assert_eq!(r.x_cache(), "MISS", "nothing was stored in L1");
+    assert!(!ids(&r).contains(&id));
+    e.gw.gateway.l1().clear();
+    let r = get(&e.gw.url(&list)).await;
+    assert!(
+        !ids(&r).contains(&id),
+        "nothing stale in Redis either ({})",
+        r.x_cache()
+    );
+}
+
+#[tokio::test]
+async fn other_instances_converge_over_the_bus() {
+    let e = env(SimConfig::instant()).await;
+    let b = spawn_gateway(&shipped_config(), &e.sim.base_url(), Some(&e.redis.url())).await;
+    let (id, from) = newest(&e.sim).await;
+    let to = other_status(&from);
+    let detail = format!("/api/orders/{id}");
+    get(&b.url(&detail)).await;
+    assert_eq!(get(&b.url(&detail)).await.x_cache(), "HIT-L1");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    assert_eq!(patch_status(&e.gw.url(""), id, to).await.status, 200);
+    loop {
+        let r = get(&b.url(&detail)).await;
+        if r.json()["status"] == to {
+            break;
+        }
+        assert!(Instant::now() < deadline, "instance B still serves {from}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let stats = b.gateway.invalidator().stats();
+    assert_eq!(stats.received.load(Ordering::Relaxed), 1);
+    let json: Value = get(&b.url(&detail)).await.json();
+    assert_eq!(json["status"], to);
+}
