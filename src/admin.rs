@@ -1,19 +1,21 @@
-//! The admin listener: liveness and readiness, on a port of its own.
+//! The admin listener: liveness, readiness, purge and the entity index, on a port of its
+//! own. Purge and lookups need `Authorization: Bearer <admin.token>`.
 //!
-//! Purge and metrics will live here too; it never serves client traffic.
+//! It never serves client traffic.
 
 use std::convert::Infallible;
 use std::future::Future;
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode, header};
+use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
+use serde_json::json;
 use tokio::net::TcpListener;
-use tracing::debug;
+use tracing::{debug, info};
 
 use crate::breaker::BreakerState;
 use crate::proxy::Gateway;
@@ -33,7 +35,7 @@ pub async fn run(
         let gateway = gateway.clone();
         let service = service_fn(move |req| {
             let gateway = gateway.clone();
-            async move { Ok::<_, Infallible>(route(&gateway, req)) }
+            async move { Ok::<_, Infallible>(route(&gateway, req).await) }
         });
         tokio::spawn(async move {
             let builder = auto::Builder::new(TokioExecutor::new());
@@ -47,15 +49,93 @@ pub async fn run(
     }
 }
 
-fn route(gateway: &Gateway, req: Request<Incoming>) -> Response<Full<Bytes>> {
-    match req.uri().path() {
-        "/healthz" => json(StatusCode::OK, serde_json::json!({"status": "ok"})),
-        "/readyz" => readiness(gateway),
-        _ => json(
-            StatusCode::NOT_FOUND,
-            serde_json::json!({"error": "not found"}),
-        ),
+/// Dispatches one admin request.
+pub async fn route(gateway: &Gateway, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    match (req.method(), req.uri().path()) {
+        (_, "/healthz") => json_response(StatusCode::OK, json!({"status": "ok"})),
+        (_, "/readyz") => readiness(gateway),
+        (&Method::POST, "/admin/purge") => match authorize(gateway, &req) {
+            Ok(()) => purge(gateway, req.uri().query().unwrap_or("")).await,
+            Err(resp) => resp,
+        },
+        (&Method::GET, "/admin/entity") => match authorize(gateway, &req) {
+            Ok(()) => entity(gateway, req.uri().query().unwrap_or("")).await,
+            Err(resp) => resp,
+        },
+        _ => json_response(StatusCode::NOT_FOUND, json!({"error": "not found"})),
     }
+}
+
+fn authorize(gateway: &Gateway, req: &Request<Incoming>) -> Result<(), Response<Full<Bytes>>> {
+    let Some(token) = gateway.config().admin_token.as_deref() else {
+        let msg = "admin actions are off: set admin.token or MESGATE_ADMIN_TOKEN";
+        return Err(json_response(StatusCode::FORBIDDEN, json!({"error": msg})));
+    };
+    let sent = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if sent.is_some_and(|s| constant_time_eq(s.as_bytes(), token.as_bytes())) {
+        return Ok(());
+    }
+    let mut resp = json_response(
+        StatusCode::UNAUTHORIZED,
+        json!({"error": "bad or missing bearer token"}),
+    );
+    resp.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("Bearer"),
+    );
+    Err(resp)
+}
+
+/// Compares without an early exit, so response time says nothing about the token.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn param(query: &str, name: &str) -> Option<String> {
+    form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}
+
+/// `?family=status:NEW`, `?group=status`, `?key=<cache key>` or `?all=true`.
+async fn purge(gateway: &Gateway, query: &str) -> Response<Full<Bytes>> {
+    let inv = gateway.invalidator();
+    let done = if let Some(f) = param(query, "family") {
+        inv.apply(vec![f.clone()], None).await;
+        json!({"purged": "family", "family": f})
+    } else if let Some(g) = param(query, "group") {
+        inv.apply(vec![format!("{g}:*")], None).await;
+        json!({"purged": "group", "group": g})
+    } else if let Some(k) = param(query, "key") {
+        gateway.l1().remove(&k).await;
+        let shared = match gateway.l2() {
+            Some(l2) => l2.delete(&k).await.map_err(|e| e.to_string()).err(),
+            None => None,
+        };
+        json!({"purged": "key", "key": k, "shared_error": shared})
+    } else if param(query, "all").as_deref() == Some("true") {
+        inv.purge_all().await;
+        json!({"purged": "all"})
+    } else {
+        let msg = "say what to purge: ?family=F, ?group=G, ?key=K or ?all=true";
+        return json_response(StatusCode::BAD_REQUEST, json!({"error": msg}));
+    };
+    info!(what = %done, "admin purge");
+    json_response(StatusCode::OK, done)
+}
+
+/// `?id=order:42`: the families the entity is known to belong to.
+async fn entity(gateway: &Gateway, query: &str) -> Response<Full<Bytes>> {
+    let Some(id) = param(query, "id") else {
+        let msg = "give the entity: ?id=order:42";
+        return json_response(StatusCode::BAD_REQUEST, json!({"error": msg}));
+    };
+    let families = gateway.invalidator().known(&id).await;
+    json_response(StatusCode::OK, json!({"entity": id, "families": families}))
 }
 
 /// Ready while serving; a Redis breaker that is not closed is reported as degraded
@@ -71,13 +151,10 @@ fn readiness(gateway: &Gateway) -> Response<Full<Bytes>> {
     } else {
         "ready"
     };
-    json(
-        StatusCode::OK,
-        serde_json::json!({"status": status, "redis": redis}),
-    )
+    json_response(StatusCode::OK, json!({"status": status, "redis": redis}))
 }
 
-fn json(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {
+fn json_response(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
     *resp.status_mut() = status;
     resp.headers_mut().insert(

@@ -563,7 +563,7 @@ pub struct Overrides {
     pub listen: Option<String>,
     /// `MESGATE_UPSTREAM`.
     pub upstream: Option<String>,
-    /// `MESGATE_REDIS_URL`.
+    /// `MESGATE_REDIS_URL`; `off` turns the shared tier off whatever the file says.
     pub redis_url: Option<String>,
     /// `MESGATE_ADMIN_LISTEN`.
     pub admin_listen: Option<String>,
@@ -597,7 +597,9 @@ impl Overrides {
         if let Some(v) = self.admin_token {
             raw.admin.token = Some(v);
         }
-        if let Some(url) = self.redis_url {
+        if self.redis_url.as_deref() == Some("off") {
+            raw.redis = None;
+        } else if let Some(url) = self.redis_url {
             match &mut raw.redis {
                 Some(r) => r.url = url,
                 None => raw.redis = Some(RawRedis::with_url(url)),
@@ -1469,5 +1471,16 @@ query = ["status", "page=1", "size=50"]
         let c = Config::from_str_with(MINIMAL, o).unwrap();
         assert_eq!(c.listen.port(), 1);
         assert_eq!(c.redis.unwrap().url, "redis://127.0.0.1:2");
+        let with_redis = format!("{MINIMAL}[redis]\nurl = \"redis://127.0.0.1:3\"\n");
+        let off = Overrides {
+            redis_url: Some("off".into()),
+            ..Overrides::default()
+        };
+        assert!(
+            Config::from_str_with(&with_redis, off)
+                .unwrap()
+                .redis
+                .is_none()
+        );
     }
 }
