@@ -334,10 +334,8 @@ impl Invalidator {
                 }
                 Err(e) => debug!(error = %e, "invalidation bus subscribe failed"),
             }
-            if !first {
-                // Down: anything cached now may miss a message; keep flushing until back.
-                self.flush_after_gap();
-            }
+            // While the bus is down, L1 keeps serving within its short TTLs; the flush
+            // comes when the subscription is back (messages may have been missed).
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
