@@ -54,22 +54,23 @@ pub async fn route(gateway: &Gateway, req: Request<Incoming>) -> Response<Full<B
     match (req.method(), req.uri().path()) {
         (_, "/healthz") => json_response(StatusCode::OK, json!({"status": "ok"})),
         (_, "/readyz") => readiness(gateway),
-        (&Method::POST, "/admin/purge") => match authorize(gateway, &req) {
-            Ok(()) => purge(gateway, req.uri().query().unwrap_or("")).await,
-            Err(resp) => resp,
+        (&Method::POST, "/admin/purge") => match refusal(gateway, &req) {
+            None => purge(gateway, req.uri().query().unwrap_or("")).await,
+            Some(resp) => resp,
         },
-        (&Method::GET, "/admin/entity") => match authorize(gateway, &req) {
-            Ok(()) => entity(gateway, req.uri().query().unwrap_or("")).await,
-            Err(resp) => resp,
+        (&Method::GET, "/admin/entity") => match refusal(gateway, &req) {
+            None => entity(gateway, req.uri().query().unwrap_or("")).await,
+            Some(resp) => resp,
         },
         _ => json_response(StatusCode::NOT_FOUND, json!({"error": "not found"})),
     }
 }
 
-fn authorize(gateway: &Gateway, req: &Request<Incoming>) -> Result<(), Response<Full<Bytes>>> {
+/// The answer refusing an admin action, or `None` when the bearer token is right.
+fn refusal(gateway: &Gateway, req: &Request<Incoming>) -> Option<Response<Full<Bytes>>> {
     let Some(token) = gateway.config().admin_token.as_deref() else {
         let msg = "admin actions are off: set admin.token or MESGATE_ADMIN_TOKEN";
-        return Err(json_response(StatusCode::FORBIDDEN, json!({"error": msg})));
+        return Some(json_response(StatusCode::FORBIDDEN, json!({"error": msg})));
     };
     let sent = req
         .headers()
@@ -77,7 +78,7 @@ fn authorize(gateway: &Gateway, req: &Request<Incoming>) -> Result<(), Response<
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     if sent.is_some_and(|s| constant_time_eq(s.as_bytes(), token.as_bytes())) {
-        return Ok(());
+        return None;
     }
     let mut resp = json_response(
         StatusCode::UNAUTHORIZED,
@@ -87,7 +88,7 @@ fn authorize(gateway: &Gateway, req: &Request<Incoming>) -> Result<(), Response<
         header::WWW_AUTHENTICATE,
         header::HeaderValue::from_static("Bearer"),
     );
-    Err(resp)
+    Some(resp)
 }
 
 /// Compares without an early exit, so response time says nothing about the token.

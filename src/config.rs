@@ -279,6 +279,10 @@ pub struct RawRoute {
     /// What a successful write on this route makes wrong. Absent: nothing is invalidated.
     #[serde(default)]
     pub invalidate: Option<RawInvalidate>,
+    /// Wait for the MES's response headers on this route instead of
+    /// `timeouts.response_header` (e.g. `"30m"` for the price calculation).
+    #[serde(default)]
+    pub response_timeout: Option<String>,
 }
 
 /// `[route.cache.members]`: how to read the entities out of a cached body, so that a
@@ -1009,12 +1013,18 @@ impl RawRoute {
             }
             None => None,
         };
+        let response_timeout = self
+            .response_timeout
+            .as_deref()
+            .map(|t| parse_duration(&format!("{at}.response_timeout"), t))
+            .transpose()?;
         Ok(Route {
             name: self.name.into(),
             methods,
             path,
             cache,
             invalidate,
+            response_timeout,
         })
     }
 }

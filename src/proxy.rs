@@ -13,6 +13,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::request::Parts;
 use http::{Method, Request, Response, StatusCode};
+use http_body::Body as _;
 use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
 use tracing::{debug, warn};
@@ -174,6 +175,10 @@ impl Gateway {
             .zip(m.params)
             .map(|(n, v)| (n.to_owned(), v.to_owned()))
             .collect();
+        let mut req = req;
+        if let Some(t) = route.response_timeout {
+            req.extensions_mut().insert(RouteTimeout(t));
+        }
         if route.cache.is_some() && is_read(req.method()) {
             return self.read(req, remote, route, &params).await;
         }
@@ -481,7 +486,7 @@ impl Gateway {
         let resp = self
             .inner
             .upstream
-            .send(req)
+            .send(req, Some(self.inner.upstream.response_header()))
             .await
             .map_err(FetchError::Gateway)?;
         let (parts, body) = resp.into_parts();
@@ -664,7 +669,13 @@ impl Gateway {
     ) -> Result<Response<Incoming>, GatewayError> {
         let (mut parts, body) = req.into_parts();
         let upstream = &self.inner.upstream;
-        let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        if parts.method == Method::CONNECT {
+            return Err(GatewayError::BadTarget("CONNECT is not proxied".into()));
+        }
+        let Some(target) = parts.uri.path_and_query().map(|p| p.as_str()) else {
+            let msg = format!("{} has no path; send an origin-form target", parts.uri);
+            return Err(GatewayError::BadTarget(msg));
+        };
         let uri = upstream.uri(target)?;
         let host = original_host(&parts);
         let version = parts.version;
@@ -677,11 +688,22 @@ impl Gateway {
         );
         parts.uri = uri;
         parts.version = http::Version::HTTP_11;
-        let mut resp = upstream.send(Request::from_parts(parts, body)).await?;
+        let wait = match (&body, parts.extensions.get::<RouteTimeout>()) {
+            (Either::Left(incoming), _) if !incoming.is_end_stream() => None,
+            (_, Some(RouteTimeout(t))) => Some(*t),
+            _ => Some(upstream.response_header()),
+        };
+        let mut resp = upstream
+            .send(Request::from_parts(parts, body), wait)
+            .await?;
         forward::response_headers(resp.headers_mut(), version);
         Ok(resp)
     }
 }
+
+/// A route's own wait for response headers (`response_timeout`), carried with the request.
+#[derive(Debug, Clone, Copy)]
+struct RouteTimeout(Duration);
 
 /// Keeps the newer of two stale candidates.
 fn newer_stale(current: Option<Stale>, e: Entry, window: Duration) -> Option<Stale> {
@@ -789,15 +811,11 @@ pub fn no_store_reason(
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .map(|d| {
-            d.trim()
-                .split('=')
-                .next()
-                .unwrap_or("")
-                .to_ascii_lowercase()
-        });
+        .map(|d| d.trim().to_ascii_lowercase().replace(' ', ""));
     for d in directives {
-        if matches!(d.as_str(), "private" | "no-store" | "no-cache") {
+        let zero_ttl = matches!(d.as_str(), "max-age=0" | "s-maxage=0");
+        let private = d.starts_with("private=") || d.starts_with("no-cache=");
+        if zero_ttl || private || matches!(d.as_str(), "private" | "no-store" | "no-cache") {
             return Some(NoStoreReason::CacheControl);
         }
     }
@@ -812,7 +830,12 @@ fn vary_reason(policy: &CachePolicy, headers: &HeaderMap) -> Option<NoStoreReaso
         .flat_map(|v| v.split(','))
         .map(|n| n.trim().to_ascii_lowercase())
         .filter(|n| !n.is_empty());
+    // Fills never send Accept-Encoding, so an identity answer suits every client.
+    let identity = !headers.contains_key(header::CONTENT_ENCODING);
     for n in names {
+        if n == "accept-encoding" && identity {
+            continue;
+        }
         if n == "*" {
             return Some(NoStoreReason::VaryStar);
         }
@@ -902,6 +925,21 @@ mod tests {
         assert_eq!(
             no_store_reason(&p, ok, &h(&[("cache-control", "max-age=60")])),
             None
+        );
+        for cc in ["max-age=0", "public, s-maxage=0", "private=\"x\""] {
+            let got = no_store_reason(&p, ok, &h(&[("cache-control", cc)]));
+            assert_eq!(got, Some(NoStoreReason::CacheControl), "{cc}");
+        }
+        let ae = h(&[("vary", "Accept-Encoding")]);
+        assert_eq!(
+            no_store_reason(&p, ok, &ae),
+            None,
+            "identity answers suit everyone"
+        );
+        let gz = h(&[("vary", "Accept-Encoding"), ("content-encoding", "gzip")]);
+        assert_eq!(
+            no_store_reason(&p, ok, &gz),
+            Some(NoStoreReason::VaryMismatch)
         );
         assert_eq!(
             no_store_reason(&p, ok, &h(&[("vary", "*")])),

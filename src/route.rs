@@ -135,6 +135,8 @@ pub struct Route {
     pub cache: Option<Arc<CachePolicy>>,
     /// What a successful write invalidates; `None` means nothing.
     pub invalidate: Option<Arc<InvalidateRule>>,
+    /// Wait for the MES's response headers on this route, over `timeouts.response_header`.
+    pub response_timeout: Option<std::time::Duration>,
 }
 
 /// A matched route with the captured path parameters.
@@ -234,6 +236,7 @@ mod tests {
             path: t(path),
             cache: None,
             invalidate: None,
+            response_timeout: None,
         }
     }
 

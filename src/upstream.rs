@@ -61,16 +61,30 @@ impl Upstream {
         self.target.authority.as_str()
     }
 
-    /// Sends a request and waits for the response headers, within `timeouts.response_header`.
+    /// `timeouts.response_header`, the default wait for response headers.
+    pub fn response_header(&self) -> Duration {
+        self.response_header
+    }
+
+    /// Sends a request and waits for the response headers within `wait`; `None` waits as
+    /// long as the connection lives (a streamed upload is sent inside this call, and a
+    /// slow client must not turn into a half-sent write).
     pub async fn send(
         &self,
         req: Request<UpstreamBody>,
+        wait: Option<Duration>,
     ) -> Result<Response<Incoming>, GatewayError> {
-        match tokio::time::timeout(self.response_header, self.client.request(req)).await {
-            Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(e)) if e.is_connect() => Err(GatewayError::UpstreamConnect(error_chain(&e))),
-            Ok(Err(e)) => Err(GatewayError::UpstreamProtocol(error_chain(&e))),
-            Err(_) => Err(GatewayError::UpstreamTimeout("response_header")),
+        let sent = self.client.request(req);
+        let result = match wait {
+            Some(w) => tokio::time::timeout(w, sent)
+                .await
+                .map_err(|_| GatewayError::UpstreamTimeout("response_header"))?,
+            None => sent.await,
+        };
+        match result {
+            Ok(resp) => Ok(resp),
+            Err(e) if e.is_connect() => Err(GatewayError::UpstreamConnect(error_chain(&e))),
+            Err(e) => Err(GatewayError::UpstreamProtocol(error_chain(&e))),
         }
     }
 }

@@ -1,0 +1,260 @@
+//! The shipped config files load, and the binary reports bad ones with exit code 2 and
+//! the path of the offending field.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use mesgate::config::{Config, Overrides};
+
+const BIN: &str = env!("CARGO_BIN_EXE_mesgate");
+
+fn config_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("config")
+}
+
+/// A config file in the temp dir, removed on drop.
+struct TempConfig {
+    path: PathBuf,
+}
+
+impl TempConfig {
+    fn new(name: &str, text: &str) -> Self {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "mesgate-test-{}-{}-{name}.toml",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::write(&path, text).expect("write temp config");
+        Self { path }
+    }
+}
+
+impl Drop for TempConfig {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Runs the binary with `args`, without any `MESGATE_*` variable of the caller's
+/// environment leaking in.
+fn mesgate(args: &[&std::ffi::OsStr]) -> Output {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args).env("RUST_LOG", "error");
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("MESGATE_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.output().expect("run the mesgate binary")
+}
+
+fn check_config(path: &Path) -> Output {
+    mesgate(&["check-config".as_ref(), path.as_os_str()])
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A valid config with a cached route, a forward route, and a `[redis]` table.
+const VALID: &str = r#"
+upstream = "http://127.0.0.1:9090"
+
+[[route]]
+name = "order-list"
+path = "/api/orders"
+[route.cache]
+query = ["status", "page=1", "size=50"]
+ttl_l1 = "5s"
+
+[[route]]
+name = "order-create"
+methods = ["POST"]
+path = "/api/orders"
+"#;
+
+#[test]
+fn every_shipped_config_loads() {
+    let mut seen = Vec::new();
+    for entry in std::fs::read_dir(config_dir()).expect("config/ exists") {
+        let path = entry.expect("dir entry").path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let config = Config::load(&path, Overrides::default())
+                .unwrap_or_else(|e| panic!("{} does not load: {e}", path.display()));
+            assert!(
+                !config.routes.routes().is_empty(),
+                "{} has no routes",
+                path.display()
+            );
+            seen.push(path.file_name().unwrap().to_string_lossy().into_owned());
+        }
+    }
+    seen.sort();
+    assert!(
+        seen.iter().any(|n| n == "mesgate.toml") && seen.iter().any(|n| n == "demo.toml"),
+        "found {seen:?}"
+    );
+}
+
+#[test]
+fn check_config_accepts_the_shipped_config_and_lists_its_routes() {
+    let path = config_dir().join("mesgate.toml");
+    let out = check_config(&path);
+    let stdout = text(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout: {stdout}\nstderr: {}",
+        text(&out.stderr)
+    );
+    assert!(stdout.contains("ok"), "{stdout}");
+    let config = Config::load(&path, Overrides::default()).unwrap();
+    for route in config.routes.routes() {
+        assert!(
+            stdout.contains(&*route.name),
+            "route {} missing from:\n{stdout}",
+            route.name
+        );
+    }
+    for name in [
+        "order-list",
+        "status-counts",
+        "order-detail",
+        "status-change",
+        "order-create",
+        "price-calculation",
+    ] {
+        assert!(stdout.contains(name), "{name} missing from:\n{stdout}");
+    }
+}
+
+#[test]
+fn check_config_accepts_a_minimal_valid_file() {
+    let file = TempConfig::new("valid", VALID);
+    let out = check_config(&file.path);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    assert!(stdout.contains("order-list") && stdout.contains("order-create"));
+}
+
+/// Asserts that `check-config` rejects `config` with exit code 2 and names `field`.
+fn assert_rejected(name: &str, config: &str, field: &str) {
+    let file = TempConfig::new(name, config);
+    let out = check_config(&file.path);
+    let stderr = text(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{name}: stdout {} stderr {stderr}",
+        text(&out.stdout)
+    );
+    assert!(
+        stderr.contains(&format!("{field}:")),
+        "{name}: want {field:?} in stderr:\n{stderr}"
+    );
+    assert!(out.stdout.is_empty(), "{name}: {}", text(&out.stdout));
+    // The library names the same field first.
+    let e = config.parse::<Config>().unwrap_err().to_string();
+    assert!(e.starts_with(field), "{name}: library says {e}");
+}
+
+#[test]
+fn unknown_field_names_its_path() {
+    let config = VALID.replace("ttl_l1 = \"5s\"", "ttl_l1 = \"5s\"\nttl_l3 = \"1s\"");
+    assert_rejected("unknown-field", &config, "route[0].cache.ttl_l3");
+}
+
+#[test]
+fn unknown_top_level_field_names_its_path() {
+    let config = format!("listne = \"127.0.0.1:1\"\n{VALID}");
+    assert_rejected("unknown-top-field", &config, "listne");
+}
+
+#[test]
+fn bad_template_names_its_path() {
+    let config = VALID.replacen("path = \"/api/orders\"", "path = \"/api/{id\"", 1);
+    assert_rejected("bad-template", &config, "route[0].path");
+}
+
+#[test]
+fn bad_duration_names_its_path() {
+    let config = VALID.replace("ttl_l1 = \"5s\"", "ttl_l1 = \"5 parsecs\"");
+    assert_rejected("bad-duration", &config, "route[0].cache.ttl_l1");
+}
+
+#[test]
+fn wrong_type_names_its_path() {
+    let config = VALID.replace("ttl_l1 = \"5s\"", "ttl_l1 = \"5s\"\nstatuses = \"200\"");
+    assert_rejected("wrong-type", &config, "route[0].cache.statuses");
+}
+
+#[test]
+fn wrong_type_in_a_later_route_names_its_index() {
+    let config = VALID.replace("methods = [\"POST\"]", "methods = \"POST\"");
+    assert_rejected("wrong-type-later", &config, "route[1].methods");
+}
+
+#[test]
+fn write_method_on_a_cached_route_is_a_contradiction() {
+    let config = VALID.replacen(
+        "path = \"/api/orders\"",
+        "methods = [\"GET\", \"POST\"]\npath = \"/api/orders\"",
+        1,
+    );
+    assert_rejected("post-cached", &config, "route[0].methods");
+}
+
+#[test]
+fn bad_upstream_url_names_upstream() {
+    for (name, url) in [
+        ("upstream-tls", "https://mes.local"),
+        ("upstream-path", "http://mes.local/api"),
+        ("upstream-garbage", "not a url"),
+    ] {
+        let config = VALID.replace("http://127.0.0.1:9090", url);
+        assert_rejected(name, &config, "upstream");
+    }
+}
+
+#[test]
+fn duplicate_route_names_the_second() {
+    let same_path = format!("{VALID}\n[[route]]\nname = \"again\"\npath = \"/api/orders\"\n");
+    assert_rejected("dup-path", &same_path, "route[2].path");
+    let same_name = format!("{VALID}\n[[route]]\nname = \"order-list\"\npath = \"/x\"\n");
+    assert_rejected("dup-name", &same_name, "route[2].name");
+}
+
+#[test]
+fn broken_toml_exits_2() {
+    let file = TempConfig::new("broken", "upstream = \"http://127.0.0.1:9090\n[[route]\n");
+    let out = check_config(&file.path);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("config error"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn missing_config_file_exits_2_and_names_it() {
+    let missing = std::env::temp_dir().join(format!(
+        "mesgate-test-{}-does-not-exist.toml",
+        std::process::id()
+    ));
+    assert!(!missing.exists());
+    let out = mesgate(&["--config".as_ref(), missing.as_os_str()]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stderr: {stderr}");
+    assert!(
+        stderr.contains(&*missing.to_string_lossy()),
+        "the message names the file: {stderr}"
+    );
+
+    let out = check_config(&missing);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stderr: {stderr}");
+    assert!(stderr.contains(&*missing.to_string_lossy()), "{stderr}");
+}
