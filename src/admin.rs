@@ -54,6 +54,18 @@ pub async fn route(gateway: &Gateway, req: Request<Incoming>) -> Response<Full<B
     match (req.method(), req.uri().path()) {
         (_, "/healthz") => json_response(StatusCode::OK, json!({"status": "ok"})),
         (_, "/readyz") => readiness(gateway),
+        (&Method::GET, "/metrics") => {
+            let mut resp = Response::new(Full::new(Bytes::from(
+                gateway.metrics().render(gateway).await,
+            )));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            );
+            resp
+        }
         (&Method::POST, "/admin/purge") => match refusal(gateway, &req) {
             None => purge(gateway, req.uri().query().unwrap_or("")).await,
             Some(resp) => resp,

@@ -1019,7 +1019,7 @@ impl RawRoute {
             .map(|t| parse_duration(&format!("{at}.response_timeout"), t))
             .transpose()?;
         Ok(Route {
-            name: self.name.into(),
+            name: Arc::new(self.name),
             methods,
             path,
             cache,

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use moka::sync::Cache;
+use prometheus_client::metrics::histogram::Histogram;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
@@ -279,12 +280,13 @@ impl Invalidator {
     }
 
     /// Starts the retry loop and the bus listener (when Redis is configured).
-    pub fn start_background(&self) {
+    /// Bus latencies are observed into `bus_latency`.
+    pub fn start_background(&self, bus_latency: Histogram) {
         let Some(l2) = self.inner.l2.clone() else {
             return;
         };
         tokio::spawn(self.clone().retry_loop(l2.clone()));
-        tokio::spawn(self.clone().listen(l2));
+        tokio::spawn(self.clone().listen(l2, bus_latency));
     }
 
     async fn retry_loop(self, l2: L2) {
@@ -317,7 +319,7 @@ impl Invalidator {
 
     /// Follows the bus. Every (re)subscription flushes L1 and bumps the global epoch:
     /// messages may have been missed while the subscription was down.
-    async fn listen(self, l2: L2) {
+    async fn listen(self, l2: L2, bus_latency: Histogram) {
         let channel = l2.channel();
         let mut first = true;
         loop {
@@ -328,7 +330,9 @@ impl Invalidator {
                     }
                     first = false;
                     while let Some(msg) = stream.next().await {
-                        self.on_message(&msg);
+                        if let Some(ms) = self.on_message(&msg) {
+                            bus_latency.observe(ms as f64 / 1000.0);
+                        }
                     }
                     warn!("invalidation bus subscription dropped");
                 }
@@ -349,13 +353,14 @@ impl Invalidator {
             .fetch_add(1, Ordering::Relaxed);
     }
 
-    fn on_message(&self, payload: &[u8]) {
+    /// Applies another instance's invalidation; returns its write-to-applied latency.
+    fn on_message(&self, payload: &[u8]) -> Option<u64> {
         let Ok(m) = serde_json::from_slice::<BusMessage>(payload) else {
             warn!("unreadable message on the invalidation bus");
-            return;
+            return None;
         };
         if m.origin == self.inner.origin {
-            return;
+            return None;
         }
         if let Some(e) = &m.entity {
             let seq = self.inner.seq.fetch_add(1, Ordering::AcqRel);
@@ -367,6 +372,7 @@ impl Invalidator {
         s.received.fetch_add(1, Ordering::Relaxed);
         s.received_latency_ms.fetch_add(lat, Ordering::Relaxed);
         s.received_latency_max_ms.fetch_max(lat, Ordering::Relaxed);
+        Some(lat)
     }
 }
 

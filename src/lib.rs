@@ -17,6 +17,7 @@
 //! - [`forward`]: what crosses the proxy: hop-by-hop removal, `X-Forwarded-*`, `Via`.
 //! - [`proxy`]: the request phases, read path and pass-through.
 //! - [`write`]: the write path: forward detached, plan the invalidation, apply it.
+//! - [`metrics`]: Prometheus metrics, rendered on the admin listener.
 //! - [`server`]: accept loop, connection settings, graceful shutdown.
 //! - [`admin`]: the admin listener (health, readiness).
 //! - [`error`]: the top-level error and its one mapping to a problem response.
@@ -47,6 +48,7 @@ pub mod invalidate;
 pub mod key;
 pub mod l1;
 pub mod l2;
+pub mod metrics;
 pub mod outcome;
 pub mod proxy;
 pub mod route;

@@ -16,7 +16,9 @@ use http::{Method, Request, Response, StatusCode};
 use http_body::Body as _;
 use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
-use tracing::{debug, warn};
+use std::time::Instant;
+
+use tracing::{debug, info, warn};
 
 use crate::clock::Clock;
 use crate::config::{CachePolicy, Config, Members};
@@ -30,7 +32,8 @@ use crate::invalidate::Invalidator;
 use crate::key::{self, CacheKey};
 use crate::l1::{L1, L1Entry};
 use crate::l2::{L2, Lookup};
-use crate::outcome::{BypassReason, CacheOutcome, MissDetail, NoStoreReason, cache_status};
+use crate::metrics::{self, Metrics, RouteLabel};
+use crate::outcome::{self, BypassReason, CacheOutcome, MissDetail, NoStoreReason, cache_status};
 use crate::route::Route;
 use crate::upstream::{Upstream, UpstreamBody, error_chain};
 
@@ -51,6 +54,7 @@ pub(crate) struct Inner {
     flights: Flights<Arc<Fill>>,
     pub(crate) clock: Clock,
     pub(crate) invalidator: Invalidator,
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 /// What a fill needs to know about its request, decided before it starts.
@@ -116,6 +120,7 @@ impl Gateway {
         let l2 = config.redis.as_ref().map(L2::new).transpose()?;
         let l1 = L1::new(config.l1_max_bytes);
         let fill_ttl = config.timeouts.total * 2 + Duration::from_secs(10);
+        let metrics = Arc::new(Metrics::new());
         let invalidator = Invalidator::new(
             l1.clone(),
             l2.clone(),
@@ -123,10 +128,11 @@ impl Gateway {
             index_ttl(&config),
             fill_ttl,
         );
-        invalidator.start_background();
+        invalidator.start_background(metrics.bus_latency.clone());
         Ok(Self {
             inner: Arc::new(Inner {
-                upstream: Upstream::new(config.upstream.clone(), &config.timeouts),
+                upstream: Upstream::new(config.upstream.clone(), &config.timeouts, metrics.clone()),
+                metrics,
                 l1,
                 l2,
                 flights: Flights::default(),
@@ -135,6 +141,11 @@ impl Gateway {
                 config,
             }),
         })
+    }
+
+    /// The metrics (rendered by the admin listener).
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
     }
 
     /// The invalidation state (admin, tests).
@@ -164,9 +175,41 @@ impl Gateway {
 
     /// Handles one request from `remote`. Never fails: errors become problem responses.
     pub async fn handle(&self, req: Request<Incoming>, remote: SocketAddr) -> Response<Body> {
+        let started = Instant::now();
+        let (method, uri) = (req.method().clone(), req.uri().clone());
+        let (resp, route, kind) = self.dispatch(req, remote).await;
+        let outcome = outcome::label_for_x_cache(resp.headers().get("x-cache")).unwrap_or(kind);
+        let secs = started.elapsed().as_secs_f64();
+        self.inner.metrics.observe_request(&route, outcome, secs);
+        info!(
+            target: "mesgate::access",
+            %method,
+            path = uri.path(),
+            route = route.as_str(),
+            outcome,
+            status = resp.status().as_u16(),
+            ms = secs * 1000.0,
+            "request"
+        );
+        resp
+    }
+
+    /// Matches the route and runs the path for it; also says which route label and which
+    /// outcome (when no cache outcome is reported) the request counts under.
+    async fn dispatch(
+        &self,
+        mut req: Request<Incoming>,
+        remote: SocketAddr,
+    ) -> (Response<Body>, Arc<String>, &'static str) {
         let config = &self.inner.config;
         let Some(m) = config.routes.find(req.method(), req.uri().path()) else {
-            return self.pass(req, remote).await;
+            req.extensions_mut()
+                .insert(RouteLabel(metrics::unmatched()));
+            return (
+                self.pass(req, remote).await,
+                metrics::unmatched(),
+                "forward",
+            );
         };
         let route = m.route;
         let params: Vec<(String, String)> = route
@@ -175,16 +218,25 @@ impl Gateway {
             .zip(m.params)
             .map(|(n, v)| (n.to_owned(), v.to_owned()))
             .collect();
-        let mut req = req;
+        req.extensions_mut().insert(RouteLabel(route.name.clone()));
         if let Some(t) = route.response_timeout {
             req.extensions_mut().insert(RouteTimeout(t));
         }
+        let name = route.name.clone();
         if route.cache.is_some() && is_read(req.method()) {
-            return self.read(req, remote, route, &params).await;
+            return (
+                self.read(req, remote, route, &params).await,
+                name,
+                "forward",
+            );
         }
         match &route.invalidate {
-            Some(rule) => self.write(req, remote, rule.clone(), params).await,
-            None => self.pass(req, remote).await,
+            Some(rule) => (
+                self.write(req, remote, rule.clone(), params).await,
+                name,
+                "write",
+            ),
+            None => (self.pass(req, remote).await, name, "forward"),
         }
     }
 
@@ -383,6 +435,9 @@ impl Gateway {
         let mut req = Request::new(Either::Right(Full::new(Bytes::new())));
         *req.uri_mut() = upstream.uri(&key.upstream_path)?;
         *req.headers_mut() = headers;
+        if let Some(label) = parts.extensions.get::<RouteLabel>() {
+            req.extensions_mut().insert(label.clone());
+        }
         Ok(req)
     }
 

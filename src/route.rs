@@ -125,8 +125,9 @@ fn parse_segment(raw: &str, seen: &[Segment]) -> Result<Segment, TemplateError> 
 /// One rule of the route table.
 #[derive(Debug, Clone)]
 pub struct Route {
-    /// Name from the config; the only route label metrics and logs use.
-    pub name: Arc<str>,
+    /// Name from the config; the only route label metrics and logs use (an `Arc<String>`
+    /// so a metric label is a reference count, not an allocation, per request).
+    pub name: Arc<String>,
     /// Methods this rule applies to.
     pub methods: Vec<Method>,
     /// The compiled path template.
@@ -231,7 +232,7 @@ mod tests {
 
     fn route(name: &str, path: &str) -> Route {
         Route {
-            name: name.into(),
+            name: Arc::new(name.to_owned()),
             methods: vec![Method::GET],
             path: t(path),
             cache: None,
@@ -249,9 +250,9 @@ mod tests {
         let m = table
             .find(&Method::GET, "/api/orders/status-counts")
             .unwrap();
-        assert_eq!(&*m.route.name, "counts");
+        assert_eq!(m.route.name.as_str(), "counts");
         let m = table.find(&Method::GET, "/api/orders/7").unwrap();
-        assert_eq!(&*m.route.name, "detail");
+        assert_eq!(m.route.name.as_str(), "detail");
         assert!(table.find(&Method::POST, "/api/orders/7").is_none());
     }
 }

@@ -12,8 +12,12 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
+use std::sync::Arc;
+use std::time::Instant;
+
 use crate::config::{Timeouts, UpstreamTarget};
 use crate::error::GatewayError;
+use crate::metrics::{self, Metrics, RouteLabel};
 
 /// Body of a request to the MES: a client's streamed body, or bytes we hold (cache
 /// fills send none; writes with invalidation rules are buffered to read their fields).
@@ -22,6 +26,7 @@ pub type UpstreamBody = Either<Incoming, Full<Bytes>>;
 /// The client to the MES. Cheap to clone (the pool is shared).
 #[derive(Clone)]
 pub struct Upstream {
+    metrics: Arc<Metrics>,
     client: Client<HttpConnector, UpstreamBody>,
     target: UpstreamTarget,
     response_header: Duration,
@@ -30,7 +35,7 @@ pub struct Upstream {
 impl Upstream {
     /// A pooled keep-alive client; connect timeout on the connector, idle pooled
     /// connections closed after `pool_idle`.
-    pub fn new(target: UpstreamTarget, t: &Timeouts) -> Self {
+    pub fn new(target: UpstreamTarget, t: &Timeouts, metrics: Arc<Metrics>) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(t.connect));
         connector.set_nodelay(true);
@@ -40,6 +45,7 @@ impl Upstream {
             .timer(TokioTimer::new())
             .build(connector);
         Self {
+            metrics,
             client,
             target,
             response_header: t.response_header,
@@ -74,13 +80,23 @@ impl Upstream {
         req: Request<UpstreamBody>,
         wait: Option<Duration>,
     ) -> Result<Response<Incoming>, GatewayError> {
+        let route = req
+            .extensions()
+            .get::<RouteLabel>()
+            .map_or_else(metrics::unmatched, |l| l.0.clone());
+        let started = Instant::now();
         let sent = self.client.request(req);
         let result = match wait {
-            Some(w) => tokio::time::timeout(w, sent)
-                .await
-                .map_err(|_| GatewayError::UpstreamTimeout("response_header"))?,
-            None => sent.await,
+            Some(w) => tokio::time::timeout(w, sent).await,
+            None => Ok(sent.await),
         };
+        let status = match &result {
+            Ok(Ok(r)) => Some(r.status().as_u16()),
+            _ => None,
+        };
+        let secs = started.elapsed().as_secs_f64();
+        self.metrics.observe_upstream(route, status, secs);
+        let result = result.map_err(|_| GatewayError::UpstreamTimeout("response_header"))?;
         match result {
             Ok(resp) => Ok(resp),
             Err(e) if e.is_connect() => Err(GatewayError::UpstreamConnect(error_chain(&e))),

@@ -1,0 +1,298 @@
+//! Prometheus metrics: one struct, registered once, rendered on the admin listener.
+//!
+//! Labels come only from enum `as_str()` values and configured route names, never from raw
+//! paths or ids. Counters kept elsewhere as atomics (tiers, invalidation) are copied in at
+//! scrape time, so the hot path touches only the request counter and one histogram.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::breaker::BreakerState;
+use crate::proxy::Gateway;
+
+/// The route label of requests no rule matched.
+pub fn unmatched() -> Arc<String> {
+    static UNMATCHED: OnceLock<Arc<String>> = OnceLock::new();
+    UNMATCHED
+        .get_or_init(|| Arc::new("unmatched".into()))
+        .clone()
+}
+
+/// The route a request to the MES is made for, carried in its extensions.
+#[derive(Clone, Debug)]
+pub struct RouteLabel(pub Arc<String>);
+
+/// `{route, outcome}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// Route name.
+    pub route: Arc<String>,
+    /// `hit_l1`, `hit_l2`, `miss`, `stale`, `bypass`, `forward` or `write`.
+    pub outcome: &'static str,
+}
+
+/// `{outcome}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// As in [`RequestLabels`].
+    pub outcome: &'static str,
+}
+
+/// `{route, status_class}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamLabels {
+    /// Route name.
+    pub route: Arc<String>,
+    /// `2xx` … `5xx`, or `error` when no answer came.
+    pub status_class: &'static str,
+}
+
+/// A single `{name}` label of a fixed vocabulary.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// The reason.
+    pub reason: &'static str,
+}
+
+/// `{kind}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    /// The kind.
+    pub kind: &'static str,
+}
+
+/// `{cause}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CauseLabels {
+    /// The cause.
+    pub cause: &'static str,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    // 50 µs … ~26 s.
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 20))
+}
+
+/// All metrics of one gateway.
+pub struct Metrics {
+    registry: Registry,
+    /// Requests by route and outcome.
+    pub requests: Family<RequestLabels, Counter>,
+    /// Time to response headers by outcome.
+    pub duration: HistogramFamily<OutcomeLabels>,
+    /// Requests sent to the MES by route and status class.
+    pub upstream: Family<UpstreamLabels, Counter>,
+    /// Time to the MES's response headers.
+    pub upstream_duration: Histogram,
+    /// Write-to-applied latency of invalidations from other instances.
+    pub bus_latency: Histogram,
+    invalidations: Family<ReasonLabels, Counter>,
+    redis_errors: Family<KindLabels, Counter>,
+    breaker_open: Gauge,
+    l1_bytes: Gauge,
+    l1_entries: Gauge,
+    l1_evictions: Family<CauseLabels, Counter>,
+    l2_fenced: Counter,
+    singleflight_waiting: Gauge,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every metric under the `mesgate` prefix.
+    pub fn new() -> Self {
+        let mut m = Self {
+            registry: Registry::with_prefix("mesgate"),
+            requests: Family::default(),
+            duration: Family::new_with_constructor(latency_histogram),
+            upstream: Family::default(),
+            upstream_duration: latency_histogram(),
+            bus_latency: latency_histogram(),
+            invalidations: Family::default(),
+            redis_errors: Family::default(),
+            breaker_open: Gauge::default(),
+            l1_bytes: Gauge::default(),
+            l1_entries: Gauge::default(),
+            l1_evictions: Family::default(),
+            l2_fenced: Counter::default(),
+            singleflight_waiting: Gauge::default(),
+        };
+        m.register();
+        m
+    }
+
+    fn register(&mut self) {
+        let r = &mut self.registry;
+        r.register(
+            "requests",
+            "Requests by route and cache outcome",
+            self.requests.clone(),
+        );
+        r.register(
+            "request_duration_seconds",
+            "Time to response headers",
+            self.duration.clone(),
+        );
+        r.register(
+            "upstream_requests",
+            "Requests sent to the MES",
+            self.upstream.clone(),
+        );
+        r.register(
+            "upstream_duration_seconds",
+            "Time to the MES's headers",
+            self.upstream_duration.clone(),
+        );
+        r.register(
+            "bus_latency_seconds",
+            "Write to applied on this instance",
+            self.bus_latency.clone(),
+        );
+        r.register(
+            "invalidations",
+            "Invalidations by reason",
+            self.invalidations.clone(),
+        );
+        r.register(
+            "redis_errors",
+            "Redis operations failed or skipped",
+            self.redis_errors.clone(),
+        );
+        r.register(
+            "redis_breaker_open",
+            "1 while the Redis breaker skips Redis",
+            self.breaker_open.clone(),
+        );
+        r.register(
+            "l1_bytes",
+            "Bytes held in the local tier",
+            self.l1_bytes.clone(),
+        );
+        r.register(
+            "l1_entries",
+            "Entries in the local tier",
+            self.l1_entries.clone(),
+        );
+        r.register(
+            "l1_evictions",
+            "Local tier evictions by cause",
+            self.l1_evictions.clone(),
+        );
+        r.register(
+            "l2_fenced",
+            "Redis stores refused by a moved epoch",
+            self.l2_fenced.clone(),
+        );
+        r.register(
+            "singleflight_waiting",
+            "Requests waiting on a shared fetch",
+            self.singleflight_waiting.clone(),
+        );
+    }
+
+    /// Records one answered request.
+    pub fn observe_request(&self, route: &Arc<String>, outcome: &'static str, seconds: f64) {
+        let labels = RequestLabels {
+            route: route.clone(),
+            outcome,
+        };
+        self.requests.get_or_create(&labels).inc();
+        self.duration
+            .get_or_create(&OutcomeLabels { outcome })
+            .observe(seconds);
+    }
+
+    /// Records one exchange with the MES.
+    pub fn observe_upstream(&self, route: Arc<String>, status: Option<u16>, seconds: f64) {
+        let status_class = match status {
+            Some(200..=299) => "2xx",
+            Some(300..=399) => "3xx",
+            Some(400..=499) => "4xx",
+            Some(500..=599) => "5xx",
+            Some(_) => "1xx",
+            None => "error",
+        };
+        let labels = UpstreamLabels {
+            route,
+            status_class,
+        };
+        self.upstream.get_or_create(&labels).inc();
+        self.upstream_duration.observe(seconds);
+    }
+
+    /// Copies the state kept elsewhere into the registry and renders the text format.
+    pub async fn render(&self, gw: &Gateway) -> String {
+        self.l1_bytes.set(gw.l1().weighted_size().await as i64);
+        self.l1_entries.set(gw.l1().entry_count().await as i64);
+        let ev = gw.l1().evictions();
+        for (cause, v) in [
+            ("expired", &ev.expired),
+            ("size", &ev.size),
+            ("explicit", &ev.explicit),
+            ("replaced", &ev.replaced),
+        ] {
+            sync(
+                &self.l1_evictions.get_or_create(&CauseLabels { cause }),
+                v.load(Ordering::Relaxed),
+            );
+        }
+        if let Some(l2) = gw.l2() {
+            let s = l2.stats();
+            for (kind, v) in [("failed", &s.errors), ("skipped", &s.skipped)] {
+                sync(
+                    &self.redis_errors.get_or_create(&KindLabels { kind }),
+                    v.load(Ordering::Relaxed),
+                );
+            }
+            sync(&self.l2_fenced, s.fenced.load(Ordering::Relaxed));
+            self.breaker_open
+                .set(i64::from(l2.breaker_state() != BreakerState::Closed));
+        }
+        let s = gw.invalidator().stats();
+        for (reason, v) in [
+            ("write", &s.applied),
+            ("fallback", &s.fallbacks),
+            ("bus", &s.received),
+            ("queued", &s.queued),
+            ("retried", &s.retried),
+            ("resubscribe", &s.resubscribes),
+            ("fenced_fill", &s.fenced_fills),
+        ] {
+            sync(
+                &self.invalidations.get_or_create(&ReasonLabels { reason }),
+                v.load(Ordering::Relaxed),
+            );
+        }
+        self.singleflight_waiting.set(gw.flights_waiting() as i64);
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// Moves a counter up to a value counted elsewhere (never down).
+fn sync(c: &Counter, value: u64) {
+    let now = c.get();
+    if value > now {
+        c.inc_by(value - now);
+    }
+}
