@@ -79,6 +79,9 @@ pub struct RawConfig {
     /// Size limits on what clients send.
     #[serde(default)]
     pub limits: RawLimits,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogConfig,
     /// Route rules, `[[route]]`. A request no rule matches is forwarded untouched.
     #[serde(default, rename = "route")]
     pub routes: Vec<RawRoute>,
@@ -250,6 +253,47 @@ fn default_max_header_bytes() -> RawSize {
 }
 fn default_max_headers() -> usize {
     100
+}
+
+/// `[log]`: how mesgate logs. `RUST_LOG`, when set, wins over `level`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `"human"` (default) or `"json"` (one object per line, for log shippers).
+    #[serde(default)]
+    pub format: LogFormat,
+    /// Level filter in `RUST_LOG` syntax. Default `"info"`.
+    #[serde(default = "default_log_level")]
+    pub level: String,
+    /// One `mesgate::access` line per request. Default `false`: at tens of thousands of
+    /// cache hits per second an access log costs more than the hit.
+    #[serde(default)]
+    pub access: bool,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::default(),
+            level: default_log_level(),
+            access: false,
+        }
+    }
+}
+
+fn default_log_level() -> String {
+    "info".into()
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Readable text.
+    #[default]
+    Human,
+    /// JSON objects.
+    Json,
 }
 
 /// A byte size: an integer, or a string with a unit (`B`, `KB`, `KiB`, `MB`, `MiB`, `GB`, `GiB`).
@@ -435,6 +479,8 @@ pub struct Config {
     pub limits: Limits,
     /// The compiled route table.
     pub routes: Arc<RouteTable>,
+    /// Logging.
+    pub log: LogConfig,
 }
 
 /// The MES as a base URI.
@@ -810,8 +856,15 @@ impl RawConfig {
             timeouts: self.timeouts.validate()?,
             limits: self.limits.validate()?,
             routes: Arc::new(validate_routes(self.routes)?),
+            log: validate_log(self.log)?,
         })
     }
+}
+
+fn validate_log(log: LogConfig) -> Result<LogConfig, ConfigError> {
+    tracing_subscriber::EnvFilter::try_new(&log.level)
+        .map_err(|e| invalid("log.level", format!("{:?}: {e}", log.level)))?;
+    Ok(log)
 }
 
 fn validate_l1(l1: &RawL1) -> Result<u64, ConfigError> {

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use mesgate::config::{Config, Overrides};
+use mesgate::config::{Config, LogConfig, LogFormat, Overrides};
 use mesgate::demo::{self, DemoError, DemoOptions};
 use mesgate::proxy::Gateway;
 use tokio::net::TcpListener;
@@ -49,7 +49,6 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -60,6 +59,7 @@ fn main() -> ExitCode {
     match cli.command.unwrap_or(Command::Run) {
         Command::CheckConfig { file } => check_config(&file),
         Command::Run => load(&cli.config).map_or(ExitCode::from(2), |config| {
+            init_tracing(&config.log);
             report(runtime.block_on(run(config)))
         }),
         Command::Demo {
@@ -67,6 +67,7 @@ fn main() -> ExitCode {
             sim_listen,
             demo_config,
         } => {
+            init_tracing(&LogConfig::default());
             let opts = DemoOptions {
                 config: demo_config,
                 redis,
@@ -85,13 +86,16 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_tracing() {
+fn init_tracing(log: &LogConfig) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&log.level));
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Human => builder.init(),
+    }
 }
 
 fn load(path: &Path) -> Option<Config> {
@@ -107,8 +111,11 @@ fn load(path: &Path) -> Option<Config> {
 fn check_config(file: &Path) -> ExitCode {
     match load(file) {
         Some(config) => {
-            println!("{}: ok", file.display());
-            print!("{}", config.describe());
+            use std::io::Write;
+            // A closed pipe (`| head`) is not an error worth a panic.
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{}: ok", file.display());
+            let _ = write!(out, "{}", config.describe());
             ExitCode::SUCCESS
         }
         None => ExitCode::from(2),

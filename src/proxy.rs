@@ -181,6 +181,9 @@ impl Gateway {
         let outcome = outcome::label_for_x_cache(resp.headers().get("x-cache")).unwrap_or(kind);
         let secs = started.elapsed().as_secs_f64();
         self.inner.metrics.observe_request(&route, outcome, secs);
+        if !self.inner.config.log.access {
+            return resp;
+        }
         info!(
             target: "mesgate::access",
             %method,
