@@ -154,6 +154,12 @@ async fn entity(gateway: &Gateway, query: &str) -> Response<Full<Bytes>> {
 /// Ready while serving; a Redis breaker that is not closed is reported as degraded
 /// (the gateway still answers from L1 and the MES).
 fn readiness(gateway: &Gateway) -> Response<Full<Bytes>> {
+    if gateway.is_draining() {
+        return json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"status": "draining"}),
+        );
+    }
     let redis = match gateway.l2() {
         None => "off",
         Some(l2) if l2.breaker_state() == BreakerState::Closed => "ok",

@@ -55,6 +55,7 @@ pub(crate) struct Inner {
     pub(crate) clock: Clock,
     pub(crate) invalidator: Invalidator,
     pub(crate) metrics: Arc<Metrics>,
+    draining: std::sync::atomic::AtomicBool,
 }
 
 /// What a fill needs to know about its request, decided before it starts.
@@ -133,6 +134,7 @@ impl Gateway {
             inner: Arc::new(Inner {
                 upstream: Upstream::new(config.upstream.clone(), &config.timeouts, metrics.clone()),
                 metrics,
+                draining: Default::default(),
                 l1,
                 l2,
                 flights: Flights::default(),
@@ -141,6 +143,20 @@ impl Gateway {
                 config,
             }),
         })
+    }
+
+    /// Marks the instance as draining: `/readyz` answers 503 so load balancers move away.
+    pub fn start_draining(&self) {
+        self.inner
+            .draining
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether shutdown has begun.
+    pub fn is_draining(&self) -> bool {
+        self.inner
+            .draining
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// The metrics (rendered by the admin listener).

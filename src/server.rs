@@ -45,6 +45,7 @@ pub async fn run(
         }
     }
     drop(listener);
+    gateway.start_draining();
     info!(connections = graceful.count(), "draining");
     if tokio::time::timeout(DRAIN_DEADLINE, graceful.shutdown())
         .await

@@ -74,3 +74,8 @@ pub async fn get(url: &str) -> Resp {
 pub async fn get_with(url: &str, headers: &[(&str, &str)]) -> Resp {
     send(Method::GET, url, headers, Bytes::new()).await
 }
+
+/// GET that owns its URL (for spawned tasks).
+pub async fn get_owned(url: String) -> Resp {
+    get(&url).await
+}
