@@ -70,6 +70,10 @@ pub async fn route(gateway: &Gateway, req: Request<Incoming>) -> Response<Full<B
             None => purge(gateway, req.uri().query().unwrap_or("")).await,
             Some(resp) => resp,
         },
+        (&Method::POST, "/admin/reload") => match refusal(gateway, &req) {
+            None => reload(gateway),
+            Some(resp) => resp,
+        },
         (&Method::GET, "/admin/entity") => match refusal(gateway, &req) {
             None => entity(gateway, req.uri().query().unwrap_or("")).await,
             Some(resp) => resp,
@@ -139,6 +143,20 @@ async fn purge(gateway: &Gateway, query: &str) -> Response<Full<Bytes>> {
     };
     info!(what = %done, "admin purge");
     json_response(StatusCode::OK, done)
+}
+
+/// Reads the config file again; on error the old rules keep serving.
+fn reload(gateway: &Gateway) -> Response<Full<Bytes>> {
+    match gateway.reload() {
+        Ok(report) => {
+            info!(?report, "config reloaded");
+            json_response(StatusCode::OK, json!({"reloaded": report}))
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "reload refused, the old rules keep serving");
+            json_response(StatusCode::BAD_REQUEST, json!({"error": e.to_string()}))
+        }
+    }
 }
 
 /// `?id=order:42`: the families the entity is known to belong to.

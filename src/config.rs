@@ -543,7 +543,7 @@ pub struct QueryParam {
 }
 
 /// Validated `[route.cache]`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct CachePolicy {
     /// Allowed parameters, sorted by name (so the key is built sorted).
     pub query: Vec<QueryParam>,
@@ -570,7 +570,7 @@ pub struct CachePolicy {
 }
 
 /// Validated `[route.cache.members]`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Members {
     /// Dotted path to the member array; empty: the body is one member.
     pub items: String,

@@ -223,6 +223,11 @@ impl Invalidator {
         self.inner.switches.fencing.load(Ordering::Relaxed)
     }
 
+    /// Moves local epochs only (a reload dropping one instance's entries of a route).
+    pub fn bump_local(&self, names: &[String]) {
+        self.inner.epochs.bump(names);
+    }
+
     /// Counts a previous-status fallback.
     pub fn count_fallback(&self) {
         self.inner.stats.fallbacks.fetch_add(1, Ordering::Relaxed);

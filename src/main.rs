@@ -60,7 +60,7 @@ fn main() -> ExitCode {
         Command::CheckConfig { file } => check_config(&file),
         Command::Run => load(&cli.config).map_or(ExitCode::from(2), |config| {
             init_tracing(&config.log);
-            report(runtime.block_on(run(config)))
+            report(runtime.block_on(run(config, &cli.config)))
         }),
         Command::Demo {
             redis,
@@ -132,7 +132,27 @@ fn report(result: anyhow::Result<()>) -> ExitCode {
     }
 }
 
-async fn run(config: Config) -> anyhow::Result<()> {
+/// SIGHUP reloads the config file; a bad file is logged with its field path and the old
+/// rules keep serving.
+async fn reload_on_sighup(gateway: Gateway) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            match gateway.reload() {
+                Ok(report) => info!(?report, "config reloaded"),
+                Err(e) => tracing::error!(error = %e, "reload refused, the old rules keep serving"),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    drop(gateway);
+}
+
+async fn run(config: Config, path: &Path) -> anyhow::Result<()> {
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot bind listen address {}", config.listen))?;
@@ -145,6 +165,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
         None => None,
     };
     let gateway = Gateway::new(config)?;
+    gateway.set_config_source(path.to_owned(), Overrides::from_env());
+    tokio::spawn(reload_on_sighup(gateway.clone()));
     if let Some(admin) = admin {
         tokio::spawn(mesgate::admin::run(
             admin,

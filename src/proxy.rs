@@ -21,7 +21,9 @@ use std::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::clock::Clock;
-use crate::config::{CachePolicy, Config, Members};
+use arc_swap::ArcSwap;
+
+use crate::config::{CachePolicy, Config, Members, Overrides};
 use crate::entry::Entry;
 use crate::epoch::{self, Fence};
 use crate::error::GatewayError;
@@ -35,6 +37,7 @@ use crate::l2::{L2, Lookup};
 use crate::metrics::{self, Metrics, RouteLabel};
 use crate::outcome::{self, BypassReason, CacheOutcome, MissDetail, NoStoreReason, cache_status};
 use crate::route::Route;
+use crate::route::RouteTable;
 use crate::upstream::{Upstream, UpstreamBody, error_chain};
 
 /// Body of every response to a client: bytes we hold, or the MES's stream.
@@ -56,6 +59,33 @@ pub(crate) struct Inner {
     pub(crate) invalidator: Invalidator,
     pub(crate) metrics: Arc<Metrics>,
     draining: std::sync::atomic::AtomicBool,
+    /// The route table in force; swapped whole by a reload.
+    routes: ArcSwap<RouteTable>,
+    access_log: std::sync::atomic::AtomicBool,
+    /// Where a reload reads the config from.
+    source: std::sync::Mutex<Option<(std::path::PathBuf, Overrides)>>,
+}
+
+/// What a reload changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ReloadReport {
+    /// Routes now in force.
+    pub routes: usize,
+    /// Cached routes whose policy changed or that went away: their entries were dropped.
+    pub flushed: Vec<String>,
+    /// Settings that changed in the file but need a restart to apply.
+    pub need_restart: Vec<&'static str>,
+}
+
+/// Why a reload did not happen (the old rules keep serving).
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The gateway was not started from a file.
+    #[error("no config file to reload from")]
+    NoSource,
+    /// The new file is invalid.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
 }
 
 /// What a fill needs to know about its request, decided before it starts.
@@ -135,6 +165,9 @@ impl Gateway {
                 upstream: Upstream::new(config.upstream.clone(), &config.timeouts, metrics.clone()),
                 metrics,
                 draining: Default::default(),
+                routes: ArcSwap::new(config.routes.clone()),
+                access_log: config.log.access.into(),
+                source: Default::default(),
                 l1,
                 l2,
                 flights: Flights::default(),
@@ -143,6 +176,53 @@ impl Gateway {
                 config,
             }),
         })
+    }
+
+    /// Remembers where the config came from, so `reload` (SIGHUP, `POST /admin/reload`)
+    /// can read it again.
+    pub fn set_config_source(&self, path: std::path::PathBuf, overrides: Overrides) {
+        *self.inner.source.lock().unwrap_or_else(|e| e.into_inner()) = Some((path, overrides));
+    }
+
+    /// Reads the config file again. An invalid file changes nothing (the error names the
+    /// field); a valid one swaps the route table, keeping the entries of unchanged routes.
+    pub fn reload(&self) -> Result<ReloadReport, ReloadError> {
+        let source = self
+            .inner
+            .source
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let (path, overrides) = source.ok_or(ReloadError::NoSource)?;
+        let new = Config::load(&path, overrides)?;
+        Ok(self.apply_config(&new))
+    }
+
+    /// Puts the routes (and the access-log switch) of `new` in force.
+    pub fn apply_config(&self, new: &Config) -> ReloadReport {
+        let old = self.inner.routes.load_full();
+        let flushed: Vec<String> = old
+            .routes()
+            .iter()
+            .filter(|r| r.cache.is_some())
+            .filter(|r| {
+                let same = new.routes.routes().iter().find(|n| n.name == r.name);
+                same.is_none_or(|n| n.cache != r.cache)
+            })
+            .map(|r| r.name.to_string())
+            .collect();
+        let names: Vec<String> = flushed.iter().map(|n| route_epoch(n)).collect();
+        self.inner.routes.store(new.routes.clone());
+        self.inner.invalidator.bump_local(&names);
+        let access = new.log.access;
+        self.inner
+            .access_log
+            .store(access, std::sync::atomic::Ordering::Relaxed);
+        ReloadReport {
+            routes: new.routes.routes().len(),
+            flushed,
+            need_restart: need_restart(&self.inner.config, new),
+        }
     }
 
     /// Marks the instance as draining: `/readyz` answers 503 so load balancers move away.
@@ -197,7 +277,11 @@ impl Gateway {
         let outcome = outcome::label_for_x_cache(resp.headers().get("x-cache")).unwrap_or(kind);
         let secs = started.elapsed().as_secs_f64();
         self.inner.metrics.observe_request(&route, outcome, secs);
-        if !self.inner.config.log.access {
+        if !self
+            .inner
+            .access_log
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
             return resp;
         }
         info!(
@@ -220,8 +304,8 @@ impl Gateway {
         mut req: Request<Incoming>,
         remote: SocketAddr,
     ) -> (Response<Body>, Arc<String>, &'static str) {
-        let config = &self.inner.config;
-        let Some(m) = config.routes.find(req.method(), req.uri().path()) else {
+        let routes = self.inner.routes.load_full();
+        let Some(m) = routes.find(req.method(), req.uri().path()) else {
             req.extensions_mut()
                 .insert(RouteLabel(metrics::unmatched()));
             return (
@@ -298,12 +382,13 @@ impl Gateway {
             until_ms: l.fresh_until_ms.saturating_add(stale_ms),
             entry: l.entry,
         });
-        let ctx = self.fill_ctx(policy, key, params);
+        let ctx = self.fill_ctx(&route.name, policy, key, params);
         self.miss(parts, remote, ctx, stale).await
     }
 
     fn fill_ctx(
         &self,
+        route: &str,
         policy: Arc<CachePolicy>,
         key: CacheKey,
         params: &[(String, String)],
@@ -324,7 +409,9 @@ impl Gateway {
             .iter()
             .filter_map(|t| t.render(&lookup))
             .collect();
-        let names = epoch::names_for_all(&families);
+        let mut names = epoch::names_for_all(&families);
+        // A reload that changes the route's policy drops its entries through this epoch.
+        names.push(route_epoch(route));
         let inv = &self.inner.invalidator;
         // The write sequence is read before the fence: a write that lands in between is
         // then caught by one or the other.
@@ -775,9 +862,42 @@ impl Gateway {
     }
 }
 
+/// The epoch every entry of a route depends on.
+fn route_epoch(route: &str) -> String {
+    format!("route:{route}")
+}
+
 /// A route's own wait for response headers (`response_timeout`), carried with the request.
 #[derive(Debug, Clone, Copy)]
 struct RouteTimeout(Duration);
+
+/// Settings a reload cannot apply to a running instance.
+fn need_restart(old: &Config, new: &Config) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    let checks = [
+        ("listen", old.listen != new.listen),
+        ("upstream", old.upstream.authority != new.upstream.authority),
+        (
+            "admin",
+            old.admin_listen != new.admin_listen || old.admin_token != new.admin_token,
+        ),
+        (
+            "redis",
+            old.redis.as_ref().map(|r| &r.url) != new.redis.as_ref().map(|r| &r.url),
+        ),
+        ("l1", old.l1_max_bytes != new.l1_max_bytes),
+        (
+            "log.format",
+            old.log.format != new.log.format || old.log.level != new.log.level,
+        ),
+    ];
+    for (name, changed) in checks {
+        if changed {
+            out.push(name);
+        }
+    }
+    out
+}
 
 /// Keeps the newer of two stale candidates.
 fn newer_stale(current: Option<Stale>, e: Entry, window: Duration) -> Option<Stale> {
