@@ -2,7 +2,7 @@
 //!
 //! It decides what identifies an answer; it does not look anything up.
 
-use std::sync::Arc;
+use std::borrow::Cow;
 
 use http::HeaderMap;
 use http::header::{AUTHORIZATION, COOKIE};
@@ -12,15 +12,28 @@ use crate::config::{CachePolicy, CredentialPolicy, UnknownQuery};
 use crate::outcome::BypassReason;
 
 /// The identity of a cacheable request.
+///
+/// One string, built with one allocation on the hit path:
+/// `{route}|{path}?{normalized query}|{vary values}|cred={hash}`. The part sent to the MES
+/// is a slice of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CacheKey {
-    /// The key, identical on every instance for the same request: route name, path,
-    /// normalized query, vary values and credential hash.
-    pub key: Arc<str>,
+    /// The key, identical on every instance for the same request.
+    pub key: String,
+    upstream: std::ops::Range<usize>,
+}
+
+impl CacheKey {
     /// Path and normalized query sent to the MES, so the fetch asks exactly what the key says.
-    pub upstream_path: String,
+    pub fn upstream_path(&self) -> &str {
+        &self.key[self.upstream.clone()]
+    }
+
     /// The normalized query as pairs (allowed parameters, defaults applied).
-    pub query: Vec<(String, String)>,
+    pub fn query_pairs(&self) -> Vec<(String, String)> {
+        let q = self.upstream_path().split_once('?').map_or("", |(_, q)| q);
+        form_urlencoded::parse(q.as_bytes()).into_owned().collect()
+    }
 }
 
 /// Builds the key of a request on a cached route, or says why the cache must be bypassed.
@@ -40,6 +53,7 @@ pub struct CacheKey {
 /// let a = build("list", policy, "/api/orders", Some("status=NEW"), &Default::default()).unwrap();
 /// let b = build("list", policy, "/api/orders", Some("page=1&status=NEW"), &Default::default()).unwrap();
 /// assert_eq!(a.key, b.key);
+/// assert_eq!(a.upstream_path(), "/api/orders?page=1&status=NEW");
 /// ```
 pub fn build(
     route: &str,
@@ -48,49 +62,46 @@ pub fn build(
     query: Option<&str>,
     headers: &HeaderMap,
 ) -> Result<CacheKey, BypassReason> {
-    let pairs = normalize_query(policy, query.unwrap_or(""))?;
-    let normalized = form_urlencoded::Serializer::new(String::new())
-        .extend_pairs(pairs.iter())
-        .finish();
-    let upstream_path = if normalized.is_empty() {
-        path.to_owned()
-    } else {
-        format!("{path}?{normalized}")
-    };
-    let mut key = format!("{route}|{upstream_path}");
+    let values = normalize_query(policy, query.unwrap_or(""))?;
+    let mut key = String::with_capacity(route.len() + path.len() + 64);
+    key.push_str(route);
+    key.push('|');
+    let start = key.len();
+    key.push_str(path);
+    let query_at = key.len();
+    key.push('?');
+    let mut ser = form_urlencoded::Serializer::for_suffix(key, query_at + 1);
+    for (param, value) in policy.query.iter().zip(&values) {
+        if let Some(v) = value.as_deref().or(param.default.as_deref()) {
+            ser.append_pair(&param.name, v);
+        }
+    }
+    let mut key = ser.finish();
+    if key.len() == query_at + 1 {
+        key.truncate(query_at);
+    }
+    let upstream = start..key.len();
     push_vary(&mut key, policy, headers);
     push_credentials(&mut key, policy.credentials, headers)?;
-    Ok(CacheKey {
-        key: key.into(),
-        upstream_path,
-        query: pairs,
-    })
+    Ok(CacheKey { key, upstream })
 }
 
-/// Sorted allow-listed parameters with defaults applied.
-fn normalize_query(
+/// The allowed parameters' values in the policy's (sorted) order, borrowed where the
+/// request needs no decoding.
+fn normalize_query<'q>(
     policy: &CachePolicy,
-    query: &str,
-) -> Result<Vec<(String, String)>, BypassReason> {
-    let mut values: Vec<Option<String>> = vec![None; policy.query.len()];
+    query: &'q str,
+) -> Result<Vec<Option<Cow<'q, str>>>, BypassReason> {
+    let mut values: Vec<Option<Cow<'q, str>>> = vec![None; policy.query.len()];
     for (name, value) in form_urlencoded::parse(query.as_bytes()) {
         match policy.query.iter().position(|p| p.name == name) {
             Some(i) if values[i].is_some() => return Err(BypassReason::RepeatedQuery),
-            Some(i) => values[i] = Some(value.into_owned()),
+            Some(i) => values[i] = Some(value),
             None if policy.unknown_query == UnknownQuery::Strip => {}
             None => return Err(BypassReason::UnknownQuery),
         }
     }
-    let pairs = policy
-        .query
-        .iter()
-        .zip(values)
-        .filter_map(|(param, value)| {
-            let v = value.or_else(|| param.default.clone())?;
-            Some((param.name.clone(), v))
-        })
-        .collect();
-    Ok(pairs)
+    Ok(values)
 }
 
 fn push_vary(key: &mut String, policy: &CachePolicy, headers: &HeaderMap) {
@@ -161,7 +172,7 @@ mod tests {
         let c = key(&p, "status=N%45W", &h).unwrap();
         assert_eq!(a, b);
         assert_eq!(a, c);
-        assert_eq!(a.upstream_path, "/o?page=1&size=50&status=NEW");
+        assert_eq!(a.upstream_path(), "/o?page=1&size=50&status=NEW");
         assert_ne!(a.key, key(&p, "status=NEW&page=2", &h).unwrap().key);
     }
 
@@ -169,7 +180,7 @@ mod tests {
     fn absent_parameter_without_default_is_left_out() {
         let p = policy("");
         let k = key(&p, "", &HeaderMap::new()).unwrap();
-        assert_eq!(k.upstream_path, "/o?page=1&size=50");
+        assert_eq!(k.upstream_path(), "/o?page=1&size=50");
     }
 
     #[test]
@@ -182,7 +193,7 @@ mod tests {
         let strip = policy("unknown_query = \"strip\"");
         let k = key(&strip, "status=NEW&debug=1", &h).unwrap();
         assert_eq!(k, key(&strip, "status=NEW", &h).unwrap());
-        assert!(!k.upstream_path.contains("debug"));
+        assert!(!k.upstream_path().contains("debug"));
     }
 
     #[test]

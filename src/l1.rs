@@ -25,6 +25,9 @@ pub struct L1Entry {
     pub keep_for: Duration,
     /// The local epochs of its families when its fill started.
     pub fence: Fence,
+    /// The headers of a GET hit from this tier, built once at store time (entry headers
+    /// plus `Cache-Status`, `X-Cache` and `Via`); a hit only adds `Age`.
+    pub hit_headers: http::HeaderMap,
 }
 
 impl L1Entry {
@@ -155,6 +158,7 @@ mod tests {
             fresh_until_ms: 1_000,
             keep_for: Duration::from_secs(60),
             fence: Fence::default(),
+            hit_headers: HeaderMap::new(),
         }
     }
 

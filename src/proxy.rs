@@ -272,18 +272,19 @@ impl Gateway {
     /// Handles one request from `remote`. Never fails: errors become problem responses.
     pub async fn handle(&self, req: Request<Incoming>, remote: SocketAddr) -> Response<Body> {
         let started = Instant::now();
-        let (method, uri) = (req.method().clone(), req.uri().clone());
+        let access = self
+            .inner
+            .access_log
+            .load(std::sync::atomic::Ordering::Relaxed);
+        // Copied only when an access line will be written.
+        let request_line = access.then(|| (req.method().clone(), req.uri().clone()));
         let (resp, route, kind) = self.dispatch(req, remote).await;
         let outcome = outcome::label_for_x_cache(resp.headers().get("x-cache")).unwrap_or(kind);
         let secs = started.elapsed().as_secs_f64();
         self.inner.metrics.observe_request(&route, outcome, secs);
-        if !self
-            .inner
-            .access_log
-            .load(std::sync::atomic::Ordering::Relaxed)
-        {
+        let Some((method, uri)) = request_line else {
             return resp;
-        }
+        };
         info!(
             target: "mesgate::access",
             %method,
@@ -321,12 +322,16 @@ impl Gateway {
             .zip(m.params)
             .map(|(n, v)| (n.to_owned(), v.to_owned()))
             .collect();
-        req.extensions_mut().insert(RouteLabel(route.name.clone()));
+        let cached_read = route.cache.is_some() && is_read(req.method());
+        if !cached_read {
+            // The read path adds it only past a hit: the hit path allocates no extensions.
+            req.extensions_mut().insert(RouteLabel(route.name.clone()));
+        }
         if let Some(t) = route.response_timeout {
             req.extensions_mut().insert(RouteTimeout(t));
         }
         let name = route.name.clone();
-        if route.cache.is_some() && is_read(req.method()) {
+        if cached_read {
             return (
                 self.read(req, remote, route, &params).await,
                 name,
@@ -349,7 +354,7 @@ impl Gateway {
 
     async fn read(
         &self,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
         remote: SocketAddr,
         route: &Route,
         params: &[(String, String)],
@@ -366,15 +371,18 @@ impl Gateway {
         );
         let key = match key {
             Ok(k) => k,
-            Err(reason) => return self.bypass(req, remote, reason).await,
+            Err(reason) => {
+                req.extensions_mut().insert(RouteLabel(route.name.clone()));
+                return self.bypass(req, remote, reason).await;
+            }
         };
         let head = req.method() == Method::HEAD;
         let now = self.inner.clock.now_ms();
         let local = self.local_lookup(&policy, &key).await;
         if let Some(l) = local.as_ref().filter(|l| l.is_fresh(now)) {
-            let none = MissDetail::default();
-            return entry_response(&l.entry, CacheOutcome::HitLocal, none, None, head, now);
+            return l1_hit(l, head, now);
         }
+        req.extensions_mut().insert(RouteLabel(route.name.clone()));
         let (parts, _) = req.into_parts();
         let stale_ms = policy.stale_if_error.as_millis() as u64;
         // An invalidated entry never stands in, not even when the MES fails.
@@ -393,10 +401,11 @@ impl Gateway {
         key: CacheKey,
         params: &[(String, String)],
     ) -> FillCtx {
+        let query = key.query_pairs();
         let lookup = |source: Source, field: &str| {
             let pairs = match source {
                 Source::Path => params,
-                Source::Query => &key.query[..],
+                Source::Query => &query[..],
                 _ => return None,
             };
             pairs
@@ -539,7 +548,7 @@ impl Gateway {
             upstream.authority(),
         );
         let mut req = Request::new(Either::Right(Full::new(Bytes::new())));
-        *req.uri_mut() = upstream.uri(&key.upstream_path)?;
+        *req.uri_mut() = upstream.uri(key.upstream_path())?;
         *req.headers_mut() = headers;
         if let Some(label) = parts.extensions.get::<RouteLabel>() {
             req.extensions_mut().insert(label.clone());
@@ -735,12 +744,16 @@ impl Gateway {
         };
         let keep_for = Duration::from_millis(fresh_until_ms - now) + policy.stale_if_error;
         let value = L1Entry {
+            hit_headers: hit_headers(entry),
             entry: entry.clone(),
             fresh_until_ms,
             keep_for,
             fence,
         };
-        self.inner.l1.insert(ctx.key.key.clone(), value).await;
+        self.inner
+            .l1
+            .insert(Arc::from(ctx.key.key.as_str()), value)
+            .await;
     }
 
     /// Stores in Redis before the flight finishes, so once an answer has left, every
@@ -1042,6 +1055,35 @@ fn vary_reason(policy: &CachePolicy, headers: &HeaderMap) -> Option<NoStoreReaso
 
 fn problem(e: &GatewayError) -> Response<Body> {
     e.to_response().map(Either::Left)
+}
+
+/// The prebuilt headers of an L1 hit.
+fn hit_headers(entry: &Entry) -> HeaderMap {
+    let mut h = entry.headers.clone();
+    h.insert(
+        "cache-status",
+        HeaderValue::from_static("mesgate; hit; detail=l1"),
+    );
+    h.insert(
+        "x-cache",
+        HeaderValue::from_static(CacheOutcome::HitLocal.x_cache()),
+    );
+    h.append(header::VIA, forward::via(http::Version::HTTP_11));
+    h
+}
+
+/// The answer to an L1 hit: prebuilt headers plus `Age`, the body shared, not copied.
+fn l1_hit(l: &L1Entry, head: bool, now_ms: u64) -> Response<Body> {
+    if head {
+        let none = MissDetail::default();
+        return entry_response(&l.entry, CacheOutcome::HitLocal, none, None, true, now_ms);
+    }
+    let mut resp = Response::new(Either::Left(Full::new(l.entry.body.clone())));
+    *resp.status_mut() = l.entry.status;
+    let mut headers = l.hit_headers.clone();
+    headers.insert(header::AGE, HeaderValue::from(l.entry.age_secs(now_ms)));
+    *resp.headers_mut() = headers;
+    resp
 }
 
 /// A response replayed from an entry, with `Age`, `Cache-Status`, `X-Cache` and `Via`.
