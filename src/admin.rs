@@ -53,7 +53,7 @@ pub async fn run(
 pub async fn route(gateway: &Gateway, req: Request<Incoming>) -> Response<Full<Bytes>> {
     match (req.method(), req.uri().path()) {
         (_, "/healthz") => json_response(StatusCode::OK, json!({"status": "ok"})),
-        (_, "/readyz") => readiness(gateway),
+        (_, "/readyz") => readiness(gateway).await,
         (&Method::GET, "/metrics") => {
             let mut resp = Response::new(Full::new(Bytes::from(
                 gateway.metrics().render(gateway).await,
@@ -169,14 +169,24 @@ async fn entity(gateway: &Gateway, query: &str) -> Response<Full<Bytes>> {
     json_response(StatusCode::OK, json!({"entity": id, "families": families}))
 }
 
-/// Ready while serving; a Redis breaker that is not closed is reported as degraded
-/// (the gateway still answers from L1 and the MES).
-fn readiness(gateway: &Gateway) -> Response<Full<Bytes>> {
+/// Ready while serving and the MES accepts connections; a Redis breaker that is not
+/// closed is reported as degraded (the gateway still answers from L1 and the MES).
+async fn readiness(gateway: &Gateway) -> Response<Full<Bytes>> {
     if gateway.is_draining() {
         return json_response(
             StatusCode::SERVICE_UNAVAILABLE,
             json!({"status": "draining"}),
         );
+    }
+    let mes = gateway.config().upstream.authority.as_str().to_owned();
+    let connect = tokio::net::TcpStream::connect(mes.as_str());
+    let reachable = matches!(
+        tokio::time::timeout(std::time::Duration::from_millis(500), connect).await,
+        Ok(Ok(_))
+    );
+    if !reachable {
+        let body = json!({"status": "unready", "mes": "unreachable", "upstream": mes});
+        return json_response(StatusCode::SERVICE_UNAVAILABLE, body);
     }
     let redis = match gateway.l2() {
         None => "off",

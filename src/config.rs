@@ -197,6 +197,13 @@ pub struct RawTimeouts {
     /// Idle pooled connections to the MES are closed after this. Default `90s`.
     #[serde(default = "default_pool_idle")]
     pub pool_idle: String,
+    /// On SIGTERM, how long open requests (and their invalidations) get to finish. Default `30s`.
+    #[serde(default = "default_drain")]
+    pub drain: String,
+}
+
+fn default_drain() -> String {
+    "30s".into()
 }
 
 impl Default for RawTimeouts {
@@ -207,6 +214,7 @@ impl Default for RawTimeouts {
             total: default_total(),
             client_header: default_client_header(),
             pool_idle: default_pool_idle(),
+            drain: default_drain(),
         }
     }
 }
@@ -522,6 +530,8 @@ pub struct Timeouts {
     pub client_header: Duration,
     /// Pool idle.
     pub pool_idle: Duration,
+    /// Shutdown drain deadline.
+    pub drain: Duration,
 }
 
 /// Validated `[limits]`.
@@ -948,6 +958,7 @@ impl RawTimeouts {
             total: nonzero("timeouts.total", &self.total)?,
             client_header: nonzero("timeouts.client_header", &self.client_header)?,
             pool_idle: nonzero("timeouts.pool_idle", &self.pool_idle)?,
+            drain: parse_duration("timeouts.drain", &self.drain)?,
         };
         if t.total < t.response_header {
             return Err(invalid(

@@ -18,7 +18,7 @@ use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
 use std::time::Instant;
 
-use tracing::{debug, info, warn};
+use tracing::{Instrument, debug, info, warn};
 
 use crate::clock::Clock;
 use arc_swap::ArcSwap;
@@ -278,7 +278,9 @@ impl Gateway {
             .load(std::sync::atomic::Ordering::Relaxed);
         // Copied only when an access line will be written.
         let request_line = access.then(|| (req.method().clone(), req.uri().clone()));
-        let (resp, route, kind) = self.dispatch(req, remote).await;
+        // Disabled below debug level, so a hit pays nothing for it.
+        let span = tracing::debug_span!("request", method = %req.method(), path = req.uri().path());
+        let (resp, route, kind) = self.dispatch(req, remote).instrument(span).await;
         let outcome = outcome::label_for_x_cache(resp.headers().get("x-cache")).unwrap_or(kind);
         let secs = started.elapsed().as_secs_f64();
         self.inner.metrics.observe_request(&route, outcome, secs);

@@ -18,11 +18,8 @@ use tracing::{debug, info, warn};
 use crate::config::Config;
 use crate::proxy::Gateway;
 
-/// How long in-flight requests get to finish after shutdown is asked for.
-pub const DRAIN_DEADLINE: Duration = Duration::from_secs(30);
-
 /// Serves `gateway` on `listener` until `shutdown` resolves, then drains open connections
-/// for at most [`DRAIN_DEADLINE`].
+/// for at most `timeouts.drain`.
 pub async fn run(
     listener: TcpListener,
     gateway: Gateway,
@@ -47,7 +44,8 @@ pub async fn run(
     drop(listener);
     gateway.start_draining();
     info!(connections = graceful.count(), "draining");
-    if tokio::time::timeout(DRAIN_DEADLINE, graceful.shutdown())
+    let deadline = gateway.config().timeouts.drain;
+    if tokio::time::timeout(deadline, graceful.shutdown())
         .await
         .is_err()
     {

@@ -108,3 +108,21 @@ async fn readiness_reports_redis_trouble_as_degraded_not_unready() {
     assert_eq!(sample(&text, "mesgate_redis_breaker_open"), 1.0);
     assert!(sample(&text, "mesgate_redis_errors_total{kind=\"failed\"}") >= 1.0);
 }
+
+#[tokio::test]
+async fn readiness_needs_the_mes() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let config = std::fs::read_to_string("config/mesgate.toml").unwrap();
+    let gw = spawn_gateway(&config, &dead, None).await;
+    let admin = admin(&gw).await;
+    let r = get(&format!("{admin}/readyz")).await;
+    assert_eq!(r.status, 503);
+    assert_eq!(r.json()["mes"], "unreachable");
+    assert_eq!(
+        get(&format!("{admin}/healthz")).await.status,
+        200,
+        "alive all the same"
+    );
+}
