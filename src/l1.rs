@@ -52,15 +52,15 @@ pub struct Evictions {
 
 struct KeepFor;
 
-impl Expiry<Arc<str>, L1Entry> for KeepFor {
-    fn expire_after_create(&self, _: &Arc<str>, v: &L1Entry, _: Instant) -> Option<Duration> {
+impl Expiry<Arc<str>, Arc<L1Entry>> for KeepFor {
+    fn expire_after_create(&self, _: &Arc<str>, v: &Arc<L1Entry>, _: Instant) -> Option<Duration> {
         Some(v.keep_for)
     }
 
     fn expire_after_update(
         &self,
         _: &Arc<str>,
-        v: &L1Entry,
+        v: &Arc<L1Entry>,
         _: Instant,
         _: Option<Duration>,
     ) -> Option<Duration> {
@@ -71,7 +71,8 @@ impl Expiry<Arc<str>, L1Entry> for KeepFor {
 /// The local tier. Cheap to clone.
 #[derive(Clone)]
 pub struct L1 {
-    cache: Cache<Arc<str>, L1Entry>,
+    // Values are `Arc`ed: a hit clones one pointer, not the fence and the header map.
+    cache: Cache<Arc<str>, Arc<L1Entry>>,
     evictions: Arc<Evictions>,
 }
 
@@ -82,7 +83,7 @@ impl L1 {
         let counters = evictions.clone();
         let cache = Cache::builder()
             .max_capacity(max_bytes)
-            .weigher(|k: &Arc<str>, v: &L1Entry| {
+            .weigher(|k: &Arc<str>, v: &Arc<L1Entry>| {
                 (k.len() + v.entry.weight()).min(u32::MAX as usize) as u32
             })
             .expire_after(KeepFor)
@@ -92,13 +93,13 @@ impl L1 {
     }
 
     /// Looks a key up, fresh or not; the caller decides what a stale entry is good for.
-    pub async fn get(&self, key: &str) -> Option<L1Entry> {
+    pub async fn get(&self, key: &str) -> Option<Arc<L1Entry>> {
         self.cache.get(key).await
     }
 
     /// Stores an entry, replacing any older one.
     pub async fn insert(&self, key: Arc<str>, value: L1Entry) {
-        self.cache.insert(key, value).await;
+        self.cache.insert(key, Arc::new(value)).await;
     }
 
     /// Drops one key.

@@ -18,7 +18,7 @@ use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
 use std::time::Instant;
 
-use tracing::{Instrument, debug, info, warn};
+use tracing::{debug, info, warn};
 
 use crate::clock::Clock;
 use arc_swap::ArcSwap;
@@ -39,6 +39,11 @@ use crate::outcome::{self, BypassReason, CacheOutcome, MissDetail, NoStoreReason
 use crate::route::Route;
 use crate::route::RouteTable;
 use crate::upstream::{Upstream, UpstreamBody, error_chain};
+
+/// `X-Cache`, parsed once (a `&str` name is parsed on every use).
+const X_CACHE: http::HeaderName = http::HeaderName::from_static("x-cache");
+/// `Cache-Status` (RFC 9211).
+const CACHE_STATUS: http::HeaderName = http::HeaderName::from_static("cache-status");
 
 /// Body of every response to a client: bytes we hold, or the MES's stream.
 pub type Body = Either<Full<Bytes>, Incoming>;
@@ -278,10 +283,8 @@ impl Gateway {
             .load(std::sync::atomic::Ordering::Relaxed);
         // Copied only when an access line will be written.
         let request_line = access.then(|| (req.method().clone(), req.uri().clone()));
-        // Disabled below debug level, so a hit pays nothing for it.
-        let span = tracing::debug_span!("request", method = %req.method(), path = req.uri().path());
-        let (resp, route, kind) = self.dispatch(req, remote).instrument(span).await;
-        let outcome = outcome::label_for_x_cache(resp.headers().get("x-cache")).unwrap_or(kind);
+        let (resp, route, kind) = self.dispatch(req, remote).await;
+        let outcome = outcome::label_for_x_cache(resp.headers().get(&X_CACHE)).unwrap_or(kind);
         let secs = started.elapsed().as_secs_f64();
         self.inner.metrics.observe_request(&route, outcome, secs);
         let Some((method, uri)) = request_line else {
@@ -307,7 +310,7 @@ impl Gateway {
         mut req: Request<Incoming>,
         remote: SocketAddr,
     ) -> (Response<Body>, Arc<String>, &'static str) {
-        let routes = self.inner.routes.load_full();
+        let routes = self.inner.routes.load();
         let Some(m) = routes.find(req.method(), req.uri().path()) else {
             req.extensions_mut()
                 .insert(RouteLabel(metrics::unmatched()));
@@ -361,12 +364,12 @@ impl Gateway {
         route: &Route,
         params: &[(String, String)],
     ) -> Response<Body> {
-        let Some(policy) = route.cache.clone() else {
+        let Some(policy) = route.cache.as_ref() else {
             return self.pass(req, remote).await;
         };
         let key = key::build(
             &route.name,
-            &policy,
+            policy,
             req.uri().path(),
             req.uri().query(),
             req.headers(),
@@ -380,7 +383,7 @@ impl Gateway {
         };
         let head = req.method() == Method::HEAD;
         let now = self.inner.clock.now_ms();
-        let local = self.local_lookup(&policy, &key).await;
+        let local = self.local_lookup(policy, &key).await;
         if let Some(l) = local.as_ref().filter(|l| l.is_fresh(now)) {
             return l1_hit(l, head, now);
         }
@@ -390,9 +393,9 @@ impl Gateway {
         // An invalidated entry never stands in, not even when the MES fails.
         let stale = local.filter(|l| l.fence.is_valid()).map(|l| Stale {
             until_ms: l.fresh_until_ms.saturating_add(stale_ms),
-            entry: l.entry,
+            entry: l.entry.clone(),
         });
-        let ctx = self.fill_ctx(&route.name, policy, key, params);
+        let ctx = self.fill_ctx(&route.name, policy.clone(), key, params);
         self.miss(parts, remote, ctx, stale).await
     }
 
@@ -437,7 +440,7 @@ impl Gateway {
         }
     }
 
-    async fn local_lookup(&self, policy: &CachePolicy, key: &CacheKey) -> Option<L1Entry> {
+    async fn local_lookup(&self, policy: &CachePolicy, key: &CacheKey) -> Option<Arc<L1Entry>> {
         if policy.ttl_l1.is_zero() {
             return None;
         }
@@ -569,7 +572,7 @@ impl Gateway {
         let local = self.local_lookup(&ctx.policy, &ctx.key).await;
         if let Some(l) = local.filter(|l| l.is_fresh(now)) {
             return Fill::Hit {
-                entry: l.entry,
+                entry: l.entry.clone(),
                 tier: Tier::Local,
             };
         }
@@ -811,9 +814,9 @@ impl Gateway {
         let cs = cache_status(outcome, MissDetail::default(), None);
         let h = resp.headers_mut();
         if let Ok(v) = HeaderValue::from_str(&cs) {
-            h.insert("cache-status", v);
+            h.insert(CACHE_STATUS, v);
         }
-        h.insert("x-cache", HeaderValue::from_static(outcome.x_cache()));
+        h.insert(X_CACHE, HeaderValue::from_static(outcome.x_cache()));
         resp
     }
 
@@ -1063,11 +1066,11 @@ fn problem(e: &GatewayError) -> Response<Body> {
 fn hit_headers(entry: &Entry) -> HeaderMap {
     let mut h = entry.headers.clone();
     h.insert(
-        "cache-status",
+        CACHE_STATUS,
         HeaderValue::from_static("mesgate; hit; detail=l1"),
     );
     h.insert(
-        "x-cache",
+        X_CACHE,
         HeaderValue::from_static(CacheOutcome::HitLocal.x_cache()),
     );
     h.append(header::VIA, forward::via(http::Version::HTTP_11));
@@ -1112,9 +1115,9 @@ fn entry_response(
         headers.insert(header::AGE, HeaderValue::from(entry.age_secs(now_ms)));
     }
     if let Ok(v) = HeaderValue::from_str(&cache_status(outcome, miss, fwd_status)) {
-        headers.insert("cache-status", v);
+        headers.insert(CACHE_STATUS, v);
     }
-    headers.insert("x-cache", HeaderValue::from_static(outcome.x_cache()));
+    headers.insert(X_CACHE, HeaderValue::from_static(outcome.x_cache()));
     headers.append(header::VIA, forward::via(http::Version::HTTP_11));
     *resp.headers_mut() = headers;
     resp
