@@ -96,6 +96,11 @@ struct Inner {
     seq: AtomicU64,
     // A std Mutex: inserts and drains only, never held across `.await`.
     pending: Mutex<HashSet<String>>,
+    /// Names whose Redis bump is on its way (count per name, for concurrent writes). L2 is
+    /// not read for them meanwhile: a read in that gap would find the pre-write entry still
+    /// valid in Redis and put it back into the freshly invalidated L1.
+    // A std Mutex: counts only, never held across `.await`.
+    inflight: Mutex<std::collections::HashMap<String, usize>>,
     wake_retry: Notify,
     stats: InvalidationStats,
     switches: TestSwitches,
@@ -130,6 +135,7 @@ impl Invalidator {
                     .build(),
                 seq: AtomicU64::new(1),
                 pending: Mutex::default(),
+                inflight: Mutex::default(),
                 wake_retry: Notify::new(),
                 stats: InvalidationStats::default(),
                 switches: TestSwitches::default(),
@@ -166,8 +172,35 @@ impl Invalidator {
 
     /// Whether any of the names waits for its Redis invalidation (L2 must not be used).
     pub fn pending_any(&self, names: &[String]) -> bool {
+        {
+            let f = self.lock_inflight();
+            if !f.is_empty() && names.iter().any(|n| f.contains_key(n)) {
+                return true;
+            }
+        }
         let p = self.lock_pending();
         !p.is_empty() && names.iter().any(|n| p.contains(n))
+    }
+
+    fn lock_inflight(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, usize>> {
+        self.inner
+            .inflight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn mark_inflight(&self, names: &[String], on: bool) {
+        let mut f = self.lock_inflight();
+        for n in names {
+            if on {
+                *f.entry(n.clone()).or_default() += 1;
+            } else if let Some(c) = f.get_mut(n) {
+                *c -= 1;
+                if *c == 0 {
+                    f.remove(n);
+                }
+            }
+        }
     }
 
     /// Records memberships seen in a stored body, locally (the caller does Redis).
@@ -243,14 +276,24 @@ impl Invalidator {
             let seq = inner.seq.fetch_add(1, Ordering::AcqRel);
             inner.writes.insert(e.clone(), seq);
         }
+        let Some(l2) = &inner.l2 else {
+            inner.epochs.bump(&names);
+            inner.stats.applied.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        // Closed to L2 before L1 moves, reopened once Redis moved (or the names are queued).
+        self.mark_inflight(&names, true);
         inner.epochs.bump(&names);
         inner.stats.applied.fetch_add(1, Ordering::Relaxed);
-        let Some(l2) = &inner.l2 else { return };
         let msg = self.message(&names, entity);
-        if let Err(e) = l2.invalidate(&names, &msg).await {
+        let result = l2.invalidate(&names, &msg).await;
+        if result.is_err() {
+            self.lock_pending().extend(names.iter().cloned());
+        }
+        self.mark_inflight(&names, false);
+        if let Err(e) = result {
             warn!(error = %e, kind = e.as_str(), tier = "shared", "invalidation queued for retry");
             inner.stats.queued.fetch_add(1, Ordering::Relaxed);
-            self.lock_pending().extend(names);
             inner.wake_retry.notify_one();
         }
     }
