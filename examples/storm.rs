@@ -4,7 +4,9 @@
 //! the upstream load the reads caused, from the simulator's counters.
 //!
 //! `cargo run --release --example storm -- --gateway URL --sim URL [--duration 30s]`;
-//! point `--gateway` at the simulator itself to measure the load without a cache.
+//! point `--gateway` at the simulator itself to measure the load without a cache, or at
+//! any other HTTP cache in front of the simulator (loadtest/storm.sh runs nginx
+//! proxy_cache) to count its stale reads. `--label` names the row of the table.
 #![forbid(unsafe_code)]
 
 use std::sync::Arc;
@@ -48,6 +50,12 @@ struct Args {
     /// Orders created per second.
     #[arg(long, default_value_t = 3.0)]
     creates_per_sec: f64,
+    /// Name of the target in the table's first column (default: the `--gateway` URL).
+    #[arg(long)]
+    label: Option<String>,
+    /// Describe the first N stale reads on stderr.
+    #[arg(long, default_value_t = 0)]
+    show_stale: u64,
 }
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
@@ -59,8 +67,12 @@ struct Counters {
     changes: AtomicU64,
     creates: AtomicU64,
     write_errors: AtomicU64,
+    /// Judged read-your-write checks (fresh or stale).
     checks: AtomicU64,
     stale: AtomicU64,
+    unjudged: AtomicU64,
+    /// Stale reads described on stderr so far.
+    shown: AtomicU64,
     truth_lists: AtomicU64,
 }
 
@@ -69,6 +81,7 @@ struct Shared {
     client: HttpClient,
     c: Counters,
     latencies: std::sync::Mutex<Vec<u32>>,
+    started: Instant,
     deadline: Instant,
 }
 
@@ -101,6 +114,19 @@ async fn call(
     url: &str,
     body: Option<String>,
 ) -> Option<(u16, Value)> {
+    call_traced(c, method, url, body)
+        .await
+        .map(|(status, v, _)| (status, v))
+}
+
+/// Like `call`, plus the answer's cache headers (`x-cache`, `cache-status`, `age`,
+/// `x-cache-status`) as one string, to describe a stale read.
+async fn call_traced(
+    c: &HttpClient,
+    method: Method,
+    url: &str,
+    body: Option<String>,
+) -> Option<(u16, Value, String)> {
     let mut req = Request::builder().method(method).uri(url);
     if body.is_some() {
         req = req.header("content-type", "application/json");
@@ -110,10 +136,19 @@ async fn call(
         .ok()?;
     let resp = c.request(req).await.ok()?;
     let status = resp.status().as_u16();
+    let trace = ["x-cache", "cache-status", "age", "x-cache-status"]
+        .iter()
+        .filter_map(|h| {
+            let v = resp.headers().get(*h)?.to_str().ok()?;
+            Some(format!("{h}: {v}"))
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
     let bytes = resp.into_body().collect().await.ok()?.to_bytes();
     Some((
         status,
         serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        trace,
     ))
 }
 
@@ -150,49 +185,127 @@ async fn reader(s: Arc<Shared>, mut rng: Rng) {
     }
 }
 
-/// Whether the gateway's page 1 of `status` agrees with the MES about `id`.
-async fn page_agrees(s: &Shared, status: &str, id: u64) -> bool {
+/// What one read-your-write check found.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    /// The gateway's answer reflects the write.
+    Fresh,
+    /// The gateway's answer predates the write: a stale read.
+    Stale,
+    /// Not judged: a concurrent write changed the truth while the gateway was read, the
+    /// order sits near the end of the page, or a request failed.
+    Unjudged,
+}
+
+/// Whether page 1 of a status must list `id`, from the MES's page: `None` when the order is
+/// near the end of the page, where a concurrent write may legitimately push it off.
+fn expected(truth: &Value, id: u64) -> Option<bool> {
+    match ids(truth).iter().position(|&x| x == id) {
+        Some(p) if p < 40 => Some(true),
+        Some(_) => None,
+        None => Some(false),
+    }
+}
+
+async fn truth_page(s: &Shared, path: &str) -> Option<Value> {
+    s.c.truth_lists.fetch_add(1, Ordering::Relaxed);
+    let url = format!("{}{path}", s.args.sim);
+    call(&s.client, Method::GET, &url, None)
+        .await
+        .and_then(|(st, v)| (st == 200).then_some(v))
+}
+
+/// Whether the gateway's page 1 of `status` agrees with the MES about `id`. The MES is read
+/// before and after the gateway: only when both agree (nothing moved the order in between)
+/// is the gateway's answer judged, so a concurrent write is never counted as a stale read.
+async fn page_check(s: &Shared, status: &str, id: u64, what: &str) -> Verdict {
     let path = format!("/api/orders?status={status}");
-    let gw = call(
+    let before = truth_page(s, &path).await;
+    let gw = call_traced(
         &s.client,
         Method::GET,
         &format!("{}{path}", s.args.gateway),
         None,
     )
     .await;
-    let truth = call(
-        &s.client,
-        Method::GET,
-        &format!("{}{path}", s.args.sim),
-        None,
-    )
-    .await;
-    s.c.truth_lists.fetch_add(1, Ordering::Relaxed);
-    let (Some((_, gw)), Some((_, truth))) = (gw, truth) else {
-        return true;
+    let after = truth_page(s, &path).await;
+    let (Some(before), Some((200, gw, trace)), Some(after)) = (before, gw, after) else {
+        return Verdict::Unjudged;
     };
-    let truth = ids(&truth);
-    let pos = truth.iter().position(|&x| x == id);
-    let listed = ids(&gw).contains(&id);
-    match pos {
-        // Near the end of page 1 a concurrent write may legitimately push it off.
-        Some(p) if p < 40 => listed,
-        Some(_) => true,
-        None => !listed,
+    let (Some(want), Some(again)) = (expected(&before, id), expected(&after, id)) else {
+        return Verdict::Unjudged;
+    };
+    if want != again {
+        return Verdict::Unjudged;
+    }
+    if ids(&gw).contains(&id) == want {
+        return Verdict::Fresh;
+    }
+    let listed = if want { "lacks" } else { "still lists" };
+    s.report_stale(format!(
+        "{what}: page 1 of {status} {listed} order {id} [{trace}]"
+    ));
+    Verdict::Stale
+}
+
+/// Whether the gateway's detail of `id` shows at least `version` (the write's own; a later
+/// write only raises it, so no second look at the MES is needed), or, when either answer
+/// has no version, the new status.
+async fn detail_check(s: &Shared, id: u64, version: Option<u64>, to: &str) -> Verdict {
+    let url = format!("{}/api/orders/{id}", s.args.gateway);
+    let Some((200, gw, trace)) = call_traced(&s.client, Method::GET, &url, None).await else {
+        return Verdict::Unjudged;
+    };
+    let fresh = match (gw["version"].as_u64(), version) {
+        (Some(seen), Some(written)) => seen >= written,
+        _ => gw["status"] == to,
+    };
+    if !fresh {
+        s.report_stale(format!(
+            "change to {to}: detail of order {id} shows version {} status {} (the write made version {version:?}) [{trace}]",
+            gw["version"], gw["status"]
+        ));
+        return Verdict::Stale;
+    }
+    Verdict::Fresh
+}
+
+impl Shared {
+    fn count(&self, verdicts: &[Verdict]) {
+        let c = &self.c;
+        for v in verdicts {
+            match v {
+                Verdict::Fresh => c.checks.fetch_add(1, Ordering::Relaxed),
+                Verdict::Stale => {
+                    c.stale.fetch_add(1, Ordering::Relaxed);
+                    c.checks.fetch_add(1, Ordering::Relaxed)
+                }
+                Verdict::Unjudged => c.unjudged.fetch_add(1, Ordering::Relaxed),
+            };
+        }
+    }
+
+    /// Prints the first `--show-stale` stale reads on stderr, to investigate them.
+    fn report_stale(&self, what: String) {
+        let n = self.c.shown.fetch_add(1, Ordering::Relaxed);
+        if n < self.args.show_stale {
+            eprintln!(
+                "storm: stale read through {} at {:.3}s: {what}",
+                self.label(),
+                self.started.elapsed().as_secs_f64()
+            );
+        }
+    }
+
+    fn label(&self) -> &str {
+        self.args.label.as_deref().unwrap_or(&self.args.gateway)
     }
 }
 
 async fn change(s: &Shared, rng: &mut Rng) {
     let from = rng.status();
-    let list = call(
-        &s.client,
-        Method::GET,
-        &format!("{}/api/orders?status={from}", s.args.sim),
-        None,
-    )
-    .await;
-    s.c.truth_lists.fetch_add(1, Ordering::Relaxed);
-    let candidates = list.map(|(_, v)| ids(&v)).unwrap_or_default();
+    let list = truth_page(s, &format!("/api/orders?status={from}")).await;
+    let candidates = list.map(|v| ids(&v)).unwrap_or_default();
     let Some(&id) = candidates.get(rng.below(candidates.len() as u64) as usize) else {
         return;
     };
@@ -202,31 +315,21 @@ async fn change(s: &Shared, rng: &mut Rng) {
     }
     let url = format!("{}/api/orders/{id}/status", s.args.gateway);
     let body = format!("{{\"status\":\"{to}\"}}");
-    match call(&s.client, Method::PATCH, &url, Some(body)).await {
-        Some((200, _)) => {}
+    let version = match call(&s.client, Method::PATCH, &url, Some(body)).await {
+        Some((200, order)) => order["version"].as_u64(),
         Some((409, _)) => return,
         _ => {
             s.c.write_errors.fetch_add(1, Ordering::Relaxed);
             return;
         }
-    }
+    };
     s.c.changes.fetch_add(1, Ordering::Relaxed);
-    let detail = call(
-        &s.client,
-        Method::GET,
-        &format!("{}/api/orders/{id}", s.args.gateway),
-        None,
-    )
-    .await;
-    let detail_ok = detail.is_some_and(|(_, v)| v["status"] == to);
-    let checks = [
-        detail_ok,
-        page_agrees(s, to, id).await,
-        page_agrees(s, from, id).await,
-    ];
-    s.c.checks.fetch_add(checks.len() as u64, Ordering::Relaxed);
-    let stale = checks.iter().filter(|ok| !**ok).count() as u64;
-    s.c.stale.fetch_add(stale, Ordering::Relaxed);
+    let what = format!("change {from} -> {to}");
+    s.count(&[
+        detail_check(s, id, version, to).await,
+        page_check(s, to, id, &what).await,
+        page_check(s, from, id, &what).await,
+    ]);
 }
 
 async fn create(s: &Shared) {
@@ -237,9 +340,7 @@ async fn create(s: &Shared) {
     };
     s.c.creates.fetch_add(1, Ordering::Relaxed);
     let id = order["id"].as_u64().unwrap_or(0);
-    let ok = page_agrees(s, "SUBMITTED", id).await;
-    s.c.checks.fetch_add(1, Ordering::Relaxed);
-    s.c.stale.fetch_add(u64::from(!ok), Ordering::Relaxed);
+    s.count(&[page_check(s, "SUBMITTED", id, "create").await]);
 }
 
 async fn writer(s: Arc<Shared>, per_sec: f64, creates: bool, mut rng: Rng) {
@@ -287,6 +388,7 @@ async fn main() {
     let before = sim_stats(&client, &args.sim).await;
     let started = Instant::now();
     let s = Arc::new(Shared {
+        started,
         deadline: started + args.duration,
         args: args.clone(),
         client,
@@ -334,12 +436,14 @@ fn report(s: &Shared, before: &Value, after: &Value, secs: f64) {
     lat.sort_unstable();
     let reads = c.reads.load(Ordering::Relaxed);
     println!(
-        "| target | reads/s | read p50 ms | read p99 ms | read errors | changes | creates | write errors | own-read checks | stale reads | upstream list req/s | upstream detail req/s | upstream counts req/s |"
+        "| target | reads/s | read p50 ms | read p99 ms | read errors | changes | creates | write errors | own-read checks | not judged | stale reads | stale % | upstream list req/s | upstream detail req/s | upstream counts req/s |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let checks = c.checks.load(Ordering::Relaxed);
+    let stale = c.stale.load(Ordering::Relaxed);
     println!(
-        "| {} | {:.0} | {:.2} | {:.2} | {} | {} | {} | {} | {} | {} | {:.1} | {:.1} | {:.1} |",
-        s.args.gateway,
+        "| {} | {:.0} | {:.2} | {:.2} | {} | {} | {} | {} | {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} |",
+        s.label(),
         reads as f64 / secs,
         pct(&lat, 0.5),
         pct(&lat, 0.99),
@@ -347,8 +451,10 @@ fn report(s: &Shared, before: &Value, after: &Value, secs: f64) {
         c.changes.load(Ordering::Relaxed),
         c.creates.load(Ordering::Relaxed),
         c.write_errors.load(Ordering::Relaxed),
-        c.checks.load(Ordering::Relaxed),
-        c.stale.load(Ordering::Relaxed),
+        checks,
+        c.unjudged.load(Ordering::Relaxed),
+        stale,
+        100.0 * stale as f64 / checks.max(1) as f64,
         lists as f64 / secs,
         delta("detail") as f64 / secs,
         delta("counts") as f64 / secs,
