@@ -6,18 +6,7 @@ use bytes::Bytes;
 use http::Method;
 use mesgate::sim::{self, SimConfig};
 use support::client::{Resp, get, send};
-use support::gateway::{TestGateway, spawn_gateway};
-
-async fn admin(gw: &TestGateway) -> String {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(mesgate::admin::run(
-        l,
-        gw.gateway.clone(),
-        std::future::pending(),
-    ));
-    format!("http://{addr}")
-}
+use support::gateway::spawn_gateway;
 
 async fn post(url: &str, token: Option<&str>) -> Resp {
     let auth = token.map(|t| format!("Bearer {t}"));
@@ -38,7 +27,7 @@ async fn purge_needs_the_bearer_token_and_invalidates_a_family() {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let mes = sim::spawn(l, SimConfig::instant());
     let gw = spawn_gateway(&config(Some("s3cret")), &mes.base_url(), None).await;
-    let admin = admin(&gw).await;
+    let admin = gw.admin().await;
     assert_eq!(get(&format!("{admin}/healthz")).await.status, 200);
     assert_eq!(get(&format!("{admin}/readyz")).await.json()["redis"], "off");
 
@@ -88,7 +77,7 @@ async fn admin_actions_are_off_without_a_token() {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let mes = sim::spawn(l, SimConfig::instant());
     let gw = spawn_gateway(&config(None), &mes.base_url(), None).await;
-    let admin = admin(&gw).await;
+    let admin = gw.admin().await;
     let r = post(&format!("{admin}/admin/purge?all=true"), Some("anything")).await;
     assert_eq!(r.status, 403);
     assert!(

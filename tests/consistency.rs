@@ -57,10 +57,7 @@ struct World {
 }
 
 fn ids(r: &Resp) -> Vec<u64> {
-    r.json()["items"]
-        .as_array()
-        .map(|a| a.iter().filter_map(|o| o["id"].as_u64()).collect())
-        .unwrap_or_default()
+    r.item_ids()
 }
 
 async fn run(duration: Duration, switch_off_previous_lookup: bool) -> Report {

@@ -38,12 +38,7 @@ async fn env(config: SimConfig) -> Env {
 }
 
 fn ids(r: &Resp) -> Vec<u64> {
-    r.json()["items"]
-        .as_array()
-        .expect("items")
-        .iter()
-        .map(|o| o["id"].as_u64().unwrap())
-        .collect()
+    r.item_ids()
 }
 
 async fn patch_status(base: &str, id: u64, status: &str) -> Resp {

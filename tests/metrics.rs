@@ -4,19 +4,8 @@ mod support;
 
 use mesgate::sim::{self, SimConfig};
 use support::client::get;
-use support::gateway::{TestGateway, spawn_gateway};
+use support::gateway::spawn_gateway;
 use support::redis::RedisServer;
-
-async fn admin(gw: &TestGateway) -> String {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(mesgate::admin::run(
-        l,
-        gw.gateway.clone(),
-        std::future::pending(),
-    ));
-    format!("http://{addr}")
-}
 
 /// The value of one sample line (`name{labels} value`), 0 when absent.
 fn sample(text: &str, name_and_labels: &str) -> f64 {
@@ -33,7 +22,7 @@ async fn counters_move_by_the_traffic_sent() {
     let mes = sim::spawn(l, SimConfig::instant());
     let config = std::fs::read_to_string("config/mesgate.toml").unwrap();
     let gw = spawn_gateway(&config, &mes.base_url(), None).await;
-    let admin = admin(&gw).await;
+    let admin = gw.admin().await;
     let list = gw.url("/api/orders?status=SUBMITTED");
     for _ in 0..3 {
         assert_eq!(get(&list).await.status, 200);
@@ -82,7 +71,7 @@ async fn readiness_reports_redis_trouble_as_degraded_not_unready() {
     let mes = sim::spawn(l, SimConfig::instant());
     let config = std::fs::read_to_string("config/mesgate.toml").unwrap();
     let gw = spawn_gateway(&config, &mes.base_url(), Some(&redis.url())).await;
-    let admin = admin(&gw).await;
+    let admin = gw.admin().await;
     get(&gw.url("/api/orders")).await;
     let r = get(&format!("{admin}/readyz")).await;
     assert_eq!(
@@ -116,7 +105,7 @@ async fn readiness_needs_the_mes() {
     drop(closed);
     let config = std::fs::read_to_string("config/mesgate.toml").unwrap();
     let gw = spawn_gateway(&config, &dead, None).await;
-    let admin = admin(&gw).await;
+    let admin = gw.admin().await;
     let r = get(&format!("{admin}/readyz")).await;
     assert_eq!(r.status, 503);
     assert_eq!(r.json()["mes"], "unreachable");

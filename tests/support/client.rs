@@ -32,6 +32,15 @@ impl Resp {
             .unwrap_or("")
     }
 
+    /// The ids of `items` in a list body, in order (empty when there are none).
+    pub fn item_ids(&self) -> Vec<u64> {
+        let json: serde_json::Value = serde_json::from_slice(&self.body).unwrap_or_default();
+        json["items"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|o| o["id"].as_u64()).collect())
+            .unwrap_or_default()
+    }
+
     /// The body as JSON.
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body).unwrap_or_else(|e| {

@@ -24,6 +24,15 @@ impl TestGateway {
         format!("http://{}{}", self.addr, path)
     }
 
+    /// Starts the admin listener for this gateway on a free port; returns its base URL.
+    pub async fn admin(&self) -> String {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
+        let addr = l.local_addr().expect("addr");
+        let gateway = self.gateway.clone();
+        tokio::spawn(mesgate::admin::run(l, gateway, std::future::pending()));
+        format!("http://{addr}")
+    }
+
     /// Stops accepting and drains.
     pub async fn stop(mut self) {
         if let Some(tx) = self.stop.take() {
