@@ -7,6 +7,7 @@ use std::borrow::Cow;
 use http::HeaderMap;
 use http::header::{AUTHORIZATION, COOKIE};
 use sha2::{Digest, Sha256};
+use smallvec::{SmallVec, smallvec};
 
 use crate::config::{CachePolicy, CredentialPolicy, UnknownQuery};
 use crate::outcome::BypassReason;
@@ -68,17 +69,15 @@ pub fn build(
     key.push('|');
     let start = key.len();
     key.push_str(path);
-    let query_at = key.len();
-    key.push('?');
-    let mut ser = form_urlencoded::Serializer::for_suffix(key, query_at + 1);
+    let mut sep = '?';
     for (param, value) in policy.query.iter().zip(&values) {
         if let Some(v) = value.as_deref().or(param.default.as_deref()) {
-            ser.append_pair(&param.name, v);
+            key.push(sep);
+            sep = '&';
+            push_form_encoded(&mut key, &param.name);
+            key.push('=');
+            push_form_encoded(&mut key, v);
         }
-    }
-    let mut key = ser.finish();
-    if key.len() == query_at + 1 {
-        key.truncate(query_at);
     }
     let upstream = start..key.len();
     push_vary(&mut key, policy, headers);
@@ -91,9 +90,9 @@ pub fn build(
 fn normalize_query<'q>(
     policy: &CachePolicy,
     query: &'q str,
-) -> Result<Vec<Option<Cow<'q, str>>>, BypassReason> {
-    let mut values: Vec<Option<Cow<'q, str>>> = vec![None; policy.query.len()];
-    for (name, value) in form_urlencoded::parse(query.as_bytes()) {
+) -> Result<SmallVec<[Option<Cow<'q, str>>; 4]>, BypassReason> {
+    let mut values: SmallVec<[Option<Cow<'q, str>>; 4]> = smallvec![None; policy.query.len()];
+    for (name, value) in query_pairs(query) {
         match policy.query.iter().position(|p| p.name == name) {
             Some(i) if values[i].is_some() => return Err(BypassReason::RepeatedQuery),
             Some(i) => values[i] = Some(value),
@@ -102,6 +101,44 @@ fn normalize_query<'q>(
         }
     }
     Ok(values)
+}
+
+/// The pairs of an `application/x-www-form-urlencoded` query, exactly as
+/// `form_urlencoded::parse` yields them; a pair made only of characters that neither
+/// decoding nor encoding changes is borrowed without a pass through the decoder.
+fn query_pairs(query: &str) -> impl Iterator<Item = (Cow<'_, str>, Cow<'_, str>)> {
+    query.split('&').filter(|p| !p.is_empty()).map(|pair| {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if is_form_plain(name) && is_form_plain(value) {
+            return (Cow::Borrowed(name), Cow::Borrowed(value));
+        }
+        form_urlencoded::parse(pair.as_bytes())
+            .next()
+            .unwrap_or((Cow::Borrowed(""), Cow::Borrowed("")))
+    })
+}
+
+/// Whether form encoding leaves `s` as it is (and so decoding too).
+fn is_form_plain(s: &str) -> bool {
+    const PLAIN: [bool; 256] = {
+        let mut t = [false; 256];
+        let mut b = 0;
+        while b < 256 {
+            let c = b as u8;
+            t[b] = c.is_ascii_alphanumeric() || matches!(c, b'*' | b'-' | b'.' | b'_');
+            b += 1;
+        }
+        t
+    };
+    s.bytes().all(|b| PLAIN[b as usize])
+}
+
+fn push_form_encoded(key: &mut String, s: &str) {
+    if is_form_plain(s) {
+        key.push_str(s);
+    } else {
+        key.extend(form_urlencoded::byte_serialize(s.as_bytes()));
+    }
 }
 
 fn push_vary(key: &mut String, policy: &CachePolicy, headers: &HeaderMap) {
@@ -174,6 +211,31 @@ mod tests {
         assert_eq!(a, c);
         assert_eq!(a.upstream_path(), "/o?page=1&size=50&status=NEW");
         assert_ne!(a.key, key(&p, "status=NEW&page=2", &h).unwrap().key);
+    }
+
+    #[test]
+    fn fast_path_parses_and_encodes_as_form_urlencoded_does() {
+        let queries = [
+            "status=NEW&page=2",
+            "a=b=c&&x&=y&status=N%45W&q=a+b&e=%zz&u=%C3%A9&s=caf\u{e9}",
+            "&&&",
+            "k=v*-._~!",
+            "=&=x&y=",
+            "%26=%3D&plus=+",
+        ];
+        for q in queries {
+            let ours: Vec<_> = query_pairs(q).collect();
+            let theirs: Vec<_> = form_urlencoded::parse(q.as_bytes()).collect();
+            assert_eq!(ours, theirs, "{q}");
+            for (n, v) in &theirs {
+                for s in [n, v] {
+                    let mut k = String::new();
+                    push_form_encoded(&mut k, s);
+                    let want: String = form_urlencoded::byte_serialize(s.as_bytes()).collect();
+                    assert_eq!(k, want, "{s}");
+                }
+            }
+        }
     }
 
     #[test]

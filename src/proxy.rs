@@ -1074,7 +1074,37 @@ fn hit_headers(entry: &Entry) -> HeaderMap {
         HeaderValue::from_static(CacheOutcome::HitLocal.x_cache()),
     );
     h.append(header::VIA, forward::via(http::Version::HTTP_11));
+    // A placeholder the hit overwrites in place: inserting a new name would grow the
+    // cloned map (a reallocation per hit).
+    h.insert(header::AGE, age_value(0));
     h
+}
+
+/// An `Age` value. The first hour's are built once and shared (a hit clones a static
+/// slice, no allocation, no reference count); later ones are formatted.
+fn age_value(secs: u64) -> HeaderValue {
+    static AGES: std::sync::LazyLock<Vec<HeaderValue>> = std::sync::LazyLock::new(|| {
+        let mut digits = String::new();
+        let mut ends = Vec::with_capacity(3601);
+        for s in 0..=3600u64 {
+            digits.push_str(&s.to_string());
+            ends.push(digits.len());
+        }
+        // One allocation kept for the life of the process (about 14 KB).
+        let digits: &'static str = String::leak(digits);
+        let mut start = 0;
+        ends.into_iter()
+            .map(|end| {
+                let v = HeaderValue::from_static(&digits[start..end]);
+                start = end;
+                v
+            })
+            .collect()
+    });
+    match AGES.get(secs as usize) {
+        Some(v) => v.clone(),
+        None => HeaderValue::from(secs),
+    }
 }
 
 /// The answer to an L1 hit: prebuilt headers plus `Age`, the body shared, not copied.
@@ -1086,7 +1116,7 @@ fn l1_hit(l: &L1Entry, head: bool, now_ms: u64) -> Response<Body> {
     let mut resp = Response::new(Either::Left(Full::new(l.entry.body.clone())));
     *resp.status_mut() = l.entry.status;
     let mut headers = l.hit_headers.clone();
-    headers.insert(header::AGE, HeaderValue::from(l.entry.age_secs(now_ms)));
+    headers.insert(header::AGE, age_value(l.entry.age_secs(now_ms)));
     *resp.headers_mut() = headers;
     resp
 }
@@ -1112,7 +1142,7 @@ fn entry_response(
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(entry.body.len()));
     }
     if outcome != CacheOutcome::Miss {
-        headers.insert(header::AGE, HeaderValue::from(entry.age_secs(now_ms)));
+        headers.insert(header::AGE, age_value(entry.age_secs(now_ms)));
     }
     if let Ok(v) = HeaderValue::from_str(&cache_status(outcome, miss, fwd_status)) {
         headers.insert(CACHE_STATUS, v);
