@@ -66,6 +66,21 @@ pub struct TestSwitches {
     pub fencing: AtomicBool,
     /// The previous-status lookup (entity index) and its fallback.
     pub previous_lookup: AtomicBool,
+    /// Families closed to L2 while their Redis bump is in flight (else a read in that gap
+    /// refills L1 from the pre-write L2 entry).
+    pub close_l2_while_bumping: AtomicBool,
+    /// When set, every `apply` stops between the local bump and the Redis bump until the
+    /// gate is released: the gap made wide enough for a test to read in it.
+    pub bump_gate: Mutex<Option<Arc<BumpGate>>>,
+}
+
+/// See [`TestSwitches::bump_gate`].
+#[derive(Debug, Default)]
+pub struct BumpGate {
+    /// Notified when an `apply` reached the gap.
+    pub reached: Notify,
+    /// Notify to let it go on.
+    pub release: Notify,
 }
 
 impl Default for TestSwitches {
@@ -73,6 +88,8 @@ impl Default for TestSwitches {
         Self {
             fencing: AtomicBool::new(true),
             previous_lookup: AtomicBool::new(true),
+            close_l2_while_bumping: AtomicBool::new(true),
+            bump_gate: Mutex::new(None),
         }
     }
 }
@@ -282,15 +299,33 @@ impl Invalidator {
             return;
         };
         // Closed to L2 before L1 moves, reopened once Redis moved (or the names are queued).
-        self.mark_inflight(&names, true);
+        let close = inner
+            .switches
+            .close_l2_while_bumping
+            .load(Ordering::Relaxed);
+        if close {
+            self.mark_inflight(&names, true);
+        }
         inner.epochs.bump(&names);
         inner.stats.applied.fetch_add(1, Ordering::Relaxed);
+        let gate = inner
+            .switches
+            .bump_gate
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some(gate) = gate {
+            gate.reached.notify_one();
+            gate.release.notified().await;
+        }
         let msg = self.message(&names, entity);
         let result = l2.invalidate(&names, &msg).await;
         if result.is_err() {
             self.lock_pending().extend(names.iter().cloned());
         }
-        self.mark_inflight(&names, false);
+        if close {
+            self.mark_inflight(&names, false);
+        }
         if let Err(e) = result {
             warn!(error = %e, kind = e.as_str(), tier = "shared", "invalidation queued for retry");
             inner.stats.queued.fetch_add(1, Ordering::Relaxed);
