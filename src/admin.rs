@@ -128,7 +128,7 @@ async fn purge(gateway: &Gateway, query: &str) -> Response<Full<Bytes>> {
         inv.apply(vec![format!("{g}:*")], None).await;
         json!({"purged": "group", "group": g})
     } else if let Some(k) = param(query, "key") {
-        gateway.l1().remove(&k).await;
+        gateway.l1().remove(&k);
         let shared = match gateway.l2() {
             Some(l2) => l2.delete(&k).await.map_err(|e| e.to_string()).err(),
             None => None,

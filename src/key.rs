@@ -25,6 +25,11 @@ pub struct CacheKey {
 }
 
 impl CacheKey {
+    /// A key from a buffer [`build_into`] filled and the range it returned.
+    pub fn from_parts(key: String, upstream: std::ops::Range<usize>) -> Self {
+        Self { key, upstream }
+    }
+
     /// Path and normalized query sent to the MES, so the fetch asks exactly what the key says.
     pub fn upstream_path(&self) -> &str {
         &self.key[self.upstream.clone()]
@@ -63,8 +68,24 @@ pub fn build(
     query: Option<&str>,
     headers: &HeaderMap,
 ) -> Result<CacheKey, BypassReason> {
-    let values = normalize_query(policy, query.unwrap_or(""))?;
     let mut key = String::with_capacity(route.len() + path.len() + 64);
+    let upstream = build_into(&mut key, route, policy, path, query, headers)?;
+    Ok(CacheKey { key, upstream })
+}
+
+/// [`build`] into a caller's buffer (cleared first), so that a lookup that hits needs no
+/// allocation; returns where the upstream part lies. The buffer's contents are
+/// unspecified after an error.
+pub fn build_into(
+    key: &mut String,
+    route: &str,
+    policy: &CachePolicy,
+    path: &str,
+    query: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<std::ops::Range<usize>, BypassReason> {
+    key.clear();
+    let values = normalize_query(policy, query.unwrap_or(""))?;
     key.push_str(route);
     key.push('|');
     let start = key.len();
@@ -74,15 +95,15 @@ pub fn build(
         if let Some(v) = value.as_deref().or(param.default.as_deref()) {
             key.push(sep);
             sep = '&';
-            push_form_encoded(&mut key, &param.name);
+            push_form_encoded(key, &param.name);
             key.push('=');
-            push_form_encoded(&mut key, v);
+            push_form_encoded(key, v);
         }
     }
     let upstream = start..key.len();
-    push_vary(&mut key, policy, headers);
-    push_credentials(&mut key, policy.credentials, headers)?;
-    Ok(CacheKey { key, upstream })
+    push_vary(key, policy, headers);
+    push_credentials(key, policy.credentials, headers)?;
+    Ok(upstream)
 }
 
 /// The allowed parameters' values in the policy's (sorted) order, borrowed where the

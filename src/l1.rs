@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use moka::Expiry;
-use moka::future::Cache;
 use moka::notification::RemovalCause;
+use moka::sync::Cache;
 
 use crate::entry::Entry;
 use crate::epoch::Fence;
@@ -93,18 +93,19 @@ impl L1 {
     }
 
     /// Looks a key up, fresh or not; the caller decides what a stale entry is good for.
-    pub async fn get(&self, key: &str) -> Option<Arc<L1Entry>> {
-        self.cache.get(key).await
+    /// Synchronous (no await on the hit path); moka's maintenance runs in bounded steps.
+    pub fn get(&self, key: &str) -> Option<Arc<L1Entry>> {
+        self.cache.get(key)
     }
 
     /// Stores an entry, replacing any older one.
-    pub async fn insert(&self, key: Arc<str>, value: L1Entry) {
-        self.cache.insert(key, Arc::new(value)).await;
+    pub fn insert(&self, key: Arc<str>, value: L1Entry) {
+        self.cache.insert(key, Arc::new(value));
     }
 
     /// Drops one key.
-    pub async fn remove(&self, key: &str) {
-        self.cache.invalidate(key).await;
+    pub fn remove(&self, key: &str) {
+        self.cache.invalidate(key);
     }
 
     /// Drops everything (e.g. when invalidation messages may have been missed).
@@ -113,14 +114,14 @@ impl L1 {
     }
 
     /// Approximate bytes held (after pending maintenance).
-    pub async fn weighted_size(&self) -> u64 {
-        self.cache.run_pending_tasks().await;
+    pub fn weighted_size(&self) -> u64 {
+        self.cache.run_pending_tasks();
         self.cache.weighted_size()
     }
 
     /// Number of entries (after pending maintenance).
-    pub async fn entry_count(&self) -> u64 {
-        self.cache.run_pending_tasks().await;
+    pub fn entry_count(&self) -> u64 {
+        self.cache.run_pending_tasks();
         self.cache.entry_count()
     }
 
@@ -167,8 +168,8 @@ mod tests {
     async fn stores_and_returns_shared_bodies() {
         let l1 = L1::new(1 << 20);
         let e = entry(100);
-        l1.insert("a".into(), e.clone()).await;
-        let got = l1.get("a").await.unwrap();
+        l1.insert("a".into(), e.clone());
+        let got = l1.get("a").unwrap();
         assert!(Arc::ptr_eq(&got.entry, &e.entry), "no copy of the entry");
         assert!(got.is_fresh(999));
         assert!(!got.is_fresh(1_000));
@@ -178,20 +179,20 @@ mod tests {
     async fn byte_bound_evicts_and_counts() {
         let l1 = L1::new(10_000);
         for i in 0..50 {
-            l1.insert(format!("k{i}").into(), entry(1_000)).await;
+            l1.insert(format!("k{i}").into(), entry(1_000));
         }
-        assert!(l1.weighted_size().await <= 10_000);
+        assert!(l1.weighted_size() <= 10_000);
         assert!(l1.evictions().size.load(Ordering::Relaxed) > 0);
     }
 
     #[tokio::test]
     async fn clear_and_remove_drop_entries() {
         let l1 = L1::new(1 << 20);
-        l1.insert("a".into(), entry(1)).await;
-        l1.insert("b".into(), entry(1)).await;
-        l1.remove("a").await;
-        assert!(l1.get("a").await.is_none());
+        l1.insert("a".into(), entry(1));
+        l1.insert("b".into(), entry(1));
+        l1.remove("a");
+        assert!(l1.get("a").is_none());
         l1.clear();
-        assert!(l1.get("b").await.is_none());
+        assert!(l1.get("b").is_none());
     }
 }

@@ -260,8 +260,8 @@ impl Metrics {
 
     /// Copies the state kept elsewhere into the registry and renders the text format.
     pub async fn render(&self, gw: &Gateway) -> String {
-        self.l1_bytes.set(gw.l1().weighted_size().await as i64);
-        self.l1_entries.set(gw.l1().entry_count().await as i64);
+        self.l1_bytes.set(gw.l1().weighted_size() as i64);
+        self.l1_entries.set(gw.l1().entry_count() as i64);
         let ev = gw.l1().evictions();
         for (cause, v) in [
             ("expired", &ev.expired),

@@ -367,26 +367,33 @@ impl Gateway {
         let Some(policy) = route.cache.as_ref() else {
             return self.pass(req, remote).await;
         };
-        let key = key::build(
-            &route.name,
-            policy,
-            req.uri().path(),
-            req.uri().query(),
-            req.headers(),
-        );
-        let key = match key {
-            Ok(k) => k,
+        let head = req.method() == Method::HEAD;
+        let now = self.inner.clock.now_ms();
+        // The key is built in a per-thread buffer and looked up synchronously: a hit
+        // allocates nothing for it; a miss takes its own copy.
+        let probe = KEY_BUF.with_borrow_mut(|buf| {
+            let uri = req.uri();
+            let upstream = key::build_into(
+                buf,
+                &route.name,
+                policy,
+                uri.path(),
+                uri.query(),
+                req.headers(),
+            )?;
+            Ok(match self.local_lookup(policy, buf) {
+                Some(l) if l.is_fresh(now) => Probe::Hit(l),
+                local => Probe::Miss(local, CacheKey::from_parts(buf.clone(), upstream)),
+            })
+        });
+        let (local, key) = match probe {
+            Ok(Probe::Hit(l)) => return l1_hit(&l, head, now),
+            Ok(Probe::Miss(local, key)) => (local, key),
             Err(reason) => {
                 req.extensions_mut().insert(RouteLabel(route.name.clone()));
                 return self.bypass(req, remote, reason).await;
             }
         };
-        let head = req.method() == Method::HEAD;
-        let now = self.inner.clock.now_ms();
-        let local = self.local_lookup(policy, &key).await;
-        if let Some(l) = local.as_ref().filter(|l| l.is_fresh(now)) {
-            return l1_hit(l, head, now);
-        }
         req.extensions_mut().insert(RouteLabel(route.name.clone()));
         let (parts, _) = req.into_parts();
         let stale_ms = policy.stale_if_error.as_millis() as u64;
@@ -440,11 +447,11 @@ impl Gateway {
         }
     }
 
-    async fn local_lookup(&self, policy: &CachePolicy, key: &CacheKey) -> Option<Arc<L1Entry>> {
+    fn local_lookup(&self, policy: &CachePolicy, key: &str) -> Option<Arc<L1Entry>> {
         if policy.ttl_l1.is_zero() {
             return None;
         }
-        self.inner.l1.get(&key.key).await
+        self.inner.l1.get(key)
     }
 
     /// Joins or leads the flight for the key, then answers from its result.
@@ -569,7 +576,7 @@ impl Gateway {
         mut stale: Option<Stale>,
     ) -> Fill {
         let now = self.inner.clock.now_ms();
-        let local = self.local_lookup(&ctx.policy, &ctx.key).await;
+        let local = self.local_lookup(&ctx.policy, &ctx.key.key);
         if let Some(l) = local.filter(|l| l.is_fresh(now)) {
             return Fill::Hit {
                 entry: l.entry.clone(),
@@ -755,10 +762,7 @@ impl Gateway {
             keep_for,
             fence,
         };
-        self.inner
-            .l1
-            .insert(Arc::from(ctx.key.key.as_str()), value)
-            .await;
+        self.inner.l1.insert(Arc::from(ctx.key.key.as_str()), value);
     }
 
     /// Stores in Redis before the flight finishes, so once an answer has left, every
@@ -1056,6 +1060,19 @@ fn vary_reason(policy: &CachePolicy, headers: &HeaderMap) -> Option<NoStoreReaso
         }
     }
     None
+}
+
+thread_local! {
+    /// The cache key of the request this thread is looking up.
+    static KEY_BUF: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+}
+
+/// What the local tier said about a request's key.
+enum Probe {
+    /// A fresh, valid entry.
+    Hit(Arc<L1Entry>),
+    /// No usable entry (maybe one kept for stale-if-error), and the key, owned.
+    Miss(Option<Arc<L1Entry>>, CacheKey),
 }
 
 fn problem(e: &GatewayError) -> Response<Body> {
