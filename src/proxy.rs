@@ -879,7 +879,10 @@ impl Gateway {
         let mut resp = upstream
             .send(Request::from_parts(parts, body), wait)
             .await?;
-        forward::response_headers(resp.headers_mut(), version);
+        // `Via` on a response names the protocol it was received with: the MES's answer,
+        // whatever the client spoke (as on cached answers).
+        let received = resp.version();
+        forward::response_headers(resp.headers_mut(), received);
         Ok(resp)
     }
 }

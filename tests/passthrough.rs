@@ -645,6 +645,11 @@ async fn h2c_prior_knowledge_client_is_served() {
     assert_eq!(mes.hits("/plain/h2"), 1);
     let h = seen.lock().unwrap()[0].clone();
     assert_eq!(values(&h, "via"), ["2 mesgate"], "received over HTTP/2");
+    assert_eq!(
+        values(&r.headers, "via"),
+        ["1.1 mesgate"],
+        "the answer came from the MES over HTTP/1.1"
+    );
     assert_eq!(values(&h, "x-forwarded-host"), [gw.addr.to_string()]);
     assert_eq!(values(&h, "x-forwarded-for"), ["127.0.0.1"]);
 
@@ -658,6 +663,11 @@ async fn h2c_prior_knowledge_client_is_served() {
     assert_eq!(r.x_cache(), "HIT-L1");
     assert_eq!(r.header("cache-status"), "mesgate; hit; detail=l1");
     assert_eq!(r.body, r#"{"items":[],"total":0}"#);
+    assert_eq!(
+        values(&r.headers, "via"),
+        ["1.1 mesgate"],
+        "as when passed through"
+    );
     assert_eq!(mes.hits("/api/orders"), 1);
 
     // An HTTP/1.1 client shares the entry the h2 client filled.
