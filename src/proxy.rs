@@ -136,8 +136,9 @@ enum Fill {
         entry: Arc<Entry>,
         fwd_status: Option<u16>,
     },
-    /// Too large to buffer: every participant forwards on its own.
-    TooLarge,
+    /// Too large to buffer: the leader streams the answer when it is still unread (it was
+    /// announced too large by `Content-Length`); everyone else forwards on its own.
+    TooLarge(std::sync::Mutex<Option<Response<Incoming>>>),
     /// The MES could not be reached and nothing stale was at hand.
     Failed(GatewayError),
 }
@@ -530,7 +531,19 @@ impl Gateway {
             Fill::Stale { entry, fwd_status } => {
                 entry_response(entry, CacheOutcome::Stale, none, *fwd_status, head, now)
             }
-            Fill::TooLarge => {
+            Fill::TooLarge(held) => {
+                let held = if leader && !head {
+                    held.lock().unwrap_or_else(|e| e.into_inner()).take()
+                } else {
+                    None
+                };
+                if let Some(mut resp) = held {
+                    let received = resp.version();
+                    forward::response_headers(resp.headers_mut(), received);
+                    let mut resp = resp.map(Either::Right);
+                    mark_bypass(&mut resp, BypassReason::TooLarge);
+                    return resp;
+                }
                 let req = Request::from_parts(parts, Either::Right(Full::new(Bytes::new())));
                 self.forward_marked(req, remote, BypassReason::TooLarge)
                     .await
@@ -637,7 +650,10 @@ impl Gateway {
         let fetched = tokio::time::timeout(total, self.fetch(req, ctx.policy.max_body)).await;
         let (parts, body) = match fetched.unwrap_or(Err(timed_out)) {
             Ok(ok) => ok,
-            Err(FetchError::TooLarge) => return Fill::TooLarge,
+            Err(FetchError::TooLarge) => return Fill::TooLarge(std::sync::Mutex::new(None)),
+            Err(FetchError::TooLargeAnnounced(resp)) => {
+                return Fill::TooLarge(std::sync::Mutex::new(Some(resp)));
+            }
             Err(FetchError::Gateway(e)) => {
                 warn!(error = %e, key = %ctx.key.key, "fill failed");
                 return match stale {
@@ -671,6 +687,13 @@ impl Gateway {
             .send(req, Some(self.inner.upstream.response_header()))
             .await
             .map_err(FetchError::Gateway)?;
+        let announced = resp
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if announced.is_some_and(|n| n > max_body as u64) {
+            return Err(FetchError::TooLargeAnnounced(resp));
+        }
         let (parts, body) = resp.into_parts();
         match Limited::new(body, max_body).collect().await {
             Ok(collected) => Ok((parts, collected.to_bytes())),
@@ -813,14 +836,8 @@ impl Gateway {
         remote: SocketAddr,
         reason: BypassReason,
     ) -> Response<Body> {
-        let outcome = CacheOutcome::Bypass(reason);
         let mut resp = self.pass_body(req, remote).await;
-        let cs = cache_status(outcome, MissDetail::default(), None);
-        let h = resp.headers_mut();
-        if let Ok(v) = HeaderValue::from_str(&cs) {
-            h.insert(CACHE_STATUS, v);
-        }
-        h.insert(X_CACHE, HeaderValue::from_static(outcome.x_cache()));
+        mark_bypass(&mut resp, reason);
         resp
     }
 
@@ -996,7 +1013,11 @@ struct Stale {
 
 /// Why a fill's fetch gave no storable bytes.
 enum FetchError {
+    /// The body passed `max_body` while it was being read.
     TooLarge,
+    /// `Content-Length` says more than `max_body`: nothing read yet, the answer can still
+    /// be streamed to the request that led the fill.
+    TooLargeAnnounced(Response<Incoming>),
     Gateway(GatewayError),
 }
 
@@ -1063,6 +1084,17 @@ fn vary_reason(policy: &CachePolicy, headers: &HeaderMap) -> Option<NoStoreReaso
         }
     }
     None
+}
+
+/// `Cache-Status` and `X-Cache` of an answer that bypassed the cache.
+fn mark_bypass(resp: &mut Response<Body>, reason: BypassReason) {
+    let outcome = CacheOutcome::Bypass(reason);
+    let cs = cache_status(outcome, MissDetail::default(), None);
+    let h = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&cs) {
+        h.insert(CACHE_STATUS, v);
+    }
+    h.insert(X_CACHE, HeaderValue::from_static(outcome.x_cache()));
 }
 
 thread_local! {
