@@ -41,12 +41,28 @@ pub fn names_for_all(families: &[String]) -> Vec<String> {
 }
 
 /// The local epoch counters. Cheap to clone.
+///
+/// There is one counter per family ever fenced or bumped (one per order whose detail was
+/// cached, among others), so the map is pruned: a counter that no fence holds any more (no
+/// L1 entry, no fill in flight) is dropped when the map has doubled since the last prune.
+/// That is safe because only fences compare values, and a fence holds its counter: a
+/// family fenced again later starts a fresh counter that every new fence and bump share.
 #[derive(Clone, Default)]
 pub struct Epochs {
     // A std Mutex: get-or-create only, never held across `.await`. Reads on the hit path
     // go through the `Arc<AtomicU64>` cells a fence holds, not through this map.
-    cells: Arc<Mutex<HashMap<String, Arc<AtomicU64>>>>,
+    cells: Arc<Mutex<Cells>>,
 }
+
+#[derive(Default)]
+struct Cells {
+    map: HashMap<String, Arc<AtomicU64>>,
+    /// Prune when the map grows past this many counters.
+    prune_at: usize,
+}
+
+/// The map is never pruned below this many counters (a prune is a scan of the map).
+const PRUNE_FLOOR: usize = 4096;
 
 /// The epochs an entry was filled under. Valid while none of them moved.
 #[derive(Debug, Clone, Default)]
@@ -71,8 +87,28 @@ impl Fence {
 
 impl Epochs {
     fn cell(&self, name: &str) -> Arc<AtomicU64> {
-        let mut map = self.cells.lock().unwrap_or_else(|e| e.into_inner());
-        map.entry(name.to_owned()).or_default().clone()
+        let mut cells = self.cells.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(cell) = cells.map.get(name) {
+            return cell.clone();
+        }
+        if cells.map.len() >= cells.prune_at.max(PRUNE_FLOOR) {
+            // Held only by the map: no fence can compare against it any more. Amortized
+            // O(1) per new counter: the next prune waits for the map to double again.
+            cells.map.retain(|_, cell| Arc::strong_count(cell) > 1);
+            cells.prune_at = cells.map.len() * 2;
+        }
+        cells.map.entry(name.to_owned()).or_default().clone()
+    }
+
+    /// How many counters the map holds (the `mesgate_epoch_counters` gauge).
+    pub fn len(&self) -> usize {
+        let cells = self.cells.lock().unwrap_or_else(|e| e.into_inner());
+        cells.map.len()
+    }
+
+    /// Whether the map holds no counter.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// Takes a fence over the given epoch names.
@@ -126,5 +162,32 @@ mod tests {
         let f = e.fence(&names);
         e.bump(&["status:B".to_owned()]);
         assert!(f.is_valid(), "another family leaves it alone");
+    }
+
+    #[test]
+    fn counters_no_fence_holds_are_pruned_and_held_ones_keep_working() {
+        let e = Epochs::default();
+        let held = e.fence(&names_for("order:held"));
+        e.bump(&["order:held".to_owned()]);
+        let held_after_bump = e.fence(&names_for("order:held"));
+        for i in 0..3 * PRUNE_FLOOR {
+            drop(e.fence(&names_for(&format!("order:{i}"))));
+        }
+        // Without pruning there would be 3 * PRUNE_FLOOR + 2 (order:held, *).
+        assert!(e.len() <= PRUNE_FLOOR + 2, "{} counters", e.len());
+        assert!(e.len() >= 2);
+        // The held counter survived every prune, with its value: fences still judge right.
+        assert!(!held.is_valid(), "fence from before the bump");
+        assert!(held_after_bump.is_valid());
+        e.bump(&["order:held".to_owned()]);
+        assert!(
+            !held_after_bump.is_valid(),
+            "a bump after the prunes still reaches it"
+        );
+        // A pruned family starts afresh, shared by new fences and bumps.
+        let f = e.fence(&names_for("order:0"));
+        assert!(f.is_valid());
+        e.bump(&["order:0".to_owned()]);
+        assert!(!f.is_valid());
     }
 }

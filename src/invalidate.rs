@@ -165,6 +165,11 @@ impl Invalidator {
         self.inner.epochs.fence(names)
     }
 
+    /// How many local epoch counters exist (pruned as fences let go of them).
+    pub fn epoch_counters(&self) -> usize {
+        self.inner.epochs.len()
+    }
+
     /// The write sequence now; a fill remembers it to detect writes during the fill.
     pub fn write_seq(&self) -> u64 {
         self.inner.seq.load(Ordering::Acquire)

@@ -107,6 +107,7 @@ pub struct Metrics {
     breaker_open: Gauge,
     l1_bytes: Gauge,
     l1_entries: Gauge,
+    epoch_counters: Gauge,
     l1_evictions: Family<CauseLabels, Counter>,
     l2_fenced: Counter,
     singleflight_waiting: Gauge,
@@ -146,6 +147,7 @@ impl Metrics {
             breaker_open: Gauge::default(),
             l1_bytes: Gauge::default(),
             l1_entries: Gauge::default(),
+            epoch_counters: Gauge::default(),
             l1_evictions: Family::default(),
             l2_fenced: Counter::default(),
             singleflight_waiting: Gauge::default(),
@@ -207,6 +209,11 @@ impl Metrics {
             self.l1_entries.clone(),
         );
         r.register(
+            "epoch_counters",
+            "Local epoch counters (one per family fenced or bumped, pruned when unused)",
+            self.epoch_counters.clone(),
+        );
+        r.register(
             "l1_evictions",
             "Local tier evictions by cause",
             self.l1_evictions.clone(),
@@ -262,6 +269,8 @@ impl Metrics {
     pub async fn render(&self, gw: &Gateway) -> String {
         self.l1_bytes.set(gw.l1().weighted_size() as i64);
         self.l1_entries.set(gw.l1().entry_count() as i64);
+        self.epoch_counters
+            .set(gw.invalidator().epoch_counters() as i64);
         let ev = gw.l1().evictions();
         for (cause, v) in [
             ("expired", &ev.expired),

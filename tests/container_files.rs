@@ -1125,6 +1125,7 @@ const METRICS: &[(&str, Kind, &[&str])] = &[
     ("mesgate_redis_breaker_open", Kind::Gauge, &[]),
     ("mesgate_l1_bytes", Kind::Gauge, &[]),
     ("mesgate_l1_entries", Kind::Gauge, &[]),
+    ("mesgate_epoch_counters", Kind::Gauge, &[]),
     ("mesgate_l1_evictions_total", Kind::Counter, &["cause"]),
     ("mesgate_l2_fenced_total", Kind::Counter, &[]),
 ];

@@ -60,6 +60,10 @@ async fn counters_move_by_the_traffic_sent() {
     assert_eq!(up("unmatched", "4xx"), 1.0);
     assert_eq!(mes.stats().list, 2);
     assert!(sample(&text, "mesgate_l1_entries") >= 1.0);
+    assert!(
+        sample(&text, "mesgate_epoch_counters") >= 2.0,
+        "the cached list's family and the global epoch"
+    );
     assert!(text.contains("mesgate_request_duration_seconds_bucket"));
     assert!(!text.contains("/api/orders"), "no raw paths in labels");
 }
