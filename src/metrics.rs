@@ -25,6 +25,16 @@ pub fn unmatched() -> Arc<String> {
         .clone()
 }
 
+/// One route's `requests_total` children, one per [`OUTCOMES`] entry, resolved when the
+/// route table is put in force: counting a request is an index and an atomic add, with no
+/// label hashing (the gateway holds one per route, and one for unmatched requests).
+#[derive(Debug)]
+pub struct RouteRequests {
+    /// The route's name (the `route` label; also the access log's).
+    pub name: Arc<String>,
+    by_outcome: [Counter; OUTCOMES.len()],
+}
+
 /// The route a request to the MES is made for, carried in its extensions.
 #[derive(Clone, Debug)]
 pub struct RouteLabel(pub Arc<String>);
@@ -231,19 +241,41 @@ impl Metrics {
     }
 
     /// Records one answered request.
-    pub fn observe_request(&self, route: &Arc<String>, outcome: &'static str, seconds: f64) {
-        let labels = RequestLabels {
-            route: route.clone(),
-            outcome,
-        };
-        self.requests.get_or_create(&labels).inc();
-        // The known outcomes' histograms were created up front: no label hashing here.
+    pub fn observe_request(&self, route: &RouteRequests, outcome: &'static str, seconds: f64) {
+        // The known outcomes' counters and histograms were created up front: no label
+        // hashing here.
         match OUTCOMES.iter().position(|o| *o == outcome) {
-            Some(i) => self.durations[i].observe(seconds),
-            None => self
-                .duration
-                .get_or_create(&OutcomeLabels { outcome })
-                .observe(seconds),
+            Some(i) => {
+                route.by_outcome[i].inc();
+                self.durations[i].observe(seconds);
+            }
+            None => {
+                let labels = RequestLabels {
+                    route: route.name.clone(),
+                    outcome,
+                };
+                self.requests.get_or_create(&labels).inc();
+                self.duration
+                    .get_or_create(&OutcomeLabels { outcome })
+                    .observe(seconds);
+            }
+        }
+    }
+
+    /// The `requests_total` children of the route called `name`, for
+    /// [`Metrics::observe_request`]. The same name always gives the same counters (a
+    /// reload keeps counting where it was).
+    pub fn route_requests(&self, name: &Arc<String>) -> RouteRequests {
+        let by_outcome = OUTCOMES.map(|outcome| {
+            let labels = RequestLabels {
+                route: name.clone(),
+                outcome,
+            };
+            self.requests.get_or_create(&labels).clone()
+        });
+        RouteRequests {
+            name: name.clone(),
+            by_outcome,
         }
     }
 
@@ -322,5 +354,38 @@ fn sync(c: &Counter, value: u64) {
     let now = c.get();
     if value > now {
         c.inc_by(value - now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn count(m: &Metrics, route: &str, outcome: &'static str) -> u64 {
+        m.requests
+            .get_or_create(&RequestLabels {
+                route: Arc::new(route.to_owned()),
+                outcome,
+            })
+            .get()
+    }
+
+    #[test]
+    fn route_counters_resolved_up_front_count_under_the_route_and_outcome_labels() {
+        let m = Metrics::new();
+        let name = Arc::new("order-list".to_owned());
+        let before_reload = m.route_requests(&name);
+        m.observe_request(&before_reload, "hit_l1", 0.001);
+        m.observe_request(&before_reload, "hit_l1", 0.001);
+        // A reload resolves them again: the same series, counting on.
+        let after_reload = m.route_requests(&Arc::new("order-list".to_owned()));
+        m.observe_request(&after_reload, "miss", 0.02);
+        m.observe_request(&after_reload, "hit_l1", 0.001);
+        assert_eq!(count(&m, "order-list", "hit_l1"), 3);
+        assert_eq!(count(&m, "order-list", "miss"), 1);
+        assert_eq!(count(&m, "order-list", "write"), 0);
+        // An outcome outside the known vocabulary still counts, through the family.
+        m.observe_request(&after_reload, "other", 0.001);
+        assert_eq!(count(&m, "order-list", "other"), 1);
     }
 }

@@ -34,7 +34,7 @@ use crate::invalidate::Invalidator;
 use crate::key::{self, CacheKey};
 use crate::l1::{L1, L1Entry};
 use crate::l2::{L2, Lookup};
-use crate::metrics::{self, Metrics, RouteLabel};
+use crate::metrics::{self, Metrics, RouteLabel, RouteRequests};
 use crate::outcome::{self, BypassReason, CacheOutcome, MissDetail, NoStoreReason, cache_status};
 use crate::route::Route;
 use crate::route::RouteTable;
@@ -47,6 +47,30 @@ const CACHE_STATUS: http::HeaderName = http::HeaderName::from_static("cache-stat
 
 /// Body of every response to a client: bytes we hold, or the MES's stream.
 pub type Body = Either<Full<Bytes>, Incoming>;
+
+/// The route table in force, with each route's request counters resolved against it.
+struct Routing {
+    table: Arc<RouteTable>,
+    /// By route index in `table`.
+    requests: Vec<Arc<RouteRequests>>,
+    unmatched: Arc<RouteRequests>,
+}
+
+impl Routing {
+    fn new(table: Arc<RouteTable>, metrics: &Metrics) -> Self {
+        let requests = table
+            .routes()
+            .iter()
+            .map(|r| Arc::new(metrics.route_requests(&r.name)))
+            .collect();
+        let unmatched = Arc::new(metrics.route_requests(&metrics::unmatched()));
+        Self {
+            table,
+            requests,
+            unmatched,
+        }
+    }
+}
 
 /// The gateway: config, tiers, client, flights and invalidation. Cheap to clone (one `Arc`).
 #[derive(Clone)]
@@ -65,7 +89,7 @@ pub(crate) struct Inner {
     pub(crate) metrics: Arc<Metrics>,
     draining: std::sync::atomic::AtomicBool,
     /// The route table in force; swapped whole by a reload.
-    routes: ArcSwap<RouteTable>,
+    routes: ArcSwap<Routing>,
     access_log: std::sync::atomic::AtomicBool,
     /// Where a reload reads the config from.
     source: std::sync::Mutex<Option<(std::path::PathBuf, Overrides)>>,
@@ -169,9 +193,9 @@ impl Gateway {
         Ok(Self {
             inner: Arc::new(Inner {
                 upstream: Upstream::new(config.upstream.clone(), &config.timeouts, metrics.clone()),
+                routes: ArcSwap::from_pointee(Routing::new(config.routes.clone(), &metrics)),
                 metrics,
                 draining: Default::default(),
-                routes: ArcSwap::new(config.routes.clone()),
                 access_log: config.log.access.into(),
                 source: Default::default(),
                 l1,
@@ -208,6 +232,7 @@ impl Gateway {
     pub fn apply_config(&self, new: &Config) -> ReloadReport {
         let old = self.inner.routes.load_full();
         let flushed: Vec<String> = old
+            .table
             .routes()
             .iter()
             .filter(|r| r.cache.is_some())
@@ -218,7 +243,10 @@ impl Gateway {
             .map(|r| r.name.to_string())
             .collect();
         let names: Vec<String> = flushed.iter().map(|n| route_epoch(n)).collect();
-        self.inner.routes.store(new.routes.clone());
+        self.inner.routes.store(Arc::new(Routing::new(
+            new.routes.clone(),
+            &self.inner.metrics,
+        )));
         self.inner.invalidator.bump_local(&names);
         let access = new.log.access;
         self.inner
@@ -284,10 +312,11 @@ impl Gateway {
             .load(std::sync::atomic::Ordering::Relaxed);
         // Copied only when an access line will be written.
         let request_line = access.then(|| (req.method().clone(), req.uri().clone()));
-        let (resp, route, kind) = self.dispatch(req, remote).await;
+        let (resp, counted, kind) = self.dispatch(req, remote).await;
         let outcome = outcome::label_for_x_cache(resp.headers().get(&X_CACHE)).unwrap_or(kind);
         let secs = started.elapsed().as_secs_f64();
-        self.inner.metrics.observe_request(&route, outcome, secs);
+        self.inner.metrics.observe_request(&counted, outcome, secs);
+        let route = &counted.name;
         let Some((method, uri)) = request_line else {
             return resp;
         };
@@ -310,18 +339,16 @@ impl Gateway {
         &self,
         mut req: Request<Incoming>,
         remote: SocketAddr,
-    ) -> (Response<Body>, Arc<String>, &'static str) {
-        let routes = self.inner.routes.load();
-        let Some(m) = routes.find(req.method(), req.uri().path()) else {
+    ) -> (Response<Body>, Arc<RouteRequests>, &'static str) {
+        let routing = self.inner.routes.load();
+        let Some(m) = routing.table.find(req.method(), req.uri().path()) else {
             req.extensions_mut()
                 .insert(RouteLabel(metrics::unmatched()));
-            return (
-                self.pass(req, remote).await,
-                metrics::unmatched(),
-                "forward",
-            );
+            let counted = routing.unmatched.clone();
+            return (self.pass(req, remote).await, counted, "forward");
         };
         let route = m.route;
+        let name = routing.requests[m.index].clone();
         let params: Vec<(String, String)> = route
             .path
             .params()
@@ -336,7 +363,6 @@ impl Gateway {
         if let Some(t) = route.response_timeout {
             req.extensions_mut().insert(RouteTimeout(t));
         }
-        let name = route.name.clone();
         if cached_read {
             return (
                 self.read(req, remote, route, &params).await,

@@ -145,6 +145,8 @@ pub struct Route {
 pub struct RouteMatch<'r, 'p> {
     /// The rule that matched.
     pub route: &'r Route,
+    /// Its position in [`RouteTable::routes`].
+    pub index: usize,
     /// Captured parameters, in template order.
     pub params: Vec<&'p str>,
 }
@@ -168,12 +170,16 @@ impl RouteTable {
 
     /// Finds the rule for a request.
     pub fn find<'r, 'p>(&'r self, method: &Method, path: &'p str) -> Option<RouteMatch<'r, 'p>> {
-        self.routes.iter().find_map(|route| {
+        self.routes.iter().enumerate().find_map(|(index, route)| {
             if !route.methods.contains(method) {
                 return None;
             }
             let params = route.path.matches(path)?;
-            Some(RouteMatch { route, params })
+            Some(RouteMatch {
+                route,
+                index,
+                params,
+            })
         })
     }
 
