@@ -373,6 +373,11 @@ pub struct RawInvalidate {
     /// Largest request or answer body buffered to read placeholders from. Default `1MiB`.
     #[serde(default = "default_max_body")]
     pub max_body: RawSize,
+    /// How long a successful write may wait, before it is answered, for this instance's
+    /// cached entries it makes wrong to be fetched again, so that they are replaced
+    /// instead of dropped and no read has to wait for the MES. `"0s"` (the default): off.
+    #[serde(default)]
+    pub refresh: Option<String>,
 }
 
 fn default_methods() -> Vec<String> {
@@ -603,6 +608,8 @@ pub struct InvalidateRule {
     pub statuses: Vec<StatusCode>,
     /// Body buffering cap.
     pub max_body: usize,
+    /// Longest wait for the refresh of the entries the write makes wrong; zero: off.
+    pub refresh: Duration,
 }
 
 impl InvalidateRule {
@@ -1362,6 +1369,20 @@ impl RawInvalidate {
             fallback: self.fallback,
             statuses,
             max_body: parse_size(&format!("{at}.max_body"), &self.max_body)? as usize,
+            refresh: match &self.refresh {
+                None => Duration::ZERO,
+                Some(v) => {
+                    let at = format!("{at}.refresh");
+                    let d = parse_duration(&at, v)?;
+                    if d > Duration::from_secs(10) {
+                        return Err(invalid(
+                            at,
+                            "a write waits this long at most before it is answered: keep it under 10s (e.g. \"250ms\")",
+                        ));
+                    }
+                    d
+                }
+            },
         })
     }
 }
@@ -1425,6 +1446,23 @@ query = ["status", "page=1", "size=50"]
 
     fn err(text: &str) -> String {
         text.parse::<Config>().unwrap_err().to_string()
+    }
+
+    #[test]
+    fn refresh_on_write_defaults_off_and_is_bounded() {
+        let off = |c: &Config| c.routes.routes()[1].invalidate.as_ref().unwrap().refresh;
+        let base = "upstream = \"http://127.0.0.1:9090\"\n[[route]]\nname = \"l\"\npath = \"/o\"\n[route.cache]\nfamilies = [\"s:{query.s|all}\"]\nquery = [\"s\"]\n[[route]]\nname = \"w\"\nmethods = [\"POST\"]\npath = \"/o\"\n[route.invalidate]\nfamilies = [\"s:all\"]\n";
+        let c: Config = base.parse().unwrap();
+        assert_eq!(off(&c), Duration::ZERO);
+        let c: Config = format!("{base}refresh = \"250ms\"\n").parse().unwrap();
+        assert_eq!(off(&c), Duration::from_millis(250));
+        let e = err(&format!("{base}refresh = \"soon\"\n"));
+        assert!(e.contains("route[1].invalidate.refresh"), "{e}");
+        let e = err(&format!("{base}refresh = \"1m\"\n"));
+        assert!(
+            e.contains("route[1].invalidate.refresh") && e.contains("10s"),
+            "{e}"
+        );
     }
 
     #[test]

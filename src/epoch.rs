@@ -78,6 +78,26 @@ impl Fence {
             .all(|(cell, seen)| cell.load(Ordering::Acquire) == *seen)
     }
 
+    /// The fence an entry fetched under `self` gets once the write that bumped `bumped`
+    /// (once each) has been applied, if no other bump moved any of its epochs meanwhile:
+    /// each epoch must now be exactly its old value, plus one where `names[i]` (the names
+    /// `self` was taken over, in that order) is in `bumped`. `None` when anything else
+    /// moved, or when the names do not match the fence.
+    pub fn advanced_by(&self, names: &[String], bumped: &[String]) -> Option<Fence> {
+        if names.len() != self.cells.len() {
+            return None;
+        }
+        let mut cells = Vec::with_capacity(self.cells.len());
+        for ((cell, seen), name) in self.cells.iter().zip(names) {
+            let expected = seen + u64::from(bumped.contains(name));
+            if cell.load(Ordering::Acquire) != expected {
+                return None;
+            }
+            cells.push((cell.clone(), expected));
+        }
+        Some(Fence { cells })
+    }
+
     /// The values, for the single-flight key (fills under different epochs never merge).
     pub fn tag(&self) -> String {
         let v: Vec<String> = self.cells.iter().map(|(_, s)| s.to_string()).collect();
@@ -162,6 +182,34 @@ mod tests {
         let f = e.fence(&names);
         e.bump(&["status:B".to_owned()]);
         assert!(f.is_valid(), "another family leaves it alone");
+    }
+
+    #[test]
+    fn a_fence_advances_by_one_write_only_when_nothing_else_moved() {
+        let e = Epochs::default();
+        let names = names_for("status:A");
+        let bumped = vec!["status:A".to_owned(), "status:B".to_owned()];
+        // Only the write's own bump: the advanced fence is valid, and a later bump ends it.
+        let f = e.fence(&names);
+        e.bump(&bumped);
+        let g = f.advanced_by(&names, &bumped).expect("only our bump");
+        assert!(!f.is_valid() && g.is_valid());
+        e.bump(&["status:A".to_owned()]);
+        assert!(!g.is_valid());
+        // Another bump of a family, its group or everything in between: refused.
+        for other in ["status:A", "status:*", "*"] {
+            let f = e.fence(&names);
+            e.bump(&[other.to_owned()]);
+            e.bump(&bumped);
+            assert!(f.advanced_by(&names, &bumped).is_none(), "{other}");
+        }
+        // The write not applied yet: refused too (the epoch is one short).
+        let f = e.fence(&names);
+        assert!(f.advanced_by(&names, &bumped).is_none());
+        // A bump of an unrelated family does not matter.
+        e.bump(&["status:C".to_owned()]);
+        e.bump(&bumped);
+        assert!(f.advanced_by(&names, &bumped).is_some());
     }
 
     #[test]

@@ -56,6 +56,11 @@ pub struct InvalidationStats {
     pub resubscribes: AtomicU64,
     /// Fills not stored because an entity they list was written during the fill.
     pub fenced_fills: AtomicU64,
+    /// Entries a write fetched again and put in place (refresh on write).
+    pub refreshed: AtomicU64,
+    /// Entries a write fetched again but did not store (another write moved them, or
+    /// the answer was not storable).
+    pub refresh_dropped: AtomicU64,
 }
 
 /// Switches for the randomized consistency test: each one, turned off, must produce
@@ -177,12 +182,27 @@ impl Invalidator {
 
     /// Whether any of `entities` was written after `seq` (the fill must not be stored).
     pub fn written_since(&self, entities: &[String], seq: u64) -> bool {
+        self.written_since_except(entities, seq, None)
+    }
+
+    /// [`Invalidator::written_since`], leaving out one write: `own` is the entity and
+    /// sequence number of the write whose refresh is being stored (its own mark does not
+    /// count against it; a later write to the same entity does).
+    pub fn written_since_except(
+        &self,
+        entities: &[String],
+        seq: u64,
+        own: Option<(&str, u64)>,
+    ) -> bool {
         if !self.fencing() {
             return false;
         }
-        let hit = entities
-            .iter()
-            .any(|e| self.inner.writes.get(e).is_some_and(|w| w >= seq));
+        let hit = entities.iter().any(|e| {
+            self.inner
+                .writes
+                .get(e)
+                .is_some_and(|w| w >= seq && own.is_none_or(|(oe, os)| oe != e.as_str() || w != os))
+        });
         if hit {
             self.inner
                 .stats
@@ -283,6 +303,16 @@ impl Invalidator {
         self.inner.epochs.bump(names);
     }
 
+    /// Counts one entry of a refresh on write, stored or not.
+    pub fn count_refresh(&self, stored: bool) {
+        let c = if stored {
+            &self.inner.stats.refreshed
+        } else {
+            &self.inner.stats.refresh_dropped
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Counts a previous-status fallback.
     pub fn count_fallback(&self) {
         self.inner.stats.fallbacks.fetch_add(1, Ordering::Relaxed);
@@ -291,17 +321,18 @@ impl Invalidator {
     /// Applies an invalidation: write mark and L1 epochs at once, then Redis epochs and
     /// the bus in one script; when Redis fails, the names are queued for retry and L2 is
     /// not used for them meanwhile. Returns when L1 is invalidated and Redis either has
-    /// it or has it queued.
-    pub async fn apply(&self, names: Vec<String>, entity: Option<String>) {
+    /// it or has it queued, with the write mark's sequence number when there is an entity.
+    pub async fn apply(&self, names: Vec<String>, entity: Option<String>) -> Option<u64> {
         let inner = &self.inner;
-        if let Some(e) = &entity {
+        let mark = entity.as_ref().map(|e| {
             let seq = inner.seq.fetch_add(1, Ordering::AcqRel);
             inner.writes.insert(e.clone(), seq);
-        }
+            seq
+        });
         let Some(l2) = &inner.l2 else {
             inner.epochs.bump(&names);
             inner.stats.applied.fetch_add(1, Ordering::Relaxed);
-            return;
+            return mark;
         };
         // Closed to L2 before L1 moves, reopened once Redis moved (or the names are queued).
         let close = inner
@@ -336,6 +367,7 @@ impl Invalidator {
             inner.stats.queued.fetch_add(1, Ordering::Relaxed);
             inner.wake_retry.notify_one();
         }
+        mark
     }
 
     fn message(&self, names: &[String], entity: Option<String>) -> String {

@@ -51,6 +51,7 @@ pub mod l2;
 pub mod metrics;
 pub mod outcome;
 pub mod proxy;
+pub mod refresh;
 pub mod route;
 pub mod server;
 pub mod sim;

@@ -336,6 +336,8 @@ impl Metrics {
             ("retried", &s.retried),
             ("resubscribe", &s.resubscribes),
             ("fenced_fill", &s.fenced_fills),
+            ("refreshed", &s.refreshed),
+            ("refresh_dropped", &s.refresh_dropped),
         ] {
             sync(
                 &self.invalidations.get_or_create(&ReasonLabels { reason }),

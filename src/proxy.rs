@@ -36,6 +36,7 @@ use crate::l1::{L1, L1Entry};
 use crate::l2::{L2, Lookup};
 use crate::metrics::{self, Metrics, RouteLabel, RouteRequests};
 use crate::outcome::{self, BypassReason, CacheOutcome, MissDetail, NoStoreReason, cache_status};
+use crate::refresh::{RefreshIndex, Target};
 use crate::route::Route;
 use crate::route::RouteTable;
 use crate::upstream::{Upstream, UpstreamBody, error_chain};
@@ -84,6 +85,8 @@ pub(crate) struct Inner {
     pub(crate) l1: L1,
     pub(crate) l2: Option<L2>,
     flights: Flights<Arc<Fill>>,
+    /// Cached keys by epoch name, for writes that refresh what they make wrong.
+    refresh: RefreshIndex,
     pub(crate) clock: Clock,
     pub(crate) invalidator: Invalidator,
     pub(crate) metrics: Arc<Metrics>,
@@ -118,7 +121,7 @@ pub enum ReloadError {
 }
 
 /// What a fill needs to know about its request, decided before it starts.
-struct FillCtx {
+pub(crate) struct FillCtx {
     policy: Arc<CachePolicy>,
     key: CacheKey,
     /// Epoch names of the entry's families (family, group, global).
@@ -127,6 +130,13 @@ struct FillCtx {
     fence: Fence,
     /// Write sequence when the request arrived.
     seq: u64,
+    /// The route, and the headers the fill sends to the MES once known: an entry stored
+    /// in L1 is then remembered for refresh on write.
+    route: Arc<String>,
+    sent: Option<HeaderMap>,
+    /// For a refresh: the entity and sequence number of the write it serves (that
+    /// write's own mark does not stop the store).
+    own_write: Option<(String, u64)>,
 }
 
 /// Why a gateway could not be built.
@@ -201,6 +211,7 @@ impl Gateway {
                 l1,
                 l2,
                 flights: Flights::default(),
+                refresh: RefreshIndex::default(),
                 clock,
                 invalidator,
                 config,
@@ -435,7 +446,7 @@ impl Gateway {
 
     fn fill_ctx(
         &self,
-        route: &str,
+        route: &Arc<String>,
         policy: Arc<CachePolicy>,
         key: CacheKey,
         params: &[(String, String)],
@@ -471,6 +482,9 @@ impl Gateway {
             names,
             fence,
             seq,
+            route: route.clone(),
+            sent: None,
+            own_write: None,
         }
     }
 
@@ -486,7 +500,7 @@ impl Gateway {
         &self,
         parts: Parts,
         remote: SocketAddr,
-        ctx: FillCtx,
+        mut ctx: FillCtx,
         stale: Option<Stale>,
     ) -> Response<Body> {
         let head = parts.method == Method::HEAD;
@@ -498,6 +512,7 @@ impl Gateway {
             Role::Leader(l) => {
                 let w = l.waiter();
                 let fetch = self.fill_request(&parts, remote, &ctx.policy, &ctx.key);
+                ctx.sent = fetch.as_ref().ok().map(|r| r.headers().clone());
                 let gw = self.clone();
                 // Detached: a client that goes away cannot cancel a fill others wait on.
                 tokio::spawn(async move {
@@ -745,7 +760,13 @@ impl Gateway {
             _ => Vec::new(),
         };
         let entities: Vec<String> = members.iter().map(|(e, _)| e.clone()).collect();
-        if no_store.is_none() && self.inner.invalidator.written_since(&entities, ctx.seq) {
+        let own = ctx.own_write.as_ref().map(|(e, s)| (e.as_str(), *s));
+        if no_store.is_none()
+            && self
+                .inner
+                .invalidator
+                .written_since_except(&entities, ctx.seq, own)
+        {
             no_store = Some(NoStoreReason::Invalidated);
         }
         forward::strip_hop_by_hop(&mut parts.headers);
@@ -770,6 +791,79 @@ impl Gateway {
             entry,
             stored: no_store.is_none(),
             no_store,
+        }
+    }
+
+    /// Refresh on write, first half: fetches again, for at most `budget`, this instance's
+    /// cached entries under any of `names` (the write is in the MES by now). Returns what
+    /// came back in time, each with the fence and write sequence taken before its fetch.
+    pub(crate) async fn refresh_fetch(
+        &self,
+        names: &[String],
+        budget: Duration,
+    ) -> Vec<(FillCtx, http::response::Parts, Bytes)> {
+        let inv = &self.inner.invalidator;
+        let l1 = &self.inner.l1;
+        let targets = self.inner.refresh.targets(names, |k| l1.contains(k));
+        if targets.is_empty() {
+            return Vec::new();
+        }
+        let deadline = tokio::time::Instant::now() + budget;
+        let fetches = targets.into_iter().map(|t| async move {
+            let seq = inv.write_seq();
+            let fence = inv.fence(&t.names);
+            let ctx = FillCtx {
+                policy: t.policy.clone(),
+                key: t.key.clone(),
+                names: t.names.clone(),
+                fence,
+                seq,
+                route: t.route.clone(),
+                sent: Some(t.headers.clone()),
+                own_write: None,
+            };
+            let mut req = Request::new(Either::Right(Full::new(Bytes::new())));
+            *req.uri_mut() = self.inner.upstream.uri(t.key.upstream_path()).ok()?;
+            *req.headers_mut() = t.headers.clone();
+            req.extensions_mut().insert(RouteLabel(t.route.clone()));
+            let fetched = tokio::time::timeout_at(deadline, self.fetch(req, t.policy.max_body));
+            match fetched.await {
+                Ok(Ok((parts, body))) if parts.status.is_success() => Some((ctx, parts, body)),
+                _ => {
+                    debug!(key = %t.key.key, "refresh fetch failed or late: dropped instead");
+                    inv.count_refresh(false);
+                    None
+                }
+            }
+        });
+        futures_util::future::join_all(fetches)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
+    /// Refresh on write, second half, once the write's invalidation (of `bumped`) is
+    /// applied: stores each fetched entry whose epochs only that write moved.
+    pub(crate) async fn refresh_store(
+        &self,
+        fetched: Vec<(FillCtx, http::response::Parts, Bytes)>,
+        bumped: &[String],
+        own_write: Option<(String, u64)>,
+    ) {
+        for (mut ctx, parts, body) in fetched {
+            let Some(fence) = ctx.fence.advanced_by(&ctx.names, bumped) else {
+                debug!(key = %ctx.key.key, "another write moved its epochs: not refreshed");
+                self.inner.invalidator.count_refresh(false);
+                continue;
+            };
+            ctx.fence = fence;
+            ctx.own_write = own_write.clone();
+            let stored = matches!(
+                self.store(parts, body, &ctx, None).await,
+                Fill::Fetched { stored: true, .. }
+            );
+            self.inner.invalidator.count_refresh(stored);
         }
     }
 
@@ -812,6 +906,19 @@ impl Gateway {
             fence,
         };
         self.inner.l1.insert(Arc::from(ctx.key.key.as_str()), value);
+        if let Some(headers) = &ctx.sent {
+            let l1 = &self.inner.l1;
+            self.inner.refresh.register(
+                Target {
+                    key: ctx.key.clone(),
+                    policy: ctx.policy.clone(),
+                    names: ctx.names.clone(),
+                    headers: headers.clone(),
+                    route: ctx.route.clone(),
+                },
+                |k| l1.contains(k),
+            );
+        }
     }
 
     /// Stores in Redis before the flight finishes, so once an answer has left, every

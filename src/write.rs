@@ -110,7 +110,18 @@ impl Gateway {
         };
         let plan = self.plan(rule, &facts).await;
         debug!(names = ?plan.names, fallback = plan.fallback, "invalidating");
-        self.inner.invalidator.apply(plan.names, plan.entity).await;
+        let inv = &self.inner.invalidator;
+        if rule.refresh.is_zero() || !inv.fencing() {
+            inv.apply(plan.names, plan.entity).await;
+        } else {
+            // Fetched before the invalidation, so the old entries are served meanwhile
+            // (the write is not answered yet), and stored after it (see refresh.rs).
+            let fetched = self.refresh_fetch(&plan.names, rule.refresh).await;
+            let names = plan.names.clone();
+            let mark = inv.apply(plan.names, plan.entity.clone()).await;
+            let own = plan.entity.zip(mark);
+            self.refresh_store(fetched, &names, own).await;
+        }
         match bytes {
             Some(b) => Response::from_parts(parts, Either::Left(Full::new(b))),
             None => problem(&GatewayError::UpstreamProtocol(

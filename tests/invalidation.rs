@@ -21,7 +21,21 @@ struct Env {
     gw: TestGateway,
 }
 
+/// The shipped config, with the writes' refresh on write switched off: most tests here
+/// watch what a write drops (the next read is a MISS); the `refresh_` ones keep it.
 fn shipped_config() -> String {
+    let text = shipped_config_with_refresh();
+    assert!(
+        text.contains("refresh = "),
+        "the shipped config refreshes on write"
+    );
+    text.lines()
+        .filter(|l| !l.starts_with("refresh = "))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn shipped_config_with_refresh() -> String {
     std::fs::read_to_string("config/mesgate.toml").expect("config/mesgate.toml")
 }
 
@@ -31,9 +45,13 @@ async fn start_sim(config: SimConfig) -> SimHandle {
 }
 
 async fn env(config: SimConfig) -> Env {
+    env_with(config, &shipped_config()).await
+}
+
+async fn env_with(config: SimConfig, gateway_config: &str) -> Env {
     let redis = RedisServer::start().await;
     let sim = start_sim(config).await;
-    let gw = spawn_gateway(&shipped_config(), &sim.base_url(), Some(&redis.url())).await;
+    let gw = spawn_gateway(gateway_config, &sim.base_url(), Some(&redis.url())).await;
     Env { redis, sim, gw }
 }
 
@@ -80,7 +98,23 @@ async fn warm(gw: &TestGateway, path: &str) -> Resp {
 
 #[tokio::test]
 async fn status_change_is_visible_on_the_same_instance_right_after_the_200() {
-    let e = env(SimConfig::instant()).await;
+    status_change_right_after_the_200(false).await;
+}
+
+/// The same write with refresh on write: every read after the 200 is an L1 hit with the
+/// new state, and the MES was asked exactly what it was asked without refresh.
+#[tokio::test]
+async fn refresh_on_write_swaps_in_the_new_state_before_the_200() {
+    status_change_right_after_the_200(true).await;
+}
+
+async fn status_change_right_after_the_200(refresh: bool) {
+    let e = if refresh {
+        env_with(SimConfig::instant(), &shipped_config_with_refresh()).await
+    } else {
+        env(SimConfig::instant()).await
+    };
+    let after_write = if refresh { "HIT-L1" } else { "MISS" };
     let (id, from) = newest(&e.sim).await;
     let to = other_status(&from);
     let old_list = format!("/api/orders?status={from}");
@@ -98,25 +132,25 @@ async fn status_change_is_visible_on_the_same_instance_right_after_the_200() {
     assert_eq!(r.json()["status"], to);
 
     let r = get(&e.gw.url(&old_list)).await;
-    assert_eq!(r.x_cache(), "MISS");
+    assert_eq!(r.x_cache(), after_write);
     assert!(!ids(&r).contains(&id), "old status no longer lists it");
     let r = get(&e.gw.url(&new_list)).await;
-    assert_eq!(r.x_cache(), "MISS");
+    assert_eq!(r.x_cache(), after_write);
     assert_eq!(ids(&r)[0], id, "new status lists it first");
     let r = get(&e.gw.url(&detail)).await;
     assert_eq!(
         (r.x_cache(), r.json()["status"].as_str()),
-        ("MISS", Some(to))
+        (after_write, Some(to))
     );
     let r = get(&e.gw.url("/api/orders")).await;
     assert_eq!(
         r.x_cache(),
-        "MISS",
+        after_write,
         "the unfiltered list shows statuses too"
     );
     assert_eq!(r.json()["items"][0]["status"], to);
     let now = get(&e.gw.url("/api/orders/status-counts")).await;
-    assert_eq!(now.x_cache(), "MISS");
+    assert_eq!(now.x_cache(), after_write);
     let c = now.json();
     assert_eq!(
         c["counts"][&from].as_u64().unwrap() + 1,
@@ -136,6 +170,20 @@ async fn status_change_is_visible_on_the_same_instance_right_after_the_200() {
     );
     assert_eq!(after.detail - before.detail, 1);
     assert_eq!(after.counts - before.counts, 1);
+    let stats = e.gw.gateway.invalidator().stats();
+    let (refreshed, dropped) = (
+        stats.refreshed.load(Ordering::Relaxed),
+        stats.refresh_dropped.load(Ordering::Relaxed),
+    );
+    if refresh {
+        assert_eq!(
+            (refreshed, dropped),
+            (5, 0),
+            "3 lists, the detail, the counts"
+        );
+    } else {
+        assert_eq!((refreshed, dropped), (0, 0));
+    }
     assert_eq!(
         e.gw.gateway
             .invalidator()
@@ -446,4 +494,88 @@ async fn other_instances_converge_over_the_bus() {
     assert_eq!(stats.received.load(Ordering::Relaxed), 1);
     let json: Value = get(&b.url(&detail)).await.json();
     assert_eq!(json["status"], to);
+}
+
+/// Refresh on write: an invalidation that lands while the write's refresh is being
+/// fetched (here another instance's write, applied as its bus message would be) makes the
+/// refreshed answer unusable: it is dropped, and the next read asks the MES. The test can
+/// fail: stored anyway, the page fetched before that other write would be served after it.
+#[tokio::test]
+async fn refresh_on_write_drops_what_another_invalidation_overtook() {
+    // A budget longer than the slow list below: the refresh arrives, and is judged.
+    let config = shipped_config_with_refresh().replace("refresh = \"250ms\"", "refresh = \"5s\"");
+    let e = env_with(SimConfig::instant(), &config).await;
+    let (x, from) = newest(&e.sim).await;
+    let list = format!("/api/orders?status={from}");
+    let listed = ids(&get(&format!("{}{list}", e.sim.base_url())).await);
+    let y = *listed
+        .iter()
+        .find(|&&i| i != x)
+        .expect("a second order in the status");
+    warm(&e.gw, &list).await;
+    // The MES answers lists slowly, from a snapshot taken on arrival (MVCC).
+    e.sim
+        .set_list_latency(Duration::from_millis(400), Duration::ZERO);
+    let base = e.sim.stats().list;
+    let w1 = {
+        let gw = e.gw.url("");
+        let to = other_status(&from);
+        tokio::spawn(async move { patch_status(&gw, x, to).await })
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while e.sim.stats().list == base {
+        assert!(
+            Instant::now() < deadline,
+            "the write never refreshed the list"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Another instance's write moves y out of the status; its bus message arrives here.
+    let r = patch_status(&e.sim.base_url(), y, "CANCELLED").await;
+    assert_eq!(r.status, 200);
+    e.gw.gateway
+        .invalidator()
+        .apply(vec![format!("status:{from}")], None)
+        .await;
+    assert_eq!(w1.await.unwrap().status, 200);
+    let stats = e.gw.gateway.invalidator().stats();
+    assert_eq!(stats.refresh_dropped.load(Ordering::Relaxed), 1);
+    assert_eq!(stats.refreshed.load(Ordering::Relaxed), 0);
+
+    e.sim.set_list_latency(Duration::ZERO, Duration::ZERO);
+    let r = get(&e.gw.url(&list)).await;
+    assert_eq!(r.x_cache(), "MISS", "the overtaken refresh was not stored");
+    let now = ids(&r);
+    assert!(!now.contains(&x) && !now.contains(&y), "{now:?}");
+    assert_eq!(e.sim.stats().list, base + 2, "the refresh, then this read");
+}
+
+/// Refresh on write is bounded: an answer later than the write's `refresh` budget is
+/// dropped, the write is answered, and what it made wrong is invalidated as without it.
+#[tokio::test]
+async fn refresh_on_write_gives_up_at_its_budget_and_invalidates_instead() {
+    let e = env_with(SimConfig::instant(), &shipped_config_with_refresh()).await;
+    let (x, from) = newest(&e.sim).await;
+    let list = format!("/api/orders?status={from}");
+    warm(&e.gw, &list).await;
+    e.sim
+        .set_list_latency(Duration::from_millis(1500), Duration::ZERO);
+    let started = Instant::now();
+    assert_eq!(
+        patch_status(&e.gw.url(""), x, other_status(&from))
+            .await
+            .status,
+        200
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(1200),
+        "the write waited {:?} for a 250ms budget",
+        started.elapsed()
+    );
+    let stats = e.gw.gateway.invalidator().stats();
+    assert_eq!(stats.refresh_dropped.load(Ordering::Relaxed), 1);
+    e.sim.set_list_latency(Duration::ZERO, Duration::ZERO);
+    let r = get(&e.gw.url(&list)).await;
+    assert_eq!(r.x_cache(), "MISS");
+    assert!(!ids(&r).contains(&x));
 }
