@@ -4,7 +4,7 @@
 //! bumping any of them makes it invalid in O(1), with no scan of keys. This module holds the
 //! counters; who bumps them and when is [`crate::invalidate`]'s business.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -50,15 +50,46 @@ pub fn names_for_all(families: &[String]) -> Vec<String> {
 #[derive(Clone, Default)]
 pub struct Epochs {
     // A std Mutex: get-or-create only, never held across `.await`. Reads on the hit path
-    // go through the `Arc<AtomicU64>` cells a fence holds, not through this map.
+    // go through the `Arc<Cell>` cells a fence holds, not through this map.
     cells: Arc<Mutex<Cells>>,
 }
 
 #[derive(Default)]
 struct Cells {
-    map: HashMap<String, Arc<AtomicU64>>,
+    map: HashMap<String, Arc<Cell>>,
     /// Prune when the map grows past this many counters.
     prune_at: usize,
+}
+
+/// The write acknowledgement number recorded for bumps that are not a write of this
+/// instance acknowledged by the MES at a known point (bus messages, purges, reloads).
+pub const UNKNOWN_ACK: u64 = u64::MAX;
+
+/// Bumps remembered per epoch (with the acknowledgement number of the write that made
+/// each), for [`Fence::settled_before`].
+const BUMP_LOG: usize = 32;
+
+/// One epoch: its value (what the hit path reads) and its latest bumps.
+#[derive(Debug, Default)]
+struct Cell {
+    value: AtomicU64,
+    /// `(value after the bump, acknowledgement number of the write)`, oldest first.
+    log: Mutex<VecDeque<(u64, u64)>>,
+}
+
+impl Cell {
+    fn bump(&self, ack: u64) {
+        let mut log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+        let v = self.value.fetch_add(1, Ordering::AcqRel) + 1;
+        if log.len() == BUMP_LOG {
+            log.pop_front();
+        }
+        log.push_back((v, ack));
+    }
+
+    fn load(&self) -> u64 {
+        self.value.load(Ordering::Acquire)
+    }
 }
 
 /// The map is never pruned below this many counters (a prune is a scan of the map).
@@ -67,33 +98,32 @@ const PRUNE_FLOOR: usize = 4096;
 /// The epochs an entry was filled under. Valid while none of them moved.
 #[derive(Debug, Clone, Default)]
 pub struct Fence {
-    cells: Vec<(Arc<AtomicU64>, u64)>,
+    cells: Vec<(Arc<Cell>, u64)>,
 }
 
 impl Fence {
     /// Whether no epoch moved since the fence was taken (a few atomic loads).
     pub fn is_valid(&self) -> bool {
-        self.cells
-            .iter()
-            .all(|(cell, seen)| cell.load(Ordering::Acquire) == *seen)
+        self.cells.iter().all(|(cell, seen)| cell.load() == *seen)
     }
 
-    /// The fence an entry fetched under `self` gets once the write that bumped `bumped`
-    /// (once each) has been applied, if no other bump moved any of its epochs meanwhile:
-    /// each epoch must now be exactly its old value, plus one where `names[i]` (the names
-    /// `self` was taken over, in that order) is in `bumped`. `None` when anything else
-    /// moved, or when the names do not match the fence.
-    pub fn advanced_by(&self, names: &[String], bumped: &[String]) -> Option<Fence> {
-        if names.len() != self.cells.len() {
-            return None;
-        }
+    /// The fence for an entry fetched after this fence was taken and after the
+    /// acknowledgement numbered `acked` (see [`Epochs::bump_acked`]): every bump since
+    /// `self` must come from a write the MES had acknowledged by then, so the fetch saw
+    /// it; the new fence is over the current values. `None` when a bump came from a
+    /// later write, from an unknown one (bus, purge) or is no longer in the log.
+    pub fn settled_before(&self, acked: u64) -> Option<Fence> {
         let mut cells = Vec::with_capacity(self.cells.len());
-        for ((cell, seen), name) in self.cells.iter().zip(names) {
-            let expected = seen + u64::from(bumped.contains(name));
-            if cell.load(Ordering::Acquire) != expected {
-                return None;
+        for (cell, seen) in &self.cells {
+            let log = cell.log.lock().unwrap_or_else(|e| e.into_inner());
+            let now = cell.load();
+            for v in seen + 1..=now {
+                let ack = log.iter().find(|(bumped, _)| *bumped == v).map(|(_, a)| *a);
+                if ack.is_none_or(|a| a > acked) {
+                    return None;
+                }
             }
-            cells.push((cell.clone(), expected));
+            cells.push((cell.clone(), now));
         }
         Some(Fence { cells })
     }
@@ -106,7 +136,7 @@ impl Fence {
 }
 
 impl Epochs {
-    fn cell(&self, name: &str) -> Arc<AtomicU64> {
+    fn cell(&self, name: &str) -> Arc<Cell> {
         let mut cells = self.cells.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(cell) = cells.map.get(name) {
             return cell.clone();
@@ -137,7 +167,7 @@ impl Epochs {
             .iter()
             .map(|n| {
                 let c = self.cell(n);
-                let v = c.load(Ordering::Acquire);
+                let v = c.load();
                 (c, v)
             })
             .collect();
@@ -146,14 +176,21 @@ impl Epochs {
 
     /// Moves the given epochs: every fence over any of them becomes invalid.
     pub fn bump(&self, names: &[String]) {
+        self.bump_acked(names, UNKNOWN_ACK);
+    }
+
+    /// [`Epochs::bump`] for a write of this instance that the MES acknowledged as number
+    /// `ack` (a counter the write path keeps): fetches started after that
+    /// acknowledgement saw the write, which [`Fence::settled_before`] relies on.
+    pub fn bump_acked(&self, names: &[String], ack: u64) {
         for n in names {
-            self.cell(n).fetch_add(1, Ordering::AcqRel);
+            self.cell(n).bump(ack);
         }
     }
 
     /// Current value of one epoch.
     pub fn get(&self, name: &str) -> u64 {
-        self.cell(name).load(Ordering::Acquire)
+        self.cell(name).load()
     }
 }
 
@@ -185,31 +222,40 @@ mod tests {
     }
 
     #[test]
-    fn a_fence_advances_by_one_write_only_when_nothing_else_moved() {
+    fn a_fence_settles_only_over_writes_acknowledged_before_the_fetch() {
         let e = Epochs::default();
         let names = names_for("status:A");
-        let bumped = vec!["status:A".to_owned(), "status:B".to_owned()];
-        // Only the write's own bump: the advanced fence is valid, and a later bump ends it.
+        let a = vec!["status:A".to_owned()];
+        // Writes 1 and 2 acknowledged, then the fetch (acked = 2), then both applied.
         let f = e.fence(&names);
-        e.bump(&bumped);
-        let g = f.advanced_by(&names, &bumped).expect("only our bump");
+        e.bump_acked(&a, 1);
+        e.bump_acked(&a, 2);
+        let g = f
+            .settled_before(2)
+            .expect("both writes were in the MES before the fetch");
         assert!(!f.is_valid() && g.is_valid());
-        e.bump(&["status:A".to_owned()]);
-        assert!(!g.is_valid());
-        // Another bump of a family, its group or everything in between: refused.
+        e.bump_acked(&a, 3);
+        assert!(!g.is_valid(), "a later bump still ends it");
+        // A write acknowledged after the fetch started: refused.
+        let f = e.fence(&names);
+        e.bump_acked(&a, 4);
+        e.bump_acked(&a, 5);
+        assert!(f.settled_before(4).is_none());
+        // A bump of unknown origin (bus, purge) on the family, its group or everything.
         for other in ["status:A", "status:*", "*"] {
             let f = e.fence(&names);
             e.bump(&[other.to_owned()]);
-            e.bump(&bumped);
-            assert!(f.advanced_by(&names, &bumped).is_none(), "{other}");
+            assert!(f.settled_before(u64::MAX - 1).is_none(), "{other}");
         }
-        // The write not applied yet: refused too (the epoch is one short).
+        // Nothing moved: the same values.
         let f = e.fence(&names);
-        assert!(f.advanced_by(&names, &bumped).is_none());
-        // A bump of an unrelated family does not matter.
-        e.bump(&["status:C".to_owned()]);
-        e.bump(&bumped);
-        assert!(f.advanced_by(&names, &bumped).is_some());
+        assert!(f.settled_before(0).is_some_and(|g| g.is_valid()));
+        // More bumps than the log keeps: refused.
+        let f = e.fence(&names);
+        for i in 0..BUMP_LOG as u64 + 1 {
+            e.bump_acked(&a, i);
+        }
+        assert!(f.settled_before(u64::MAX - 1).is_none());
     }
 
     #[test]

@@ -18,7 +18,7 @@ use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
 use crate::clock::Clock;
-use crate::epoch::{Epochs, Fence, GLOBAL};
+use crate::epoch::{Epochs, Fence, GLOBAL, UNKNOWN_ACK};
 use crate::l1::L1;
 use crate::l2::L2;
 
@@ -116,6 +116,8 @@ struct Inner {
     /// entity → write sequence of its last write (to fence fills that listed it).
     writes: Cache<String, u64>,
     seq: AtomicU64,
+    /// Writes of this instance the MES acknowledged, numbered (refresh on write).
+    acked: AtomicU64,
     // A std Mutex: inserts and drains only, never held across `.await`.
     pending: Mutex<HashSet<String>>,
     /// Names whose Redis bump is on its way (count per name, for concurrent writes). L2 is
@@ -156,6 +158,7 @@ impl Invalidator {
                     .time_to_live(fill_ttl)
                     .build(),
                 seq: AtomicU64::new(1),
+                acked: AtomicU64::new(0),
                 pending: Mutex::default(),
                 inflight: Mutex::default(),
                 wake_retry: Notify::new(),
@@ -323,6 +326,28 @@ impl Invalidator {
     /// not used for them meanwhile. Returns when L1 is invalidated and Redis either has
     /// it or has it queued, with the write mark's sequence number when there is an entity.
     pub async fn apply(&self, names: Vec<String>, entity: Option<String>) -> Option<u64> {
+        self.apply_acked(names, entity, UNKNOWN_ACK).await
+    }
+
+    /// Numbers a write the MES just acknowledged (before its refresh fetches start).
+    pub fn note_acked(&self) -> u64 {
+        self.inner.acked.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    /// The number of the latest acknowledged write: a fetch that starts now sees every
+    /// write numbered up to it.
+    pub fn acked(&self) -> u64 {
+        self.inner.acked.load(Ordering::Acquire)
+    }
+
+    /// [`Invalidator::apply`] for this instance's write numbered `ack` by
+    /// [`Invalidator::note_acked`] (the local bumps remember it).
+    pub async fn apply_acked(
+        &self,
+        names: Vec<String>,
+        entity: Option<String>,
+        ack: u64,
+    ) -> Option<u64> {
         let inner = &self.inner;
         let mark = entity.as_ref().map(|e| {
             let seq = inner.seq.fetch_add(1, Ordering::AcqRel);
@@ -330,7 +355,7 @@ impl Invalidator {
             seq
         });
         let Some(l2) = &inner.l2 else {
-            inner.epochs.bump(&names);
+            inner.epochs.bump_acked(&names, ack);
             inner.stats.applied.fetch_add(1, Ordering::Relaxed);
             return mark;
         };
@@ -342,7 +367,7 @@ impl Invalidator {
         if close {
             self.mark_inflight(&names, true);
         }
-        inner.epochs.bump(&names);
+        inner.epochs.bump_acked(&names, ack);
         inner.stats.applied.fetch_add(1, Ordering::Relaxed);
         let gate = inner
             .switches

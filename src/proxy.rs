@@ -137,6 +137,8 @@ pub(crate) struct FillCtx {
     /// For a refresh: the entity and sequence number of the write it serves (that
     /// write's own mark does not stop the store).
     own_write: Option<(String, u64)>,
+    /// For a refresh: the acknowledged-writes number when its fetch started.
+    acked: u64,
 }
 
 /// Why a gateway could not be built.
@@ -485,6 +487,7 @@ impl Gateway {
             route: route.clone(),
             sent: None,
             own_write: None,
+            acked: 0,
         }
     }
 
@@ -810,6 +813,9 @@ impl Gateway {
         }
         let deadline = tokio::time::Instant::now() + budget;
         let fetches = targets.into_iter().map(|t| async move {
+            // In this order: every write numbered up to `acked` is in the MES before the
+            // fence is taken and the fetch starts.
+            let acked = inv.acked();
             let seq = inv.write_seq();
             let fence = inv.fence(&t.names);
             let ctx = FillCtx {
@@ -821,6 +827,7 @@ impl Gateway {
                 route: t.route.clone(),
                 sent: Some(t.headers.clone()),
                 own_write: None,
+                acked,
             };
             let mut req = Request::new(Either::Right(Full::new(Bytes::new())));
             *req.uri_mut() = self.inner.upstream.uri(t.key.upstream_path()).ok()?;
@@ -843,16 +850,16 @@ impl Gateway {
             .collect()
     }
 
-    /// Refresh on write, second half, once the write's invalidation (of `bumped`) is
-    /// applied: stores each fetched entry whose epochs only that write moved.
+    /// Refresh on write, second half, once the write's invalidation is applied: stores
+    /// each fetched entry whose epochs only writes already in the MES when its fetch
+    /// started have moved (the write itself among them).
     pub(crate) async fn refresh_store(
         &self,
         fetched: Vec<(FillCtx, http::response::Parts, Bytes)>,
-        bumped: &[String],
         own_write: Option<(String, u64)>,
     ) {
         for (mut ctx, parts, body) in fetched {
-            let Some(fence) = ctx.fence.advanced_by(&ctx.names, bumped) else {
+            let Some(fence) = ctx.fence.settled_before(ctx.acked) else {
                 debug!(key = %ctx.key.key, "another write moved its epochs: not refreshed");
                 self.inner.invalidator.count_refresh(false);
                 continue;

@@ -5,9 +5,12 @@
 //! by then), applies the invalidation, and puts the fetched entries in place, so readers
 //! go from the old answer to the new one without waiting for the MES. Until the write is
 //! answered, the old entries are still served: the write is not acknowledged yet, so a read
-//! may see either state. An entry fetched that way is stored only if no other write moved
-//! its epochs between the start of its fetch and the write's own invalidation
-//! ([`crate::epoch::Fence::advanced_by`]).
+//! may see either state. An entry fetched that way is stored only if every bump of its
+//! epochs since its fetch started came from a write of this instance that the MES had
+//! acknowledged before the fetch started (so the fetch saw it): the write itself, and
+//! overlapping writes acknowledged earlier ([`crate::epoch::Fence::settled_before`]). A bus
+//! message, a purge or a later write makes it unusable: it is dropped, and the next read
+//! asks the MES.
 //!
 //! This module only remembers which keys were filled under which epoch names, so a write
 //! can find them; the fetching and storing are the read path's (see `proxy.rs`).

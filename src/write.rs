@@ -116,11 +116,11 @@ impl Gateway {
         } else {
             // Fetched before the invalidation, so the old entries are served meanwhile
             // (the write is not answered yet), and stored after it (see refresh.rs).
+            let ack = inv.note_acked();
             let fetched = self.refresh_fetch(&plan.names, rule.refresh).await;
-            let names = plan.names.clone();
-            let mark = inv.apply(plan.names, plan.entity.clone()).await;
+            let mark = inv.apply_acked(plan.names, plan.entity.clone(), ack).await;
             let own = plan.entity.zip(mark);
-            self.refresh_store(fetched, &names, own).await;
+            self.refresh_store(fetched, own).await;
         }
         match bytes {
             Some(b) => Response::from_parts(parts, Either::Left(Full::new(b))),

@@ -579,3 +579,58 @@ async fn refresh_on_write_gives_up_at_its_budget_and_invalidates_instead() {
     assert_eq!(r.x_cache(), "MISS");
     assert!(!ids(&r).contains(&x));
 }
+
+/// Refresh on write under overlapping writes: a write applied while another write's
+/// refresh is being fetched does not spoil that refresh when the MES had acknowledged it
+/// before the fetch started (the fetch saw it). The later write's refresh is stored, and
+/// the list is a hit showing both writes. (Counting any other bump as fatal, as a first
+/// version did, dropped it: at ~10 writes/s and a 150 ms counts query, the counts were
+/// then never cached.)
+#[tokio::test]
+async fn refresh_on_write_survives_a_write_the_mes_had_before_its_fetch() {
+    let config = shipped_config_with_refresh().replace("refresh = \"250ms\"", "refresh = \"5s\"");
+    let e = env_with(SimConfig::instant(), &config).await;
+    let (x, from) = newest(&e.sim).await;
+    let list = format!("/api/orders?status={from}");
+    let listed = ids(&get(&format!("{}{list}", e.sim.base_url())).await);
+    let y = *listed
+        .iter()
+        .find(|&&i| i != x)
+        .expect("a second order in the status");
+    warm(&e.gw, &list).await;
+    e.sim
+        .set_list_latency(Duration::from_millis(400), Duration::ZERO);
+    let base = e.sim.stats().list;
+    let write = |id: u64, to: &'static str| {
+        let gw = e.gw.url("");
+        tokio::spawn(async move { patch_status(&gw, id, to).await })
+    };
+    let wait_lists = |n: u64| {
+        let sim = &e.sim;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while sim.stats().list < base + n {
+                assert!(Instant::now() < deadline, "no refresh fetch");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    };
+    let w1 = write(x, other_status(&from));
+    wait_lists(1).await;
+    let w2 = write(y, "CANCELLED");
+    wait_lists(2).await;
+    assert_eq!(w1.await.unwrap().status, 200);
+    assert_eq!(w2.await.unwrap().status, 200);
+
+    let r = get(&e.gw.url(&list)).await;
+    assert_eq!(
+        r.x_cache(),
+        "HIT-L1",
+        "the second write's refresh was stored"
+    );
+    let now = ids(&r);
+    assert!(!now.contains(&x) && !now.contains(&y), "{now:?}");
+    assert_eq!(e.sim.stats().list, base + 2, "no read had to ask the MES");
+    let stats = e.gw.gateway.invalidator().stats();
+    assert!(stats.refreshed.load(Ordering::Relaxed) >= 1);
+}
