@@ -645,6 +645,7 @@ impl Gateway {
             if let Some(e) = found.entry {
                 if e.is_fresh(now) {
                     let entry = Arc::new(e);
+                    self.register_refresh(&ctx, now);
                     self.store_local(&ctx, &entry, now).await;
                     return Fill::Hit {
                         entry,
@@ -785,6 +786,9 @@ impl Gateway {
             ttl_ms: policy.ttl_l2.as_millis() as u64,
             epochs: snapshot.unwrap_or_default(),
         });
+        if no_store.is_none() || no_store == Some(NoStoreReason::Invalidated) {
+            self.register_refresh(ctx, now);
+        }
         if no_store.is_none() {
             self.remember(&members).await;
             self.store_local(ctx, &entry, now).await;
@@ -806,8 +810,11 @@ impl Gateway {
         budget: Duration,
     ) -> Vec<(FillCtx, http::response::Parts, Bytes)> {
         let inv = &self.inner.invalidator;
-        let l1 = &self.inner.l1;
-        let targets = self.inner.refresh.targets(names, |k| l1.contains(k));
+        let now = self.inner.clock.now_ms();
+        let targets = self
+            .inner
+            .refresh
+            .targets(names, |t| self.refresh_live(t, now));
         if targets.is_empty() {
             return Vec::new();
         }
@@ -913,19 +920,32 @@ impl Gateway {
             fence,
         };
         self.inner.l1.insert(Arc::from(ctx.key.key.as_str()), value);
-        if let Some(headers) = &ctx.sent {
-            let l1 = &self.inner.l1;
-            self.inner.refresh.register(
-                Target {
-                    key: ctx.key.clone(),
-                    policy: ctx.policy.clone(),
-                    names: ctx.names.clone(),
-                    headers: headers.clone(),
-                    route: ctx.route.clone(),
-                },
-                |k| l1.contains(k),
-            );
+    }
+
+    /// Remembers a key whose fill got a storable answer (stored or fenced out), for
+    /// the writes that refresh what they make wrong.
+    fn register_refresh(&self, ctx: &FillCtx, now: u64) {
+        let Some(headers) = &ctx.sent else { return };
+        if ctx.policy.ttl_l1.is_zero() {
+            return;
         }
+        let target = Target {
+            key: ctx.key.clone(),
+            policy: ctx.policy.clone(),
+            names: ctx.names.clone(),
+            headers: headers.clone(),
+            route: ctx.route.clone(),
+            filled_ms: now,
+        };
+        self.inner
+            .refresh
+            .register(target, |t| self.refresh_live(t, now));
+    }
+
+    /// Worth refreshing: L1 holds it, or it was filled within its L1 TTL (read lately).
+    fn refresh_live(&self, t: &Target, now: u64) -> bool {
+        self.inner.l1.contains(&t.key.key)
+            || now.saturating_sub(t.filled_ms) <= t.policy.ttl_l1.as_millis() as u64
     }
 
     /// Stores in Redis before the flight finishes, so once an answer has left, every

@@ -45,6 +45,10 @@ pub struct Target {
     pub headers: HeaderMap,
     /// The route label, for the upstream metrics.
     pub route: Arc<String>,
+    /// When its fill got a storable answer (gateway clock, ms): a key that is read but
+    /// whose fills keep losing to writes (every fill of a slow query overlapped by a
+    /// write) is never in L1, yet is exactly what a refresh can keep there.
+    pub filled_ms: u64,
 }
 
 /// Keys by the epoch names they were filled under.
@@ -60,14 +64,14 @@ struct Index {
 }
 
 impl RefreshIndex {
-    /// Remembers a key that was just stored in L1. `cached` says whether L1 still holds
-    /// a key (used when the index is pruned).
-    pub fn register(&self, target: Target, cached: impl Fn(&str) -> bool) {
+    /// Remembers a key whose fill just got a storable answer. `live` says whether a key
+    /// is still worth refreshing (used when the index is pruned).
+    pub fn register(&self, target: Target, live: impl Fn(&Target) -> bool) {
         let target = Arc::new(target);
         let mut index = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         if index.by_name.len() >= index.prune_at.max(PRUNE_FLOOR) {
             for keys in index.by_name.values_mut() {
-                keys.retain(|t| cached(&t.key.key));
+                keys.retain(|t| live(t));
             }
             index.by_name.retain(|_, keys| !keys.is_empty());
             index.prune_at = index.by_name.len() * 2;
@@ -82,13 +86,13 @@ impl RefreshIndex {
         }
     }
 
-    /// The keys filled under any of `names`, each once, that L1 still holds.
-    pub fn targets(&self, names: &[String], cached: impl Fn(&str) -> bool) -> Vec<Arc<Target>> {
+    /// The keys filled under any of `names`, each once, that `live` keeps.
+    pub fn targets(&self, names: &[String], live: impl Fn(&Target) -> bool) -> Vec<Arc<Target>> {
         let index = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let mut out: Vec<Arc<Target>> = Vec::new();
         for keys in names.iter().filter_map(|n| index.by_name.get(n)) {
             for t in keys {
-                if !out.iter().any(|o| o.key.key == t.key.key) && cached(&t.key.key) {
+                if !out.iter().any(|o| o.key.key == t.key.key) && live(t) {
                     out.push(t.clone());
                 }
             }
@@ -127,6 +131,7 @@ mod tests {
             names: names_for(family),
             headers: HeaderMap::new(),
             route: Arc::new("r".to_owned()),
+            filled_ms: 0,
         }
     }
 
@@ -137,11 +142,11 @@ mod tests {
     #[test]
     fn targets_are_found_by_family_or_group_once_each_while_cached() {
         let idx = RefreshIndex::default();
-        idx.register(target("/a?p=1", "status:A"), |_| true);
-        idx.register(target("/a?p=2", "status:A"), |_| true);
-        idx.register(target("/b?p=1", "status:B"), |_| true);
-        idx.register(target("/a?p=1", "status:A"), |_| true);
-        let all = |_: &str| true;
+        idx.register(target("/a?p=1", "status:A"), |_: &Target| true);
+        idx.register(target("/a?p=2", "status:A"), |_: &Target| true);
+        idx.register(target("/b?p=1", "status:B"), |_: &Target| true);
+        idx.register(target("/a?p=1", "status:A"), |_: &Target| true);
+        let all = |_: &Target| true;
         assert_eq!(
             keys(&idx.targets(&["status:A".into()], all)),
             ["/a?p=2", "/a?p=1"]
@@ -155,7 +160,7 @@ mod tests {
             idx.targets(&["*".into()], all).is_empty(),
             "not by the global epoch"
         );
-        let gone = idx.targets(&["status:A".into()], |k| k != "/a?p=2");
+        let gone = idx.targets(&["status:A".into()], |t: &Target| t.key.key != "/a?p=2");
         assert_eq!(
             keys(&gone),
             ["/a?p=1"],
@@ -167,15 +172,16 @@ mod tests {
     fn the_index_keeps_the_newest_keys_per_name_and_prunes_what_l1_dropped() {
         let idx = RefreshIndex::default();
         for i in 0..PER_NAME + 5 {
-            idx.register(target(&format!("/a?p={i}"), "status:A"), |_| true);
+            idx.register(target(&format!("/a?p={i}"), "status:A"), |_: &Target| true);
         }
-        let found = idx.targets(&["status:A".into()], |_| true);
+        let found = idx.targets(&["status:A".into()], |_: &Target| true);
         assert_eq!(found.len(), PER_NAME);
         assert_eq!(found[0].key.key, "/a?p=5");
         for i in 0..2 * PRUNE_FLOOR {
-            idx.register(target(&format!("/o/{i}"), &format!("order:{i}")), |k| {
-                !k.starts_with("/o/")
-            });
+            idx.register(
+                target(&format!("/o/{i}"), &format!("order:{i}")),
+                |t: &Target| !t.key.key.starts_with("/o/"),
+            );
         }
         assert!(idx.len() <= PRUNE_FLOOR + 3, "{} names", idx.len());
     }

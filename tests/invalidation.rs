@@ -634,3 +634,64 @@ async fn refresh_on_write_survives_a_write_the_mes_had_before_its_fetch() {
     let stats = e.gw.gateway.invalidator().stats();
     assert!(stats.refreshed.load(Ordering::Relaxed) >= 1);
 }
+
+/// Refresh on write also keeps up a key that is read but never made it into L1: when
+/// every fill of a slow query overlaps a write (the counts at ~10 writes/s), each fill is
+/// fenced out, yet the next write's refresh stores it. (Refreshing only what L1 held, a
+/// first version never cached the counts under the live-shift load.)
+#[tokio::test]
+async fn refresh_on_write_caches_a_key_whose_fills_all_lost_to_writes() {
+    let config = shipped_config_with_refresh().replace("refresh = \"250ms\"", "refresh = \"5s\"");
+    let e = env_with(SimConfig::instant(), &config).await;
+    let (x, from) = newest(&e.sim).await;
+    let list = format!("/api/orders?status={from}");
+    let listed = ids(&get(&format!("{}{list}", e.sim.base_url())).await);
+    let y = *listed
+        .iter()
+        .find(|&&i| i != x)
+        .expect("a second order in the status");
+    e.sim
+        .set_list_latency(Duration::from_millis(300), Duration::ZERO);
+    let base = e.sim.stats().list;
+    let reader = {
+        let url = e.gw.url(&list);
+        tokio::spawn(async move { get(&url).await })
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while e.sim.stats().list == base {
+        assert!(Instant::now() < deadline, "the read never reached the MES");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // A write lands during the fill (it knows nothing to refresh yet): the fill is
+    // fenced out, not stored.
+    assert_eq!(
+        patch_status(&e.gw.url(""), y, "CANCELLED").await.status,
+        200
+    );
+    assert_eq!(reader.await.unwrap().status, 200);
+    let key = format!("order-list|/api/orders?page=1&size=50&status={from}");
+    assert!(
+        e.gw.gateway
+            .l1()
+            .get(&key)
+            .is_none_or(|l| !l.fence.is_valid()),
+        "the fill was fenced out of L1"
+    );
+    e.sim.set_list_latency(Duration::ZERO, Duration::ZERO);
+
+    // The next write refreshes the page anyway, and reads after it are hits.
+    assert_eq!(
+        patch_status(&e.gw.url(""), x, other_status(&from))
+            .await
+            .status,
+        200
+    );
+    let r = get(&e.gw.url(&list)).await;
+    assert_eq!(
+        r.x_cache(),
+        "HIT-L1",
+        "the refresh stored what no fill could"
+    );
+    let now = ids(&r);
+    assert!(!now.contains(&x) && !now.contains(&y), "{now:?}");
+}
