@@ -326,7 +326,7 @@ impl Invalidator {
     /// not used for them meanwhile. Returns when L1 is invalidated and Redis either has
     /// it or has it queued, with the write mark's sequence number when there is an entity.
     pub async fn apply(&self, names: Vec<String>, entity: Option<String>) -> Option<u64> {
-        self.apply_acked(names, entity, UNKNOWN_ACK).await
+        self.apply_acked(names, entity, UNKNOWN_ACK, |_| {}).await
     }
 
     /// Numbers a write the MES just acknowledged (before its refresh fetches start).
@@ -341,12 +341,15 @@ impl Invalidator {
     }
 
     /// [`Invalidator::apply`] for this instance's write numbered `ack` by
-    /// [`Invalidator::note_acked`] (the local bumps remember it).
+    /// [`Invalidator::note_acked`] (the local bumps remember it). `after_local` runs
+    /// right after the local epochs moved, with the write mark's number, before the
+    /// Redis part (refresh on write puts its entries in L1 there).
     pub async fn apply_acked(
         &self,
         names: Vec<String>,
         entity: Option<String>,
         ack: u64,
+        after_local: impl FnOnce(Option<u64>),
     ) -> Option<u64> {
         let inner = &self.inner;
         let mark = entity.as_ref().map(|e| {
@@ -356,6 +359,7 @@ impl Invalidator {
         });
         let Some(l2) = &inner.l2 else {
             inner.epochs.bump_acked(&names, ack);
+            after_local(mark);
             inner.stats.applied.fetch_add(1, Ordering::Relaxed);
             return mark;
         };
@@ -368,6 +372,7 @@ impl Invalidator {
             self.mark_inflight(&names, true);
         }
         inner.epochs.bump_acked(&names, ack);
+        after_local(mark);
         inner.stats.applied.fetch_add(1, Ordering::Relaxed);
         let gate = inner
             .switches

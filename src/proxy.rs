@@ -141,6 +141,13 @@ pub(crate) struct FillCtx {
     acked: u64,
 }
 
+/// An answer a write fetched again, ready for [`Gateway::refresh_install`].
+pub(crate) struct Refetched {
+    ctx: FillCtx,
+    entry: Arc<Entry>,
+    entities: Vec<String>,
+}
+
 /// Why a gateway could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
@@ -646,7 +653,7 @@ impl Gateway {
                 if e.is_fresh(now) {
                     let entry = Arc::new(e);
                     self.register_refresh(&ctx, now);
-                    self.store_local(&ctx, &entry, now).await;
+                    self.store_local(&ctx, &entry, now);
                     return Fill::Hit {
                         entry,
                         tier: Tier::Shared,
@@ -791,7 +798,7 @@ impl Gateway {
         }
         if no_store.is_none() {
             self.remember(&members).await;
-            self.store_local(ctx, &entry, now).await;
+            self.store_local(ctx, &entry, now);
             self.store_shared(ctx, &entry, fenced).await;
         }
         Fill::Fetched {
@@ -802,13 +809,11 @@ impl Gateway {
     }
 
     /// Refresh on write, first half: fetches again, for at most `budget`, this instance's
-    /// cached entries under any of `names` (the write is in the MES by now). Returns what
-    /// came back in time, each with the fence and write sequence taken before its fetch.
-    pub(crate) async fn refresh_fetch(
-        &self,
-        names: &[String],
-        budget: Duration,
-    ) -> Vec<(FillCtx, http::response::Parts, Bytes)> {
+    /// entries under any of `names` that are worth it (the write is in the MES by now),
+    /// and records the memberships they show. Returns what came back storable in time,
+    /// each with the fence, write sequence and acknowledgement number taken before its
+    /// fetch.
+    pub(crate) async fn refresh_fetch(&self, names: &[String], budget: Duration) -> Vec<Refetched> {
         let inv = &self.inner.invalidator;
         let now = self.inner.clock.now_ms();
         let targets = self
@@ -841,14 +846,15 @@ impl Gateway {
             *req.headers_mut() = t.headers.clone();
             req.extensions_mut().insert(RouteLabel(t.route.clone()));
             let fetched = tokio::time::timeout_at(deadline, self.fetch(req, t.policy.max_body));
-            match fetched.await {
-                Ok(Ok((parts, body))) if parts.status.is_success() => Some((ctx, parts, body)),
-                _ => {
-                    debug!(key = %t.key.key, "refresh fetch failed or late: dropped instead");
-                    inv.count_refresh(false);
-                    None
-                }
+            let refetched = match fetched.await {
+                Ok(Ok((parts, body))) => self.prepare_refresh(ctx, parts, body).await,
+                _ => None,
+            };
+            if refetched.is_none() {
+                debug!(key = %t.key.key, "refresh failed, late or not storable: dropped");
+                inv.count_refresh(false);
             }
+            refetched
         });
         futures_util::future::join_all(fetches)
             .await
@@ -857,27 +863,69 @@ impl Gateway {
             .collect()
     }
 
-    /// Refresh on write, second half, once the write's invalidation is applied: stores
-    /// each fetched entry whose epochs only writes already in the MES when its fetch
-    /// started have moved (the write itself among them).
-    pub(crate) async fn refresh_store(
+    /// A refreshed answer made ready to go into L1: storable, its members recorded
+    /// (true facts: the fetch began after the write was in the MES).
+    async fn prepare_refresh(
         &self,
-        fetched: Vec<(FillCtx, http::response::Parts, Bytes)>,
-        own_write: Option<(String, u64)>,
-    ) {
-        for (mut ctx, parts, body) in fetched {
+        ctx: FillCtx,
+        mut parts: http::response::Parts,
+        body: Bytes,
+    ) -> Option<Refetched> {
+        let policy = &ctx.policy;
+        if no_store_reason(policy, parts.status, &parts.headers).is_some() {
+            return None;
+        }
+        let members = match &policy.members {
+            Some(m) => read_members(m, &body),
+            None => Vec::new(),
+        };
+        self.remember(&members).await;
+        forward::strip_hop_by_hop(&mut parts.headers);
+        parts.headers.remove(header::CONTENT_LENGTH);
+        parts.headers.remove(header::AGE);
+        let entry = Arc::new(Entry {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+            stored_at_ms: self.inner.clock.now_ms(),
+            ttl_ms: policy.ttl_l2.as_millis() as u64,
+            epochs: Vec::new(),
+        });
+        Some(Refetched {
+            entities: members.into_iter().map(|(e, _)| e).collect(),
+            ctx,
+            entry,
+        })
+    }
+
+    /// Refresh on write, second half, called right after the write's local epochs moved
+    /// (before its Redis part, so no read of this instance waits in between): puts in L1
+    /// each refreshed entry whose epochs only writes already in the MES when its fetch
+    /// started have moved (the write itself among them), and whose listed entities no
+    /// other write marked since. `own_write`: the write's entity and mark.
+    pub(crate) fn refresh_install(&self, fetched: Vec<Refetched>, own_write: Option<(&str, u64)>) {
+        let inv = &self.inner.invalidator;
+        let now = self.inner.clock.now_ms();
+        for Refetched {
+            mut ctx,
+            entry,
+            entities,
+        } in fetched
+        {
             let Some(fence) = ctx.fence.settled_before(ctx.acked) else {
                 debug!(key = %ctx.key.key, "another write moved its epochs: not refreshed");
-                self.inner.invalidator.count_refresh(false);
+                inv.count_refresh(false);
                 continue;
             };
+            if inv.written_since_except(&entities, ctx.seq, own_write) {
+                debug!(key = %ctx.key.key, "a listed entity was written since: not refreshed");
+                inv.count_refresh(false);
+                continue;
+            }
             ctx.fence = fence;
-            ctx.own_write = own_write.clone();
-            let stored = matches!(
-                self.store(parts, body, &ctx, None).await,
-                Fill::Fetched { stored: true, .. }
-            );
-            self.inner.invalidator.count_refresh(stored);
+            self.store_local(&ctx, &entry, now);
+            self.register_refresh(&ctx, now);
+            inv.count_refresh(true);
         }
     }
 
@@ -894,7 +942,7 @@ impl Gateway {
         }
     }
 
-    async fn store_local(&self, ctx: &FillCtx, entry: &Arc<Entry>, now: u64) {
+    fn store_local(&self, ctx: &FillCtx, entry: &Arc<Entry>, now: u64) {
         let policy = &ctx.policy;
         let fence = if self.inner.invalidator.fencing() {
             ctx.fence.clone()

@@ -118,9 +118,11 @@ impl Gateway {
             // (the write is not answered yet), and stored after it (see refresh.rs).
             let ack = inv.note_acked();
             let fetched = self.refresh_fetch(&plan.names, rule.refresh).await;
-            let mark = inv.apply_acked(plan.names, plan.entity.clone(), ack).await;
-            let own = plan.entity.zip(mark);
-            self.refresh_store(fetched, own).await;
+            let entity = plan.entity.clone();
+            inv.apply_acked(plan.names, plan.entity, ack, |mark| {
+                self.refresh_install(fetched, entity.as_deref().zip(mark));
+            })
+            .await;
         }
         match bytes {
             Some(b) => Response::from_parts(parts, Either::Left(Full::new(b))),
