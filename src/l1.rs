@@ -101,11 +101,6 @@ impl L1 {
         self.cache.get(key)
     }
 
-    /// Whether an entry is held for the key (fresh or not; no effect on eviction order).
-    pub fn contains(&self, key: &str) -> bool {
-        self.cache.contains_key(key)
-    }
-
     /// Stores an entry, replacing any older one.
     pub fn insert(&self, key: Arc<str>, value: L1Entry) {
         self.cache.insert(key, Arc::new(value));

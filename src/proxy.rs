@@ -923,8 +923,9 @@ impl Gateway {
                 continue;
             }
             ctx.fence = fence;
+            // Not registered again: only a reader's fill says the key is still read, so
+            // a page nobody reads stops being refreshed after its `ttl_l1`.
             self.store_local(&ctx, &entry, now);
-            self.register_refresh(&ctx, now);
             inv.count_refresh(true);
         }
     }
@@ -990,10 +991,11 @@ impl Gateway {
             .register(target, |t| self.refresh_live(t, now));
     }
 
-    /// Worth refreshing: L1 holds it, or it was filled within its L1 TTL (read lately).
+    /// Worth refreshing: a reader's fill got an answer for it within its L1 TTL. (L1
+    /// holding it says less: entries stay there past freshness for `stale_if_error`, and
+    /// refreshed entries would keep each other alive under a steady stream of writes.)
     fn refresh_live(&self, t: &Target, now: u64) -> bool {
-        self.inner.l1.contains(&t.key.key)
-            || now.saturating_sub(t.filled_ms) <= t.policy.ttl_l1.as_millis() as u64
+        now.saturating_sub(t.filled_ms) <= t.policy.ttl_l1.as_millis() as u64
     }
 
     /// Stores in Redis before the flight finishes, so once an answer has left, every
