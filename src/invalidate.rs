@@ -251,18 +251,23 @@ impl Invalidator {
     /// Records memberships seen in a stored body, locally (the caller does Redis).
     pub fn remember_local(&self, members: &[(String, Vec<String>)]) {
         for (entity, families) in members {
-            let mut merged: Vec<String> = self
-                .inner
+            // One read-merge-write per key at a time (moka's key lock): two fills that
+            // list the same order must not overwrite each other's families, or a later
+            // write would miss the order's previous status.
+            self.inner
                 .index
-                .get(entity)
-                .map(|v| v.as_ref().clone())
-                .unwrap_or_default();
-            for f in families {
-                if !merged.contains(f) {
-                    merged.push(f.clone());
-                }
-            }
-            self.inner.index.insert(entity.clone(), Arc::new(merged));
+                .entry_by_ref(entity)
+                .and_upsert_with(|known| {
+                    let mut merged: Vec<String> = known
+                        .map(|e| e.into_value().as_ref().clone())
+                        .unwrap_or_default();
+                    for f in families {
+                        if !merged.contains(f) {
+                            merged.push(f.clone());
+                        }
+                    }
+                    Arc::new(merged)
+                });
         }
     }
 
@@ -354,7 +359,7 @@ impl Invalidator {
         let inner = &self.inner;
         let mark = entity.as_ref().map(|e| {
             let seq = inner.seq.fetch_add(1, Ordering::AcqRel);
-            inner.writes.insert(e.clone(), seq);
+            mark_written(&inner.writes, e, seq);
             seq
         });
         let Some(l2) = &inner.l2 else {
@@ -514,7 +519,7 @@ impl Invalidator {
         }
         if let Some(e) = &m.entity {
             let seq = self.inner.seq.fetch_add(1, Ordering::AcqRel);
-            self.inner.writes.insert(e.clone(), seq);
+            mark_written(&self.inner.writes, e, seq);
         }
         self.inner.epochs.bump(&m.names);
         let lat = self.inner.clock.now_ms().saturating_sub(m.at_ms);
@@ -526,9 +531,56 @@ impl Invalidator {
     }
 }
 
+/// Raises an entity's write mark to `seq`, never lowers it (two writes of one entity
+/// may record their marks in either order).
+fn mark_written(writes: &Cache<String, u64>, entity: &str, seq: u64) {
+    writes
+        .entry_by_ref(entity)
+        .and_upsert_with(|old| old.map_or(seq, |o| o.into_value().max(seq)));
+}
+
 fn rand_salt() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u64(0);
     h.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn concurrent_fills_listing_one_order_lose_none_of_its_families() {
+        let inv = Invalidator::new(
+            L1::new(1 << 20),
+            None,
+            Clock::default(),
+            Duration::from_secs(60),
+            Duration::from_secs(60),
+        );
+        std::thread::scope(|s| {
+            for t in 0..8 {
+                let inv = &inv;
+                s.spawn(move || {
+                    for i in 0..200 {
+                        let family = format!("status:T{t}-{i}");
+                        inv.remember_local(&[("order:1".to_owned(), vec![family])]);
+                    }
+                });
+            }
+        });
+        let known = inv.inner.index.get("order:1").unwrap();
+        assert_eq!(known.len(), 8 * 200, "every family any fill saw is kept");
+    }
+
+    #[test]
+    fn a_write_mark_never_goes_back() {
+        let writes: Cache<String, u64> = Cache::new(10);
+        mark_written(&writes, "order:1", 7);
+        mark_written(&writes, "order:1", 5);
+        assert_eq!(writes.get("order:1"), Some(7));
+        mark_written(&writes, "order:1", 9);
+        assert_eq!(writes.get("order:1"), Some(9));
+    }
 }
