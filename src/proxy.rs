@@ -268,6 +268,8 @@ impl Gateway {
             &self.inner.metrics,
         )));
         self.inner.invalidator.bump_local(&names);
+        // Refresh targets carry their route's policy: the next fills register them anew.
+        self.inner.refresh.clear();
         let access = new.log.access;
         self.inner
             .access_log

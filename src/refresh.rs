@@ -100,6 +100,13 @@ impl RefreshIndex {
         out
     }
 
+    /// Forgets every key (a reload: the keys' policies may have changed).
+    pub fn clear(&self) {
+        let mut index = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        index.by_name.clear();
+        index.prune_at = 0;
+    }
+
     /// How many epoch names have keys remembered.
     pub fn len(&self) -> usize {
         self.inner
@@ -184,5 +191,7 @@ mod tests {
             );
         }
         assert!(idx.len() <= PRUNE_FLOOR + 3, "{} names", idx.len());
+        idx.clear();
+        assert!(idx.is_empty());
     }
 }
