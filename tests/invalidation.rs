@@ -695,3 +695,42 @@ async fn refresh_on_write_caches_a_key_whose_fills_all_lost_to_writes() {
     let now = ids(&r);
     assert!(!now.contains(&x) && !now.contains(&y), "{now:?}");
 }
+
+/// Refresh on write refreshes what readers fetched within the key's `ttl_l1` (10 s for the
+/// lists here), not everything L1 still holds: a page whose last reader fill is older is
+/// left to be invalidated as without refresh (its next reader fills it, and it is kept up
+/// again), so pages nobody reads stop costing MES queries.
+#[tokio::test]
+async fn refresh_on_write_leaves_pages_no_reader_fetched_lately() {
+    let redis = RedisServer::start().await;
+    let sim = start_sim(SimConfig::instant()).await;
+    let clock = mesgate::clock::Clock::manual(1_800_000_000_000);
+    let config = support::gateway::test_config(
+        &shipped_config_with_refresh(),
+        &sim.base_url(),
+        Some(&redis.url()),
+    );
+    let gw = support::gateway::spawn_with_clock(config, clock.clone()).await;
+    let (x, from) = newest(&sim).await;
+    let to = other_status(&from);
+    let old_list = format!("/api/orders?status={from}");
+    let new_list = format!("/api/orders?status={to}");
+    warm(&gw, &old_list).await;
+    clock.advance_ms(9_000);
+    warm(&gw, &new_list).await;
+    // The old status page was fetched 11 s ago, the new one 2 s ago.
+    clock.advance_ms(2_000);
+    assert_eq!(patch_status(&gw.url(""), x, to).await.status, 200);
+    let stats = gw.gateway.invalidator().stats();
+    assert_eq!(
+        stats.refreshed.load(Ordering::Relaxed),
+        1,
+        "the new page only"
+    );
+    let r = get(&gw.url(&new_list)).await;
+    assert_eq!((r.x_cache(), ids(&r)[0]), ("HIT-L1", x));
+    let r = get(&gw.url(&old_list)).await;
+    assert_eq!(r.x_cache(), "MISS");
+    assert!(!ids(&r).contains(&x));
+    drop(redis);
+}
