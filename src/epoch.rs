@@ -187,11 +187,6 @@ impl Epochs {
             self.cell(n).bump(ack);
         }
     }
-
-    /// Current value of one epoch.
-    pub fn get(&self, name: &str) -> u64 {
-        self.cell(name).load()
-    }
 }
 
 #[cfg(test)]

@@ -201,10 +201,8 @@ impl Invalidator {
             return false;
         }
         let hit = entities.iter().any(|e| {
-            self.inner
-                .writes
-                .get(e)
-                .is_some_and(|w| w >= seq && own.is_none_or(|(oe, os)| oe != e.as_str() || w != os))
+            let mark = self.inner.writes.get(e);
+            mark.is_some_and(|w| w >= seq && own != Some((e.as_str(), w)))
         });
         if hit {
             self.inner

@@ -55,6 +55,8 @@ struct Routing {
     /// By route index in `table`.
     requests: Vec<Arc<RouteRequests>>,
     unmatched: Arc<RouteRequests>,
+    /// Whether some write rule refreshes on write: fills only remember their keys then.
+    refresh_on: bool,
 }
 
 impl Routing {
@@ -65,10 +67,16 @@ impl Routing {
             .map(|r| Arc::new(metrics.route_requests(&r.name)))
             .collect();
         let unmatched = Arc::new(metrics.route_requests(&metrics::unmatched()));
+        let refresh_on = table
+            .routes()
+            .iter()
+            .filter_map(|r| r.invalidate.as_ref())
+            .any(|rule| !rule.refresh.is_zero());
         Self {
             table,
             requests,
             unmatched,
+            refresh_on,
         }
     }
 }
@@ -130,20 +138,17 @@ pub(crate) struct FillCtx {
     fence: Fence,
     /// Write sequence when the request arrived.
     seq: u64,
-    /// The route, and the headers the fill sends to the MES once known: an entry stored
-    /// in L1 is then remembered for refresh on write.
+    /// The route, and the headers a reader's fill sends to the MES once known: the key
+    /// is then remembered for refresh on write.
     route: Arc<String>,
     sent: Option<HeaderMap>,
-    /// For a refresh: the entity and sequence number of the write it serves (that
-    /// write's own mark does not stop the store).
-    own_write: Option<(String, u64)>,
-    /// For a refresh: the acknowledged-writes number when its fetch started.
-    acked: u64,
 }
 
 /// An answer a write fetched again, ready for [`Gateway::refresh_install`].
 pub(crate) struct Refetched {
     ctx: FillCtx,
+    /// The acknowledged-writes number when its fetch started.
+    acked: u64,
     entry: Arc<Entry>,
     entities: Vec<String>,
 }
@@ -495,8 +500,6 @@ impl Gateway {
             seq,
             route: route.clone(),
             sent: None,
-            own_write: None,
-            acked: 0,
         }
     }
 
@@ -524,7 +527,9 @@ impl Gateway {
             Role::Leader(l) => {
                 let w = l.waiter();
                 let fetch = self.fill_request(&parts, remote, &ctx.policy, &ctx.key);
-                ctx.sent = fetch.as_ref().ok().map(|r| r.headers().clone());
+                if self.inner.routes.load().refresh_on {
+                    ctx.sent = fetch.as_ref().ok().map(|r| r.headers().clone());
+                }
                 let gw = self.clone();
                 // Detached: a client that goes away cannot cancel a fill others wait on.
                 tokio::spawn(async move {
@@ -625,11 +630,22 @@ impl Gateway {
             host,
             upstream.authority(),
         );
+        let label = parts.extensions.get::<RouteLabel>().cloned();
+        self.upstream_get(key, headers, label)
+    }
+
+    /// A bodiless GET of the key's path and normalized query, for a fill or a refresh.
+    fn upstream_get(
+        &self,
+        key: &CacheKey,
+        headers: HeaderMap,
+        label: Option<RouteLabel>,
+    ) -> Result<Request<UpstreamBody>, GatewayError> {
         let mut req = Request::new(Either::Right(Full::new(Bytes::new())));
-        *req.uri_mut() = upstream.uri(key.upstream_path())?;
+        *req.uri_mut() = self.inner.upstream.uri(key.upstream_path())?;
         *req.headers_mut() = headers;
-        if let Some(label) = parts.extensions.get::<RouteLabel>() {
-            req.extensions_mut().insert(label.clone());
+        if let Some(label) = label {
+            req.extensions_mut().insert(label);
         }
         Ok(req)
     }
@@ -761,7 +777,7 @@ impl Gateway {
     /// Decides cacheability; records the members, then stores in L1 and (fenced) in L2.
     async fn store(
         &self,
-        mut parts: http::response::Parts,
+        parts: http::response::Parts,
         body: Bytes,
         ctx: &FillCtx,
         snapshot: Option<Vec<u64>>,
@@ -773,28 +789,12 @@ impl Gateway {
             _ => Vec::new(),
         };
         let entities: Vec<String> = members.iter().map(|(e, _)| e.clone()).collect();
-        let own = ctx.own_write.as_ref().map(|(e, s)| (e.as_str(), *s));
-        if no_store.is_none()
-            && self
-                .inner
-                .invalidator
-                .written_since_except(&entities, ctx.seq, own)
-        {
+        if no_store.is_none() && self.inner.invalidator.written_since(&entities, ctx.seq) {
             no_store = Some(NoStoreReason::Invalidated);
         }
-        forward::strip_hop_by_hop(&mut parts.headers);
-        parts.headers.remove(header::CONTENT_LENGTH);
-        parts.headers.remove(header::AGE);
         let now = self.inner.clock.now_ms();
         let fenced = snapshot.is_some();
-        let entry = Arc::new(Entry {
-            status: parts.status,
-            headers: parts.headers,
-            body,
-            stored_at_ms: now,
-            ttl_ms: policy.ttl_l2.as_millis() as u64,
-            epochs: snapshot.unwrap_or_default(),
-        });
+        let entry = stored_entry(parts, body, policy, now, snapshot.unwrap_or_default());
         if no_store.is_none() || no_store == Some(NoStoreReason::Invalidated) {
             self.register_refresh(ctx, now);
         }
@@ -839,18 +839,23 @@ impl Gateway {
                 fence,
                 seq,
                 route: t.route.clone(),
-                sent: Some(t.headers.clone()),
-                own_write: None,
-                acked,
+                // Not remembered again: only a reader's fill says the key is still read,
+                // so a page nobody reads stops being refreshed after its `ttl_l1`.
+                sent: None,
             };
-            let mut req = Request::new(Either::Right(Full::new(Bytes::new())));
-            *req.uri_mut() = self.inner.upstream.uri(t.key.upstream_path()).ok()?;
-            *req.headers_mut() = t.headers.clone();
-            req.extensions_mut().insert(RouteLabel(t.route.clone()));
-            let fetched = tokio::time::timeout_at(deadline, self.fetch(req, t.policy.max_body));
-            let refetched = match fetched.await {
-                Ok(Ok((parts, body))) => self.prepare_refresh(ctx, parts, body).await,
-                _ => None,
+            let req =
+                self.upstream_get(&t.key, t.headers.clone(), Some(RouteLabel(t.route.clone())));
+            let refetched = match req {
+                Ok(req) => {
+                    let fetch = self.fetch(req, t.policy.max_body);
+                    match tokio::time::timeout_at(deadline, fetch).await {
+                        Ok(Ok((parts, body))) => {
+                            self.prepare_refresh(ctx, acked, parts, body).await
+                        }
+                        _ => None,
+                    }
+                }
+                Err(_) => None,
             };
             if refetched.is_none() {
                 debug!(key = %t.key.key, "refresh failed, late or not storable: dropped");
@@ -870,7 +875,8 @@ impl Gateway {
     async fn prepare_refresh(
         &self,
         ctx: FillCtx,
-        mut parts: http::response::Parts,
+        acked: u64,
+        parts: http::response::Parts,
         body: Bytes,
     ) -> Option<Refetched> {
         let policy = &ctx.policy;
@@ -882,20 +888,11 @@ impl Gateway {
             None => Vec::new(),
         };
         self.remember(&members).await;
-        forward::strip_hop_by_hop(&mut parts.headers);
-        parts.headers.remove(header::CONTENT_LENGTH);
-        parts.headers.remove(header::AGE);
-        let entry = Arc::new(Entry {
-            status: parts.status,
-            headers: parts.headers,
-            body,
-            stored_at_ms: self.inner.clock.now_ms(),
-            ttl_ms: policy.ttl_l2.as_millis() as u64,
-            epochs: Vec::new(),
-        });
+        let entry = stored_entry(parts, body, policy, self.inner.clock.now_ms(), Vec::new());
         Some(Refetched {
             entities: members.into_iter().map(|(e, _)| e).collect(),
             ctx,
+            acked,
             entry,
         })
     }
@@ -910,11 +907,12 @@ impl Gateway {
         let now = self.inner.clock.now_ms();
         for Refetched {
             mut ctx,
+            acked,
             entry,
             entities,
         } in fetched
         {
-            let Some(fence) = ctx.fence.settled_before(ctx.acked) else {
+            let Some(fence) = ctx.fence.settled_before(acked) else {
                 debug!(key = %ctx.key.key, "another write moved its epochs: not refreshed");
                 inv.count_refresh(false);
                 continue;
@@ -925,8 +923,6 @@ impl Gateway {
                 continue;
             }
             ctx.fence = fence;
-            // Not registered again: only a reader's fill says the key is still read, so
-            // a page nobody reads stops being refreshed after its `ttl_l1`.
             self.store_local(&ctx, &entry, now);
             inv.count_refresh(true);
         }
@@ -1324,6 +1320,28 @@ enum Probe {
 
 fn problem(e: &GatewayError) -> Response<Body> {
     e.to_response().map(Either::Left)
+}
+
+/// The entry a storable MES answer becomes: hop-by-hop headers, `Content-Length` and
+/// `Age` dropped (they are set again on every answer from it).
+fn stored_entry(
+    mut parts: http::response::Parts,
+    body: Bytes,
+    policy: &CachePolicy,
+    now: u64,
+    epochs: Vec<u64>,
+) -> Arc<Entry> {
+    forward::strip_hop_by_hop(&mut parts.headers);
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.remove(header::AGE);
+    Arc::new(Entry {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+        stored_at_ms: now,
+        ttl_ms: policy.ttl_l2.as_millis() as u64,
+        epochs,
+    })
 }
 
 /// The prebuilt headers of an L1 hit.

@@ -108,7 +108,8 @@ impl RefreshIndex {
     }
 
     /// How many epoch names have keys remembered.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.inner
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -117,7 +118,8 @@ impl RefreshIndex {
     }
 
     /// Whether no key is remembered.
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
         self.len() == 0
     }
 }

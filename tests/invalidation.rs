@@ -89,6 +89,35 @@ fn other_status(s: &str) -> &'static str {
     }
 }
 
+/// Waits (bounded) until the simulator has been asked for `count` lists in all: the sign
+/// that a fill or a refresh is in flight against a slowed MES.
+async fn lists_asked(sim: &SimHandle, count: u64, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while sim.stats().list < count {
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// The shipped config with a refresh budget longer than the slowed lists of a test.
+async fn env_with_long_refresh() -> Env {
+    let config = shipped_config_with_refresh().replace("refresh = \"250ms\"", "refresh = \"5s\"");
+    env_with(SimConfig::instant(), &config).await
+}
+
+/// The newest order `x`, its status, that status's list path, and another order `y` of
+/// the same status.
+async fn two_orders_in_one_status(sim: &SimHandle) -> (u64, u64, String, String) {
+    let (x, from) = newest(sim).await;
+    let list = format!("/api/orders?status={from}");
+    let listed = ids(&get(&format!("{}{list}", sim.base_url())).await);
+    let y = *listed
+        .iter()
+        .find(|&&i| i != x)
+        .expect("a second order in the status");
+    (x, y, from, list)
+}
+
 async fn warm(gw: &TestGateway, path: &str) -> Resp {
     get(&gw.url(path)).await;
     let r = get(&gw.url(path)).await;
@@ -388,11 +417,7 @@ async fn a_fill_that_raced_an_invalidation_is_never_stored() {
         let url = e.gw.url(&list);
         tokio::spawn(async move { get(&url).await })
     };
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while e.sim.stats().list == base {
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    lists_asked(&e.sim, base + 1, "the read never reached the MES").await;
     assert_eq!(patch_status(&e.gw.url(""), id, to).await.status, 200);
     let r = slow.await.unwrap();
     assert!(
@@ -503,15 +528,8 @@ async fn other_instances_converge_over_the_bus() {
 #[tokio::test]
 async fn refresh_on_write_drops_what_another_invalidation_overtook() {
     // A budget longer than the slow list below: the refresh arrives, and is judged.
-    let config = shipped_config_with_refresh().replace("refresh = \"250ms\"", "refresh = \"5s\"");
-    let e = env_with(SimConfig::instant(), &config).await;
-    let (x, from) = newest(&e.sim).await;
-    let list = format!("/api/orders?status={from}");
-    let listed = ids(&get(&format!("{}{list}", e.sim.base_url())).await);
-    let y = *listed
-        .iter()
-        .find(|&&i| i != x)
-        .expect("a second order in the status");
+    let e = env_with_long_refresh().await;
+    let (x, y, from, list) = two_orders_in_one_status(&e.sim).await;
     warm(&e.gw, &list).await;
     // The MES answers lists slowly, from a snapshot taken on arrival (MVCC).
     e.sim
@@ -522,14 +540,7 @@ async fn refresh_on_write_drops_what_another_invalidation_overtook() {
         let to = other_status(&from);
         tokio::spawn(async move { patch_status(&gw, x, to).await })
     };
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while e.sim.stats().list == base {
-        assert!(
-            Instant::now() < deadline,
-            "the write never refreshed the list"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    lists_asked(&e.sim, base + 1, "the write never refreshed the list").await;
     // Another instance's write moves y out of the status; its bus message arrives here.
     let r = patch_status(&e.sim.base_url(), y, "CANCELLED").await;
     assert_eq!(r.status, 200);
@@ -588,15 +599,8 @@ async fn refresh_on_write_gives_up_at_its_budget_and_invalidates_instead() {
 /// then never cached.)
 #[tokio::test]
 async fn refresh_on_write_survives_a_write_the_mes_had_before_its_fetch() {
-    let config = shipped_config_with_refresh().replace("refresh = \"250ms\"", "refresh = \"5s\"");
-    let e = env_with(SimConfig::instant(), &config).await;
-    let (x, from) = newest(&e.sim).await;
-    let list = format!("/api/orders?status={from}");
-    let listed = ids(&get(&format!("{}{list}", e.sim.base_url())).await);
-    let y = *listed
-        .iter()
-        .find(|&&i| i != x)
-        .expect("a second order in the status");
+    let e = env_with_long_refresh().await;
+    let (x, y, from, list) = two_orders_in_one_status(&e.sim).await;
     warm(&e.gw, &list).await;
     e.sim
         .set_list_latency(Duration::from_millis(400), Duration::ZERO);
@@ -605,20 +609,10 @@ async fn refresh_on_write_survives_a_write_the_mes_had_before_its_fetch() {
         let gw = e.gw.url("");
         tokio::spawn(async move { patch_status(&gw, id, to).await })
     };
-    let wait_lists = |n: u64| {
-        let sim = &e.sim;
-        async move {
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while sim.stats().list < base + n {
-                assert!(Instant::now() < deadline, "no refresh fetch");
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        }
-    };
     let w1 = write(x, other_status(&from));
-    wait_lists(1).await;
+    lists_asked(&e.sim, base + 1, "no refresh fetch").await;
     let w2 = write(y, "CANCELLED");
-    wait_lists(2).await;
+    lists_asked(&e.sim, base + 2, "no refresh fetch").await;
     assert_eq!(w1.await.unwrap().status, 200);
     assert_eq!(w2.await.unwrap().status, 200);
 
@@ -641,15 +635,8 @@ async fn refresh_on_write_survives_a_write_the_mes_had_before_its_fetch() {
 /// first version never cached the counts under the live-shift load.)
 #[tokio::test]
 async fn refresh_on_write_caches_a_key_whose_fills_all_lost_to_writes() {
-    let config = shipped_config_with_refresh().replace("refresh = \"250ms\"", "refresh = \"5s\"");
-    let e = env_with(SimConfig::instant(), &config).await;
-    let (x, from) = newest(&e.sim).await;
-    let list = format!("/api/orders?status={from}");
-    let listed = ids(&get(&format!("{}{list}", e.sim.base_url())).await);
-    let y = *listed
-        .iter()
-        .find(|&&i| i != x)
-        .expect("a second order in the status");
+    let e = env_with_long_refresh().await;
+    let (x, y, from, list) = two_orders_in_one_status(&e.sim).await;
     e.sim
         .set_list_latency(Duration::from_millis(300), Duration::ZERO);
     let base = e.sim.stats().list;
@@ -657,11 +644,7 @@ async fn refresh_on_write_caches_a_key_whose_fills_all_lost_to_writes() {
         let url = e.gw.url(&list);
         tokio::spawn(async move { get(&url).await })
     };
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while e.sim.stats().list == base {
-        assert!(Instant::now() < deadline, "the read never reached the MES");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    lists_asked(&e.sim, base + 1, "the read never reached the MES").await;
     // A write lands during the fill (it knows nothing to refresh yet): the fill is
     // fenced out, not stored.
     assert_eq!(
