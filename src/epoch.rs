@@ -65,6 +65,11 @@ struct Cells {
 /// instance acknowledged by the MES at a known point (bus messages, purges, reloads).
 pub const UNKNOWN_ACK: u64 = u64::MAX;
 
+/// The acknowledgement number of an entry fetched at no known point of this instance's
+/// writes (found in the shared tier, or stored unfenced): it settles no bump. Writes are
+/// numbered from 1.
+pub const NO_ACK: u64 = 0;
+
 /// Bumps remembered per epoch (with the acknowledgement number of the write that made
 /// each), for [`Fence::settled_before`].
 const BUMP_LOG: usize = 32;
@@ -113,6 +118,9 @@ impl Fence {
     /// it; the new fence is over the current values. `None` when a bump came from a
     /// later write, from an unknown one (bus, purge) or is no longer in the log.
     pub fn settled_before(&self, acked: u64) -> Option<Fence> {
+        if acked == NO_ACK {
+            return None;
+        }
         let mut cells = Vec::with_capacity(self.cells.len());
         for (cell, seen) in &self.cells {
             let log = cell.log.lock().unwrap_or_else(|e| e.into_inner());
@@ -244,7 +252,12 @@ mod tests {
         }
         // Nothing moved: the same values.
         let f = e.fence(&names);
-        assert!(f.settled_before(0).is_some_and(|g| g.is_valid()));
+        assert!(f.settled_before(1).is_some_and(|g| g.is_valid()));
+        // Fetched at no known point: settles nothing, not even a write numbered 1.
+        let f = e.fence(&names);
+        e.bump_acked(&a, 1);
+        assert!(f.settled_before(NO_ACK).is_none());
+        assert!(f.settled_before(1).is_some());
         // More bumps than the log keeps: refused.
         let f = e.fence(&names);
         for i in 0..BUMP_LOG as u64 + 1 {

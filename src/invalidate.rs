@@ -58,6 +58,9 @@ pub struct InvalidationStats {
     pub fenced_fills: AtomicU64,
     /// Entries a write fetched again and put in place (refresh on write).
     pub refreshed: AtomicU64,
+    /// L1 entries found invalidated but kept: every bump since their fetch began came
+    /// from a write of this instance the MES had acknowledged before it (re-validation).
+    pub revalidated: AtomicU64,
     /// Entries a write fetched again but did not store (another write moved them, or
     /// the answer was not storable).
     pub refresh_dropped: AtomicU64,
@@ -76,13 +79,27 @@ pub struct TestSwitches {
     pub close_l2_while_bumping: AtomicBool,
     /// When set, every `apply` stops between the local bump and the Redis bump until the
     /// gate is released: the gap made wide enough for a test to read in it.
-    pub bump_gate: Mutex<Option<Arc<BumpGate>>>,
+    pub bump_gate: Mutex<Option<Arc<Gate>>>,
+    /// When set, every write stops after it planned its invalidation (marked its entity,
+    /// looked up its families) and before it applies it, until the gate is released.
+    pub plan_gate: Mutex<Option<Arc<Gate>>>,
 }
 
-/// See [`TestSwitches::bump_gate`].
+impl TestSwitches {
+    /// Waits at `gate` when a test set it.
+    pub async fn pass_gate(&self, gate: &Mutex<Option<Arc<Gate>>>) {
+        let gate = gate.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(gate) = gate {
+            gate.reached.notify_one();
+            gate.release.notified().await;
+        }
+    }
+}
+
+/// A point where a test holds the gateway (see [`TestSwitches::bump_gate`]).
 #[derive(Debug, Default)]
-pub struct BumpGate {
-    /// Notified when an `apply` reached the gap.
+pub struct Gate {
+    /// Notified when a task reached the gate.
     pub reached: Notify,
     /// Notify to let it go on.
     pub release: Notify,
@@ -95,6 +112,7 @@ impl Default for TestSwitches {
             previous_lookup: AtomicBool::new(true),
             close_l2_while_bumping: AtomicBool::new(true),
             bump_gate: Mutex::new(None),
+            plan_gate: Mutex::new(None),
         }
     }
 }
@@ -319,6 +337,11 @@ impl Invalidator {
         c.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts an L1 entry kept on re-validation.
+    pub fn count_revalidated(&self) {
+        self.inner.stats.revalidated.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Counts a previous-status fallback.
     pub fn count_fallback(&self) {
         self.inner.stats.fallbacks.fetch_add(1, Ordering::Relaxed);
@@ -327,12 +350,25 @@ impl Invalidator {
     /// Applies an invalidation: write mark and L1 epochs at once, then Redis epochs and
     /// the bus in one script; when Redis fails, the names are queued for retry and L2 is
     /// not used for them meanwhile. Returns when L1 is invalidated and Redis either has
-    /// it or has it queued, with the write mark's sequence number when there is an entity.
-    pub async fn apply(&self, names: Vec<String>, entity: Option<String>) -> Option<u64> {
-        self.apply_acked(names, entity, UNKNOWN_ACK, |_| {}).await
+    /// it or has it queued.
+    pub async fn apply(&self, names: Vec<String>, entity: Option<String>) {
+        if let Some(e) = &entity {
+            self.mark_written(e);
+        }
+        self.apply_acked(names, entity, UNKNOWN_ACK, || {}).await;
     }
 
-    /// Numbers a write the MES just acknowledged (before its refresh fetches start).
+    /// Marks `entity` written, numbered in the write sequence: fills that started before
+    /// and list it are not stored. A write marks its entity *before* it looks up the
+    /// families the entity was seen in, and a fill records what it lists *before* it
+    /// checks the marks: so either the fill sees the mark, or the write sees the families.
+    pub fn mark_written(&self, entity: &str) -> u64 {
+        let seq = self.inner.seq.fetch_add(1, Ordering::AcqRel);
+        mark_written(&self.inner.writes, entity, seq);
+        seq
+    }
+
+    /// Numbers a write the MES just acknowledged (before its invalidation is planned).
     pub fn note_acked(&self) -> u64 {
         self.inner.acked.fetch_add(1, Ordering::AcqRel) + 1
     }
@@ -344,27 +380,22 @@ impl Invalidator {
     }
 
     /// [`Invalidator::apply`] for this instance's write numbered `ack` by
-    /// [`Invalidator::note_acked`] (the local bumps remember it). `after_local` runs
-    /// right after the local epochs moved, with the write mark's number, before the
-    /// Redis part (refresh on write puts its entries in L1 there).
+    /// [`Invalidator::note_acked`] (the local bumps remember it), whose entity the caller
+    /// marked with [`Invalidator::mark_written`]. `after_local` runs right after the local
+    /// epochs moved, before the Redis part (refresh on write puts its entries in L1 there).
     pub async fn apply_acked(
         &self,
         names: Vec<String>,
         entity: Option<String>,
         ack: u64,
-        after_local: impl FnOnce(Option<u64>),
-    ) -> Option<u64> {
+        after_local: impl FnOnce(),
+    ) {
         let inner = &self.inner;
-        let mark = entity.as_ref().map(|e| {
-            let seq = inner.seq.fetch_add(1, Ordering::AcqRel);
-            mark_written(&inner.writes, e, seq);
-            seq
-        });
         let Some(l2) = &inner.l2 else {
             inner.epochs.bump_acked(&names, ack);
-            after_local(mark);
+            after_local();
             inner.stats.applied.fetch_add(1, Ordering::Relaxed);
-            return mark;
+            return;
         };
         // Closed to L2 before L1 moves, reopened once Redis moved (or the names are queued).
         let close = inner
@@ -375,18 +406,9 @@ impl Invalidator {
             self.mark_inflight(&names, true);
         }
         inner.epochs.bump_acked(&names, ack);
-        after_local(mark);
+        after_local();
         inner.stats.applied.fetch_add(1, Ordering::Relaxed);
-        let gate = inner
-            .switches
-            .bump_gate
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        if let Some(gate) = gate {
-            gate.reached.notify_one();
-            gate.release.notified().await;
-        }
+        inner.switches.pass_gate(&inner.switches.bump_gate).await;
         let msg = self.message(&names, entity);
         let result = l2.invalidate(&names, &msg).await;
         if result.is_err() {
@@ -400,7 +422,6 @@ impl Invalidator {
             inner.stats.queued.fetch_add(1, Ordering::Relaxed);
             inner.wake_retry.notify_one();
         }
-        mark
     }
 
     fn message(&self, names: &[String], entity: Option<String>) -> String {
@@ -516,8 +537,7 @@ impl Invalidator {
             return None;
         }
         if let Some(e) = &m.entity {
-            let seq = self.inner.seq.fetch_add(1, Ordering::AcqRel);
-            mark_written(&self.inner.writes, e, seq);
+            self.mark_written(e);
         }
         self.inner.epochs.bump(&m.names);
         let lat = self.inner.clock.now_ms().saturating_sub(m.at_ms);

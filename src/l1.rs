@@ -25,6 +25,10 @@ pub struct L1Entry {
     pub keep_for: Duration,
     /// The local epochs of its families when its fill started.
     pub fence: Fence,
+    /// The number of this instance's latest MES-acknowledged write when its fetch started
+    /// (every write up to it is in the answer), or [`crate::epoch::NO_ACK`]: bumps made by
+    /// those writes do not end it (see [`L1Entry::settled`]).
+    pub acked: u64,
     /// The headers of a GET hit from this tier, built once at store time (entry headers
     /// plus `Cache-Status`, `X-Cache` and `Via`); a hit only adds `Age`.
     pub hit_headers: http::HeaderMap,
@@ -34,6 +38,21 @@ impl L1Entry {
     /// Whether it may be served as a hit at `now_ms`: fresh and not invalidated.
     pub fn is_fresh(&self, now_ms: u64) -> bool {
         now_ms < self.fresh_until_ms && self.fence.is_valid()
+    }
+
+    /// For an entry whose epochs moved: the same answer under the current epochs, when
+    /// every bump since its fetch began came from a write already in that answer (one
+    /// acknowledged before the fetch, e.g. a write whose bump waited for its refresh);
+    /// `None` when any bump may have changed it, or when it is past freshness.
+    pub fn settled(&self, now_ms: u64) -> Option<L1Entry> {
+        if now_ms >= self.fresh_until_ms {
+            return None;
+        }
+        let fence = self.fence.settled_before(self.acked)?;
+        Some(L1Entry {
+            fence,
+            ..self.clone()
+        })
     }
 }
 
@@ -106,6 +125,17 @@ impl L1 {
         self.cache.insert(key, Arc::new(value));
     }
 
+    /// Puts `new` in place of `old` unless the key holds something else by now (a newer
+    /// fill wins over a re-validated entry).
+    pub fn replace(&self, key: &str, old: &Arc<L1Entry>, new: Arc<L1Entry>) {
+        self.cache
+            .entry(Arc::from(key))
+            .and_compute_with(|current| match current {
+                Some(c) if Arc::ptr_eq(c.value(), old) => moka::ops::compute::Op::Put(new),
+                _ => moka::ops::compute::Op::Nop,
+            });
+    }
+
     /// Drops one key.
     pub fn remove(&self, key: &str) {
         self.cache.invalidate(key);
@@ -163,8 +193,28 @@ mod tests {
             fresh_until_ms: 1_000,
             keep_for: Duration::from_secs(60),
             fence: Fence::default(),
+            acked: crate::epoch::NO_ACK,
             hit_headers: HeaderMap::new(),
         }
+    }
+
+    #[tokio::test]
+    async fn replace_leaves_an_entry_put_in_meanwhile() {
+        let l1 = L1::new(1 << 20);
+        l1.insert("a".into(), entry(1));
+        let judged = l1.get("a").unwrap();
+        let kept = Arc::new(entry(2));
+        l1.replace("a", &judged, kept.clone());
+        assert!(Arc::ptr_eq(&l1.get("a").unwrap(), &kept), "replaced");
+        // A newer fill landed after the entry was judged: it stays.
+        let newer = entry(3);
+        l1.insert("a".into(), newer);
+        l1.replace("a", &kept, Arc::new(entry(4)));
+        assert_eq!(l1.get("a").unwrap().entry.body.len(), 3);
+        // A key dropped meanwhile is not brought back.
+        l1.remove("a");
+        l1.replace("a", &kept, Arc::new(entry(5)));
+        assert!(l1.get("a").is_none());
     }
 
     #[tokio::test]

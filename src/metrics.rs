@@ -338,6 +338,7 @@ impl Metrics {
             ("fenced_fill", &s.fenced_fills),
             ("refreshed", &s.refreshed),
             ("refresh_dropped", &s.refresh_dropped),
+            ("revalidated", &s.revalidated),
         ] {
             sync(
                 &self.invalidations.get_or_create(&ReasonLabels { reason }),

@@ -25,7 +25,7 @@ use arc_swap::ArcSwap;
 
 use crate::config::{CachePolicy, Config, Members, Overrides};
 use crate::entry::Entry;
-use crate::epoch::{self, Fence};
+use crate::epoch::{self, Fence, NO_ACK};
 use crate::error::GatewayError;
 use crate::family::{Source, json_field};
 use crate::flight::{Flights, Role};
@@ -138,6 +138,9 @@ pub(crate) struct FillCtx {
     fence: Fence,
     /// Write sequence when the request arrived.
     seq: u64,
+    /// This instance's latest acknowledged write when the request arrived (read before
+    /// the fence: the fetch sees every write up to it).
+    acked: u64,
     /// The route, and the headers a reader's fill sends to the MES once known: the key
     /// is then remembered for refresh on write.
     route: Arc<String>,
@@ -147,8 +150,6 @@ pub(crate) struct FillCtx {
 /// An answer a write fetched again, ready for [`Gateway::refresh_install`].
 pub(crate) struct Refetched {
     ctx: FillCtx,
-    /// The acknowledged-writes number when its fetch started.
-    acked: u64,
     entry: Arc<Entry>,
     entities: Vec<String>,
 }
@@ -437,7 +438,11 @@ impl Gateway {
             )?;
             Ok(match self.local_lookup(policy, buf) {
                 Some(l) if l.is_fresh(now) => Probe::Hit(l),
-                local => Probe::Miss(local, CacheKey::from_parts(buf.clone(), upstream)),
+                Some(l) => match self.revalidate(buf, l, now) {
+                    Ok(kept) => Probe::Hit(kept),
+                    Err(l) => Probe::Miss(Some(l), CacheKey::from_parts(buf.clone(), upstream)),
+                },
+                None => Probe::Miss(None, CacheKey::from_parts(buf.clone(), upstream)),
             })
         });
         let (local, key) = match probe {
@@ -488,8 +493,10 @@ impl Gateway {
         // A reload that changes the route's policy drops its entries through this epoch.
         names.push(route_epoch(route));
         let inv = &self.inner.invalidator;
-        // The write sequence is read before the fence: a write that lands in between is
-        // then caught by one or the other.
+        // In this order: the writes numbered up to `acked` are in the MES before the fetch
+        // starts; the write sequence is read before the fence, so a write that lands in
+        // between is caught by one or the other.
+        let acked = inv.acked();
         let seq = inv.write_seq();
         let fence = inv.fence(&names);
         FillCtx {
@@ -498,6 +505,7 @@ impl Gateway {
             names,
             fence,
             seq,
+            acked,
             route: route.clone(),
             sent: None,
         }
@@ -508,6 +516,25 @@ impl Gateway {
             return None;
         }
         self.inner.l1.get(key)
+    }
+
+    /// An L1 entry found invalidated (or past freshness): served after all when only
+    /// writes its fetch already saw moved its epochs, and put back under the new ones.
+    /// (A write bumps after its refresh, ~150 ms after the MES acknowledged it: fills
+    /// that began in between show the write and must not be thrown away by its bump.)
+    fn revalidate(
+        &self,
+        key: &str,
+        l: Arc<L1Entry>,
+        now: u64,
+    ) -> Result<Arc<L1Entry>, Arc<L1Entry>> {
+        let Some(kept) = l.settled(now) else {
+            return Err(l);
+        };
+        let kept = Arc::new(kept);
+        self.inner.l1.replace(key, &l, kept.clone());
+        self.inner.invalidator.count_revalidated();
+        Ok(kept)
     }
 
     /// Joins or leads the flight for the key, then answers from its result.
@@ -659,7 +686,11 @@ impl Gateway {
     ) -> Fill {
         let now = self.inner.clock.now_ms();
         let local = self.local_lookup(&ctx.policy, &ctx.key.key);
-        if let Some(l) = local.filter(|l| l.is_fresh(now)) {
+        let local = local.and_then(|l| match l.is_fresh(now) {
+            true => Some(l),
+            false => self.revalidate(&ctx.key.key, l, now).ok(),
+        });
+        if let Some(l) = local {
             return Fill::Hit {
                 entry: l.entry.clone(),
                 tier: Tier::Local,
@@ -671,7 +702,8 @@ impl Gateway {
                 if e.is_fresh(now) {
                     let entry = Arc::new(e);
                     self.register_refresh(&ctx, now);
-                    self.store_local(&ctx, &entry, now);
+                    // Fetched by someone at some point: it does not outlive any bump.
+                    self.store_local(&ctx, &entry, now, NO_ACK);
                     return Fill::Hit {
                         entry,
                         tier: Tier::Shared,
@@ -788,6 +820,11 @@ impl Gateway {
             (None, Some(m)) => read_members(m, &body),
             _ => Vec::new(),
         };
+        // Recorded before the write marks are checked (see `Invalidator::mark_written`):
+        // a write either marked an entity before this check, or finds the families here.
+        // (Memberships seen in an answer not stored are still true of some moment; they
+        // can only widen a later invalidation.)
+        self.remember(&members).await;
         let entities: Vec<String> = members.iter().map(|(e, _)| e.clone()).collect();
         if no_store.is_none() && self.inner.invalidator.written_since(&entities, ctx.seq) {
             no_store = Some(NoStoreReason::Invalidated);
@@ -799,8 +836,7 @@ impl Gateway {
             self.register_refresh(ctx, now);
         }
         if no_store.is_none() {
-            self.remember(&members).await;
-            self.store_local(ctx, &entry, now);
+            self.store_local(ctx, &entry, now, ctx.acked);
             self.store_shared(ctx, &entry, fenced).await;
         }
         Fill::Fetched {
@@ -828,7 +864,7 @@ impl Gateway {
         let deadline = tokio::time::Instant::now() + budget;
         let fetches = targets.into_iter().map(|t| async move {
             // In this order: every write numbered up to `acked` is in the MES before the
-            // fence is taken and the fetch starts.
+            // fence is taken and the fetch starts (as in `fill_ctx`).
             let acked = inv.acked();
             let seq = inv.write_seq();
             let fence = inv.fence(&t.names);
@@ -838,6 +874,7 @@ impl Gateway {
                 names: t.names.clone(),
                 fence,
                 seq,
+                acked,
                 route: t.route.clone(),
                 // Not remembered again: only a reader's fill says the key is still read,
                 // so a page nobody reads stops being refreshed after its `ttl_l1`.
@@ -849,9 +886,7 @@ impl Gateway {
                 Ok(req) => {
                     let fetch = self.fetch(req, t.policy.max_body);
                     match tokio::time::timeout_at(deadline, fetch).await {
-                        Ok(Ok((parts, body))) => {
-                            self.prepare_refresh(ctx, acked, parts, body).await
-                        }
+                        Ok(Ok((parts, body))) => self.prepare_refresh(ctx, parts, body).await,
                         _ => None,
                     }
                 }
@@ -875,7 +910,6 @@ impl Gateway {
     async fn prepare_refresh(
         &self,
         ctx: FillCtx,
-        acked: u64,
         parts: http::response::Parts,
         body: Bytes,
     ) -> Option<Refetched> {
@@ -892,7 +926,6 @@ impl Gateway {
         Some(Refetched {
             entities: members.into_iter().map(|(e, _)| e).collect(),
             ctx,
-            acked,
             entry,
         })
     }
@@ -906,25 +939,21 @@ impl Gateway {
         let inv = &self.inner.invalidator;
         let now = self.inner.clock.now_ms();
         for Refetched {
-            mut ctx,
-            acked,
+            ctx,
             entry,
             entities,
         } in fetched
         {
-            let Some(fence) = ctx.fence.settled_before(acked) else {
-                debug!(key = %ctx.key.key, "another write moved its epochs: not refreshed");
-                inv.count_refresh(false);
-                continue;
-            };
             if inv.written_since_except(&entities, ctx.seq, own_write) {
                 debug!(key = %ctx.key.key, "a listed entity was written since: not refreshed");
                 inv.count_refresh(false);
                 continue;
             }
-            ctx.fence = fence;
-            self.store_local(&ctx, &entry, now);
-            inv.count_refresh(true);
+            let stored = self.store_local(&ctx, &entry, now, ctx.acked);
+            if !stored {
+                debug!(key = %ctx.key.key, "another write moved its epochs: not refreshed");
+            }
+            inv.count_refresh(stored);
         }
     }
 
@@ -941,16 +970,26 @@ impl Gateway {
         }
     }
 
-    fn store_local(&self, ctx: &FillCtx, entry: &Arc<Entry>, now: u64) {
+    /// Puts a fetched answer in L1 under the fill's fence, or under the current epochs
+    /// when only writes numbered up to `acked` (in the answer) moved them since. Returns
+    /// whether it went in.
+    fn store_local(&self, ctx: &FillCtx, entry: &Arc<Entry>, now: u64, acked: u64) -> bool {
         let policy = &ctx.policy;
-        let fence = if self.inner.invalidator.fencing() {
-            ctx.fence.clone()
-        } else {
-            self.inner.invalidator.fence(&ctx.names)
-        };
-        if policy.ttl_l1.is_zero() || !fence.is_valid() {
-            return;
+        if policy.ttl_l1.is_zero() {
+            return false;
         }
+        let inv = &self.inner.invalidator;
+        let (fence, acked) = match inv.fencing() {
+            true => (ctx.fence.clone(), acked),
+            false => (inv.fence(&ctx.names), NO_ACK),
+        };
+        let fence = match fence.is_valid() {
+            true => fence,
+            false => match fence.settled_before(acked) {
+                Some(settled) => settled,
+                None => return false,
+            },
+        };
         let own_limit = now + policy.ttl_l1.as_millis() as u64;
         let origin_limit = entry.stored_at_ms.saturating_add(entry.ttl_ms);
         let fresh_until_ms = if policy.ttl_l2.is_zero() {
@@ -965,8 +1004,10 @@ impl Gateway {
             fresh_until_ms,
             keep_for,
             fence,
+            acked,
         };
         self.inner.l1.insert(Arc::from(ctx.key.key.as_str()), value);
+        true
     }
 
     /// Remembers a key whose fill got a storable answer (stored or fenced out), for

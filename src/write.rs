@@ -27,6 +27,8 @@ pub struct Plan {
     pub names: Vec<String>,
     /// The entity written.
     pub entity: Option<String>,
+    /// Its write mark (see [`crate::invalidate::Invalidator::mark_written`]).
+    pub mark: Option<u64>,
     /// Whether the previous families were unknown and whole groups were taken instead.
     pub fallback: bool,
 }
@@ -108,19 +110,22 @@ impl Gateway {
             request,
             response: bytes.as_ref().and_then(|b| serde_json::from_slice(b).ok()),
         };
+        let inv = &self.inner.invalidator;
+        // Numbered before anything is looked up: every fetch that starts from here on
+        // sees this write (entries it gives may outlive this write's bump, see l1.rs).
+        let ack = inv.note_acked();
         let plan = self.plan(rule, &facts).await;
         debug!(names = ?plan.names, fallback = plan.fallback, "invalidating");
-        let inv = &self.inner.invalidator;
+        inv.switches().pass_gate(&inv.switches().plan_gate).await;
         if rule.refresh.is_zero() || !inv.fencing() {
-            inv.apply(plan.names, plan.entity).await;
+            inv.apply_acked(plan.names, plan.entity, ack, || {}).await;
         } else {
             // Fetched before the invalidation, so the old entries are served meanwhile
             // (the write is not answered yet), and stored after it (see refresh.rs).
-            let ack = inv.note_acked();
             let fetched = self.refresh_fetch(&plan.names, rule.refresh).await;
-            let entity = plan.entity.clone();
-            inv.apply_acked(plan.names, plan.entity, ack, |mark| {
-                self.refresh_install(fetched, entity.as_deref().zip(mark));
+            let own = plan.entity.clone().zip(plan.mark);
+            inv.apply_acked(plan.names, plan.entity, ack, || {
+                self.refresh_install(fetched, own.as_ref().map(|(e, m)| (e.as_str(), *m)));
             })
             .await;
         }
@@ -147,6 +152,8 @@ impl Gateway {
         }
         plan.entity = rule.entity.as_ref().and_then(|t| t.render(&lookup));
         let inv = &self.inner.invalidator;
+        // Marked before the families are looked up (see `Invalidator::mark_written`).
+        plan.mark = plan.entity.as_deref().map(|e| inv.mark_written(e));
         let known = match &plan.entity {
             Some(e) => inv.known(e).await,
             None => Vec::new(),
