@@ -5,7 +5,7 @@
 //! It does not decide what a write invalidates ([`crate::write`] plans that) and it does
 //! not read or store entries ([`crate::proxy`] does, under the fences taken here).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -80,8 +80,8 @@ pub struct TestSwitches {
     /// When set, every `apply` stops between the local bump and the Redis bump until the
     /// gate is released: the gap made wide enough for a test to read in it.
     pub bump_gate: Mutex<Option<Arc<Gate>>>,
-    /// When set, every write stops after it planned its invalidation (marked its entity,
-    /// looked up its families) and before it applies it, until the gate is released.
+    /// When set, every write stops right after it looked up the families its entity was
+    /// seen in (its plan), until the gate is released.
     pub plan_gate: Mutex<Option<Arc<Gate>>>,
 }
 
@@ -131,8 +131,13 @@ struct Inner {
     origin: String,
     /// entity → families it was seen in, for as long as entries listing it may live.
     index: Cache<String, Arc<Vec<String>>>,
-    /// entity → write sequence of its last write (to fence fills that listed it).
-    writes: Cache<String, u64>,
+    /// entity → the highest write sequence and acknowledgement number of its finished
+    /// writes (to fence fills that listed it; see [`Invalidator::admits`]).
+    writes: Cache<String, (u64, u64)>,
+    /// entity → this instance's writes of it between their mark and their local bump.
+    // A std Mutex: short scans, never held across `.await`. It also orders a fill's
+    // check against a write's finish (see `admits` and `finish`).
+    open_writes: Mutex<HashMap<String, Vec<OpenWrite>>>,
     seq: AtomicU64,
     /// Writes of this instance the MES acknowledged, numbered (refresh on write).
     acked: AtomicU64,
@@ -175,6 +180,7 @@ impl Invalidator {
                     .max_capacity(1_000_000)
                     .time_to_live(fill_ttl)
                     .build(),
+                open_writes: Mutex::default(),
                 seq: AtomicU64::new(1),
                 acked: AtomicU64::new(0),
                 pending: Mutex::default(),
@@ -201,34 +207,96 @@ impl Invalidator {
         self.inner.seq.load(Ordering::Acquire)
     }
 
-    /// Whether any of `entities` was written after `seq` (the fill must not be stored).
-    pub fn written_since(&self, entities: &[String], seq: u64) -> bool {
-        self.written_since_except(entities, seq, None)
-    }
-
-    /// [`Invalidator::written_since`], leaving out one write: `own` is the entity and
-    /// sequence number of the write whose refresh is being stored (its own mark does not
-    /// count against it; a later write to the same entity does).
-    pub fn written_since_except(
-        &self,
-        entities: &[String],
-        seq: u64,
-        own: Option<(&str, u64)>,
-    ) -> bool {
-        if !self.fencing() {
-            return false;
+    /// Whether a fill (or a refresh) may be stored: it began at write sequence `seq`, after
+    /// the writes numbered up to `acked` were in the MES, lists `entities`, and its own
+    /// families are `families`. A write of a listed entity that it may not have seen (marked
+    /// since `seq`, acknowledged after `acked`) keeps it out when that write has finished
+    /// (its invalidation may have missed these families: it looked the entity up before the
+    /// fill recorded what it lists). A write still in progress is handed the families
+    /// instead, and its bump ends the entry: nothing is lost, the fill is stored.
+    pub fn admits(&self, entities: &[String], seq: u64, acked: u64, families: &[String]) -> bool {
+        if !self.fencing() || entities.is_empty() {
+            return true;
         }
-        let hit = entities.iter().any(|e| {
-            let mark = self.inner.writes.get(e);
-            mark.is_some_and(|w| w >= seq && own != Some((e.as_str(), w)))
-        });
-        if hit {
+        let conflicts = |(s, a): (u64, u64)| s >= seq && a > acked;
+        let mut admitted = true;
+        {
+            let mut open = self.lock_open_writes();
+            for e in entities {
+                if self.inner.writes.get(e).is_some_and(conflicts) {
+                    admitted = false;
+                    break;
+                }
+                let Some(writes) = open.get_mut(e) else {
+                    continue;
+                };
+                for w in writes.iter_mut().filter(|w| conflicts((w.seq, w.ack))) {
+                    admitted &= !families.is_empty();
+                    for f in families {
+                        if !w.handed.contains(f) {
+                            w.handed.push(f.clone());
+                        }
+                    }
+                }
+            }
+        }
+        if !admitted {
             self.inner
                 .stats
                 .fenced_fills
                 .fetch_add(1, Ordering::Relaxed);
         }
-        hit
+        admitted
+    }
+
+    fn lock_open_writes(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<OpenWrite>>> {
+        self.inner
+            .open_writes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Opens a write of `entity` numbered `ack` (see [`Invalidator::note_acked`]): from here
+    /// until its bump, fills that list the entity hand it their families. A write marks its
+    /// entity *before* it looks up the families the entity was seen in, and a fill records
+    /// what it lists *before* [`Invalidator::admits`]: so either the fill finds the write,
+    /// or the write finds the families.
+    pub fn begin_write(&self, entity: &str, ack: u64) -> WriteMark {
+        let seq = self.inner.seq.fetch_add(1, Ordering::AcqRel);
+        let open = OpenWrite {
+            seq,
+            ack,
+            handed: Vec::new(),
+        };
+        self.lock_open_writes()
+            .entry(entity.to_owned())
+            .or_default()
+            .push(open);
+        WriteMark {
+            entity: entity.to_owned(),
+            seq,
+            ack,
+            finished: false,
+            inv: self.clone(),
+        }
+    }
+
+    /// Closes a write (right before its bump): later fills that missed it are kept out;
+    /// returns the families fills handed it.
+    fn finish(&self, mark: &mut WriteMark) -> Vec<String> {
+        mark.finished = true;
+        let mut open = self.lock_open_writes();
+        let mut handed = Vec::new();
+        if let Some(writes) = open.get_mut(&mark.entity) {
+            if let Some(i) = writes.iter().position(|w| w.seq == mark.seq) {
+                handed = writes.swap_remove(i).handed;
+            }
+            if writes.is_empty() {
+                open.remove(&mark.entity);
+            }
+        }
+        mark_written(&self.inner.writes, &mark.entity, mark.seq, mark.ack);
+        handed
     }
 
     /// Whether any of the names waits for its Redis invalidation (L2 must not be used).
@@ -352,20 +420,8 @@ impl Invalidator {
     /// not used for them meanwhile. Returns when L1 is invalidated and Redis either has
     /// it or has it queued.
     pub async fn apply(&self, names: Vec<String>, entity: Option<String>) {
-        if let Some(e) = &entity {
-            self.mark_written(e);
-        }
-        self.apply_acked(names, entity, UNKNOWN_ACK, || {}).await;
-    }
-
-    /// Marks `entity` written, numbered in the write sequence: fills that started before
-    /// and list it are not stored. A write marks its entity *before* it looks up the
-    /// families the entity was seen in, and a fill records what it lists *before* it
-    /// checks the marks: so either the fill sees the mark, or the write sees the families.
-    pub fn mark_written(&self, entity: &str) -> u64 {
-        let seq = self.inner.seq.fetch_add(1, Ordering::AcqRel);
-        mark_written(&self.inner.writes, entity, seq);
-        seq
+        let mark = entity.map(|e| self.begin_write(&e, UNKNOWN_ACK));
+        self.apply_acked(names, mark, UNKNOWN_ACK, || {}).await;
     }
 
     /// Numbers a write the MES just acknowledged (before its invalidation is planned).
@@ -380,17 +436,26 @@ impl Invalidator {
     }
 
     /// [`Invalidator::apply`] for this instance's write numbered `ack` by
-    /// [`Invalidator::note_acked`] (the local bumps remember it), whose entity the caller
-    /// marked with [`Invalidator::mark_written`]. `after_local` runs right after the local
-    /// epochs moved, before the Redis part (refresh on write puts its entries in L1 there).
+    /// [`Invalidator::note_acked`] (the local bumps remember it), opened with
+    /// [`Invalidator::begin_write`] when it has an entity (the families fills handed it
+    /// are bumped too). `after_local` runs right after the local epochs moved, before the
+    /// Redis part (refresh on write puts its entries in L1 there).
     pub async fn apply_acked(
         &self,
-        names: Vec<String>,
-        entity: Option<String>,
+        mut names: Vec<String>,
+        mut mark: Option<WriteMark>,
         ack: u64,
         after_local: impl FnOnce(),
     ) {
         let inner = &self.inner;
+        if let Some(m) = &mut mark {
+            for f in self.finish(m) {
+                if !names.contains(&f) {
+                    names.push(f);
+                }
+            }
+        }
+        let entity = mark.map(|m| m.entity.clone());
         let Some(l2) = &inner.l2 else {
             inner.epochs.bump_acked(&names, ack);
             after_local();
@@ -537,7 +602,8 @@ impl Invalidator {
             return None;
         }
         if let Some(e) = &m.entity {
-            self.mark_written(e);
+            let seq = self.inner.seq.fetch_add(1, Ordering::AcqRel);
+            mark_written(&self.inner.writes, e, seq, UNKNOWN_ACK);
         }
         self.inner.epochs.bump(&m.names);
         let lat = self.inner.clock.now_ms().saturating_sub(m.at_ms);
@@ -551,10 +617,43 @@ impl Invalidator {
 
 /// Raises an entity's write mark to `seq`, never lowers it (two writes of one entity
 /// may record their marks in either order).
-fn mark_written(writes: &Cache<String, u64>, entity: &str, seq: u64) {
-    writes
-        .entry_by_ref(entity)
-        .and_upsert_with(|old| old.map_or(seq, |o| o.into_value().max(seq)));
+fn mark_written(writes: &Cache<String, (u64, u64)>, entity: &str, seq: u64, ack: u64) {
+    writes.entry_by_ref(entity).and_upsert_with(|old| {
+        old.map_or((seq, ack), |o| {
+            let (s, a) = o.into_value();
+            (s.max(seq), a.max(ack))
+        })
+    });
+}
+
+/// A write of this instance between its mark and its local bump.
+#[derive(Debug)]
+struct OpenWrite {
+    seq: u64,
+    ack: u64,
+    /// Families of fills that listed the entity while the write was open.
+    handed: Vec<String>,
+}
+
+/// An open write (see [`Invalidator::begin_write`]); pass it to
+/// [`Invalidator::apply_acked`]. Dropped unapplied, it closes the write as if applied
+/// (later fills that missed it are kept out), so none stays open.
+#[must_use]
+pub struct WriteMark {
+    entity: String,
+    seq: u64,
+    ack: u64,
+    finished: bool,
+    inv: Invalidator,
+}
+
+impl Drop for WriteMark {
+    fn drop(&mut self) {
+        if !self.finished {
+            let inv = self.inv.clone();
+            inv.finish(self);
+        }
+    }
 }
 
 fn rand_salt() -> u64 {
@@ -594,11 +693,54 @@ mod tests {
 
     #[test]
     fn a_write_mark_never_goes_back() {
-        let writes: Cache<String, u64> = Cache::new(10);
-        mark_written(&writes, "order:1", 7);
-        mark_written(&writes, "order:1", 5);
-        assert_eq!(writes.get("order:1"), Some(7));
-        mark_written(&writes, "order:1", 9);
-        assert_eq!(writes.get("order:1"), Some(9));
+        let writes: Cache<String, (u64, u64)> = Cache::new(10);
+        mark_written(&writes, "order:1", 7, 3);
+        mark_written(&writes, "order:1", 5, 4);
+        assert_eq!(writes.get("order:1"), Some((7, 4)));
+        mark_written(&writes, "order:1", 9, 1);
+        assert_eq!(writes.get("order:1"), Some((9, 4)));
+    }
+
+    fn invalidator() -> Invalidator {
+        Invalidator::new(
+            L1::new(1 << 20),
+            None,
+            Clock::default(),
+            Duration::from_secs(60),
+            Duration::from_secs(60),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_fill_hands_its_families_to_a_write_in_progress_and_a_finished_one_fences_it() {
+        let inv = invalidator();
+        let listed = ["order:1".to_owned()];
+        let a = ["status:A".to_owned()];
+        // A fill began (nothing acknowledged yet), then a write of order:1 opened.
+        let (seq, acked) = (inv.write_seq(), inv.acked());
+        let ack = inv.note_acked();
+        let mark = inv.begin_write("order:1", ack);
+        assert!(inv.admits(&listed, seq, acked, &a), "handed over, stored");
+        assert!(
+            !inv.admits(&listed, seq, acked, &[]),
+            "nothing to hand over: kept out"
+        );
+        let fence = inv.fence(&crate::epoch::names_for("status:A"));
+        // The write's plan did not know status:A; its bump covers it anyway.
+        inv.apply_acked(vec!["status:B".to_owned()], Some(mark), ack, || {})
+            .await;
+        assert!(!fence.is_valid(), "the handed family was bumped");
+        // Finished: a fill from before it is kept out, one from after is stored.
+        assert!(!inv.admits(&listed, seq, acked, &a));
+        assert!(inv.admits(&listed, inv.write_seq(), inv.acked(), &a));
+        // A fill that began after the write was acknowledged saw it.
+        let acked = inv.acked();
+        let ack = inv.note_acked();
+        let seq = inv.write_seq();
+        let mark = inv.begin_write("order:1", ack);
+        assert!(inv.admits(&listed, seq, ack, &[]), "acknowledged before");
+        assert!(!inv.admits(&listed, seq, acked, &[]));
+        drop(mark);
+        assert!(inv.lock_open_writes().is_empty(), "dropped marks close");
     }
 }

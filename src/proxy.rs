@@ -456,6 +456,12 @@ impl Gateway {
         req.extensions_mut().insert(RouteLabel(route.name.clone()));
         let (parts, _) = req.into_parts();
         let stale_ms = policy.stale_if_error.as_millis() as u64;
+        let why = match &local {
+            None => "absent",
+            Some(l) if now >= l.fresh_until_ms => "expired",
+            Some(_) => "invalidated",
+        };
+        debug!(key = %key.key, why, "local miss");
         // An invalidated entry never stands in, not even when the MES fails.
         let stale = local.filter(|l| l.fence.is_valid()).map(|l| Stale {
             until_ms: l.fresh_until_ms.saturating_add(stale_ms),
@@ -820,13 +826,13 @@ impl Gateway {
             (None, Some(m)) => read_members(m, &body),
             _ => Vec::new(),
         };
-        // Recorded before the write marks are checked (see `Invalidator::mark_written`):
-        // a write either marked an entity before this check, or finds the families here.
+        // Recorded before the write marks are checked (see `Invalidator::begin_write`):
+        // a write either was opened before this check, or finds the families here.
         // (Memberships seen in an answer not stored are still true of some moment; they
         // can only widen a later invalidation.)
         self.remember(&members).await;
         let entities: Vec<String> = members.iter().map(|(e, _)| e.clone()).collect();
-        if no_store.is_none() && self.inner.invalidator.written_since(&entities, ctx.seq) {
+        if no_store.is_none() && !self.admits(ctx, &entities) {
             no_store = Some(NoStoreReason::Invalidated);
         }
         let now = self.inner.clock.now_ms();
@@ -933,9 +939,9 @@ impl Gateway {
     /// Refresh on write, second half, called right after the write's local epochs moved
     /// (before its Redis part, so no read of this instance waits in between): puts in L1
     /// each refreshed entry whose epochs only writes already in the MES when its fetch
-    /// started have moved (the write itself among them), and whose listed entities no
-    /// other write marked since. `own_write`: the write's entity and mark.
-    pub(crate) fn refresh_install(&self, fetched: Vec<Refetched>, own_write: Option<(&str, u64)>) {
+    /// started have moved (the write itself among them), and that no finished write it may
+    /// not have seen keeps out (see `Invalidator::admits`).
+    pub(crate) fn refresh_install(&self, fetched: Vec<Refetched>) {
         let inv = &self.inner.invalidator;
         let now = self.inner.clock.now_ms();
         for Refetched {
@@ -944,7 +950,7 @@ impl Gateway {
             entities,
         } in fetched
         {
-            if inv.written_since_except(&entities, ctx.seq, own_write) {
+            if !self.admits(&ctx, &entities) {
                 debug!(key = %ctx.key.key, "a listed entity was written since: not refreshed");
                 inv.count_refresh(false);
                 continue;
@@ -955,6 +961,20 @@ impl Gateway {
             }
             inv.count_refresh(stored);
         }
+    }
+
+    /// Whether an answer listing `entities` may be stored (see `Invalidator::admits`).
+    fn admits(&self, ctx: &FillCtx, entities: &[String]) -> bool {
+        // Its own families: bumping one of them ends the entry (groups, the global epoch
+        // and the route's would end far more).
+        let families: Vec<String> = ctx
+            .names
+            .iter()
+            .filter(|n| !n.ends_with('*') && !n.starts_with(ROUTE_EPOCH))
+            .cloned()
+            .collect();
+        let inv = &self.inner.invalidator;
+        inv.admits(entities, ctx.seq, ctx.acked, &families)
     }
 
     /// Records which families the listed entities were seen in, before the entry that
@@ -1154,8 +1174,10 @@ impl Gateway {
 }
 
 /// The epoch every entry of a route depends on.
+const ROUTE_EPOCH: &str = "route:";
+
 fn route_epoch(route: &str) -> String {
-    format!("route:{route}")
+    format!("{ROUTE_EPOCH}{route}")
 }
 
 /// A route's own wait for response headers (`response_timeout`), carried with the request.

@@ -17,18 +17,17 @@ use tracing::{debug, warn};
 use crate::config::InvalidateRule;
 use crate::error::GatewayError;
 use crate::family::{Source, json_field};
+use crate::invalidate::WriteMark;
 use crate::proxy::{Body, Gateway};
 use crate::upstream::error_chain;
 
 /// What one successful write invalidates.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Default)]
 pub struct Plan {
     /// Epoch names to bump (families, and `group:*` for fallbacks).
     pub names: Vec<String>,
-    /// The entity written.
-    pub entity: Option<String>,
-    /// Its write mark (see [`crate::invalidate::Invalidator::mark_written`]).
-    pub mark: Option<u64>,
+    /// The entity written, opened (see [`crate::invalidate::Invalidator::begin_write`]).
+    pub mark: Option<WriteMark>,
     /// Whether the previous families were unknown and whole groups were taken instead.
     pub fallback: bool,
 }
@@ -114,18 +113,16 @@ impl Gateway {
         // Numbered before anything is looked up: every fetch that starts from here on
         // sees this write (entries it gives may outlive this write's bump, see l1.rs).
         let ack = inv.note_acked();
-        let plan = self.plan(rule, &facts).await;
+        let plan = self.plan(rule, &facts, ack).await;
         debug!(names = ?plan.names, fallback = plan.fallback, "invalidating");
-        inv.switches().pass_gate(&inv.switches().plan_gate).await;
         if rule.refresh.is_zero() || !inv.fencing() {
-            inv.apply_acked(plan.names, plan.entity, ack, || {}).await;
+            inv.apply_acked(plan.names, plan.mark, ack, || {}).await;
         } else {
             // Fetched before the invalidation, so the old entries are served meanwhile
             // (the write is not answered yet), and stored after it (see refresh.rs).
             let fetched = self.refresh_fetch(&plan.names, rule.refresh).await;
-            let own = plan.entity.clone().zip(plan.mark);
-            inv.apply_acked(plan.names, plan.entity, ack, || {
-                self.refresh_install(fetched, own.as_ref().map(|(e, m)| (e.as_str(), *m)));
+            inv.apply_acked(plan.names, plan.mark, ack, || {
+                self.refresh_install(fetched);
             })
             .await;
         }
@@ -141,7 +138,7 @@ impl Gateway {
 
     /// The families a successful write makes wrong. A family that cannot be rendered
     /// (a field missing from the bodies) becomes its whole group: never less than needed.
-    async fn plan(&self, rule: &InvalidateRule, facts: &WriteFacts<'_>) -> Plan {
+    async fn plan(&self, rule: &InvalidateRule, facts: &WriteFacts<'_>, ack: u64) -> Plan {
         let lookup = |s: Source, f: &str| facts.lookup(s, f);
         let mut plan = Plan::default();
         for t in &rule.families {
@@ -150,14 +147,15 @@ impl Gateway {
                 .unwrap_or_else(|| format!("{}:*", t.group()));
             push_unique(&mut plan.names, name);
         }
-        plan.entity = rule.entity.as_ref().and_then(|t| t.render(&lookup));
+        let entity = rule.entity.as_ref().and_then(|t| t.render(&lookup));
         let inv = &self.inner.invalidator;
-        // Marked before the families are looked up (see `Invalidator::mark_written`).
-        plan.mark = plan.entity.as_deref().map(|e| inv.mark_written(e));
-        let known = match &plan.entity {
+        // Opened before the families are looked up (see `Invalidator::begin_write`).
+        plan.mark = entity.as_deref().map(|e| inv.begin_write(e, ack));
+        let known = match &entity {
             Some(e) => inv.known(e).await,
             None => Vec::new(),
         };
+        inv.switches().pass_gate(&inv.switches().plan_gate).await;
         if known.is_empty() && inv.previous_lookup() && !rule.fallback.is_empty() {
             plan.fallback = true;
             inv.count_fallback();

@@ -805,21 +805,17 @@ async fn a_shared_tier_hit_taken_during_a_writes_refresh_ends_at_its_bump() {
     assert_eq!(stats.revalidated.load(Ordering::Relaxed), 0);
 }
 
-/// A write marks its entity before it looks up the families the entity was seen in; a
-/// fill records what it lists before it checks the marks. Here a slow fill of list A
-/// began before the write (its snapshot lists x in A) and ends while the write, which
-/// knows x only from an older status, has planned but not yet applied: the write does
-/// not invalidate A, so only its mark keeps the fill out. The test can fail: with the
-/// mark taken when the write applies (as a first version did), the fill is stored and
-/// list A shows x after the 200.
-#[tokio::test]
-async fn a_fill_that_ends_while_a_write_plans_is_kept_out_by_the_write_mark() {
+/// The race the write marks are for: a slow fill of list A began before a write of x (its
+/// snapshot lists x in A), and the write does not know x is in A (the gateway saw x in an
+/// older status, then x moved to A through it), so its plan leaves A out. A write marks x
+/// before it looks up x's families, and a fill records what it lists before it checks the
+/// marks, so one of the two always sees the other. Returns the read of list A while the
+/// write is held after its plan (when `hold` is true), and the read after the write's 200.
+async fn fill_racing_a_write_that_missed_its_family(hold: bool) -> (Env, u64, Option<Resp>, Resp) {
     let e = env(SimConfig::instant()).await;
     let (x, first) = newest(&e.sim).await;
     let a = other_status(&first);
     let b = other_status(a);
-    // The gateway learns x in `first` (detail), then x moves to A through it: the entity
-    // index knows `first`, not A.
     warm(&e.gw, &format!("/api/orders/{x}")).await;
     assert_eq!(patch_status(&e.gw.url(""), x, a).await.status, 200);
     let list = format!("/api/orders?status={a}");
@@ -834,26 +830,70 @@ async fn a_fill_that_ends_while_a_write_plans_is_kept_out_by_the_write_mark() {
     lists_asked(&e.sim, base + 1, "the read never reached the MES").await;
     let inv = e.gw.gateway.invalidator();
     let gate = std::sync::Arc::new(mesgate::invalidate::Gate::default());
-    *inv.switches().plan_gate.lock().unwrap() = Some(gate.clone());
+    if hold {
+        *inv.switches().plan_gate.lock().unwrap() = Some(gate.clone());
+    }
     let write = {
         let gw = e.gw.url("");
         tokio::spawn(async move { patch_status(&gw, x, b).await })
     };
-    gate.reached.notified().await;
-    *inv.switches().plan_gate.lock().unwrap() = None;
-    // The write is planned (status A is not among its families); the fill ends now.
-    let r = reader.await.unwrap();
-    assert_eq!(ids(&r)[0], x, "the fill's snapshot predates the write");
-    gate.release.notify_one();
-    assert_eq!(write.await.unwrap().status, 200);
+    let mut held = None;
+    if hold {
+        gate.reached.notified().await;
+        *inv.switches().plan_gate.lock().unwrap() = None;
+        // The write is planned (A is not among its families); the fill ends now.
+        let r = reader.await.unwrap();
+        assert_eq!(ids(&r)[0], x, "the fill's snapshot predates the write");
+        e.sim.set_list_latency(Duration::ZERO, Duration::ZERO);
+        held = Some(get(&e.gw.url(&list)).await);
+        gate.release.notify_one();
+        assert_eq!(write.await.unwrap().status, 200);
+    } else {
+        // The write is applied (not to A) and answered before the fill ends.
+        assert_eq!(write.await.unwrap().status, 200);
+        let r = reader.await.unwrap();
+        assert_eq!(ids(&r)[0], x, "the fill's snapshot predates the write");
+        e.sim.set_list_latency(Duration::ZERO, Duration::ZERO);
+    }
+    let after = get(&e.gw.url(&list)).await;
+    (e, x, held, after)
+}
 
-    e.sim.set_list_latency(Duration::ZERO, Duration::ZERO);
-    let r = get(&e.gw.url(&list)).await;
-    assert!(
-        !ids(&r).contains(&x),
-        "list {a} after the 200 ({}) still shows x",
-        r.x_cache()
+/// A fill that ends while the write of an order it lists is in progress hands its family
+/// to that write: it is stored and served until the write's 200 (allowed), and the write's
+/// bump (local and Redis) ends it. The test can fail: with the mark taken when the write
+/// applies (as a first version did), the fill is stored and nothing ends it: list A shows x
+/// after the 200.
+#[tokio::test]
+async fn a_fill_that_ends_while_a_write_plans_hands_its_family_to_the_write() {
+    let (e, x, held, after) = fill_racing_a_write_that_missed_its_family(true).await;
+    let held = held.unwrap();
+    assert_eq!(
+        (held.x_cache(), ids(&held)[0]),
+        ("HIT-L1", x),
+        "stored; the write is not answered yet"
     );
-    assert_eq!(r.x_cache(), "MISS");
-    assert!(inv.stats().fenced_fills.load(Ordering::Relaxed) >= 1);
+    assert!(
+        !ids(&after).contains(&x),
+        "list after the 200 ({}) still shows x",
+        after.x_cache()
+    );
+    assert_eq!(after.x_cache(), "MISS", "ended in L1 and in Redis");
+    let stats = e.gw.gateway.invalidator().stats();
+    assert_eq!(stats.fenced_fills.load(Ordering::Relaxed), 0);
+}
+
+/// A fill that ends after such a write finished is kept out (the write cannot be widened
+/// any more). The test can fail: without the mark check, list A shows x after the 200.
+#[tokio::test]
+async fn a_fill_that_ends_after_a_write_that_missed_its_family_is_kept_out() {
+    let (e, x, _, after) = fill_racing_a_write_that_missed_its_family(false).await;
+    assert!(
+        !ids(&after).contains(&x),
+        "list after the 200 ({}) still shows x",
+        after.x_cache()
+    );
+    assert_eq!(after.x_cache(), "MISS");
+    let stats = e.gw.gateway.invalidator().stats();
+    assert_eq!(stats.fenced_fills.load(Ordering::Relaxed), 1);
 }
