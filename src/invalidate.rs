@@ -601,11 +601,27 @@ impl Invalidator {
         if m.origin == self.inner.origin {
             return None;
         }
+        let mut names = m.names;
         if let Some(e) = &m.entity {
-            let seq = self.inner.seq.fetch_add(1, Ordering::AcqRel);
-            mark_written(&self.inner.writes, e, seq, UNKNOWN_ACK);
+            {
+                // Under the lock fills check marks under (see `admits`): a fill that
+                // checked before this mark recorded what it lists before, and the
+                // lookup below finds it.
+                let _ordered = self.lock_open_writes();
+                let seq = self.inner.seq.fetch_add(1, Ordering::AcqRel);
+                mark_written(&self.inner.writes, e, seq, UNKNOWN_ACK);
+            }
+            // The families this instance saw the entity in: the writing instance looked
+            // it up in Redis, which may not have had what this instance's fills recorded.
+            if let Some(known) = self.inner.index.get(e) {
+                for f in known.iter() {
+                    if !names.contains(f) {
+                        names.push(f.clone());
+                    }
+                }
+            }
         }
-        self.inner.epochs.bump(&m.names);
+        self.inner.epochs.bump(&names);
         let lat = self.inner.clock.now_ms().saturating_sub(m.at_ms);
         let s = &self.inner.stats;
         s.received.fetch_add(1, Ordering::Relaxed);
@@ -709,6 +725,23 @@ mod tests {
             Duration::from_secs(60),
             Duration::from_secs(60),
         )
+    }
+
+    #[test]
+    fn a_bus_message_also_ends_the_families_this_instance_saw_its_entity_in() {
+        let inv = invalidator();
+        inv.remember_local(&[("order:1".to_owned(), vec!["status:A".to_owned()])]);
+        let a = inv.fence(&crate::epoch::names_for("status:A"));
+        let c = inv.fence(&crate::epoch::names_for("status:C"));
+        let msg = BusMessage {
+            origin: "another instance".into(),
+            names: vec!["status:B".into()],
+            entity: Some("order:1".into()),
+            at_ms: 0,
+        };
+        assert!(inv.on_message(&serde_json::to_vec(&msg).unwrap()).is_some());
+        assert!(!a.is_valid(), "status:A, known here only, is ended too");
+        assert!(c.is_valid(), "nothing else");
     }
 
     #[tokio::test]

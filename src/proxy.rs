@@ -979,7 +979,7 @@ impl Gateway {
 
     /// Records which families the listed entities were seen in, before the entry that
     /// lists them becomes visible (so a write that follows finds them).
-    async fn remember(&self, members: &[(String, Vec<String>)]) {
+    pub(crate) async fn remember(&self, members: &[(String, Vec<String>)]) {
         if members.is_empty() {
             return;
         }

@@ -141,10 +141,15 @@ impl Gateway {
     async fn plan(&self, rule: &InvalidateRule, facts: &WriteFacts<'_>, ack: u64) -> Plan {
         let lookup = |s: Source, f: &str| facts.lookup(s, f);
         let mut plan = Plan::default();
+        let mut rendered = Vec::new();
         for t in &rule.families {
-            let name = t
-                .render(&lookup)
-                .unwrap_or_else(|| format!("{}:*", t.group()));
+            let name = match t.render(&lookup) {
+                Some(family) => {
+                    rendered.push(family.clone());
+                    family
+                }
+                None => format!("{}:*", t.group()),
+            };
             push_unique(&mut plan.names, name);
         }
         let entity = rule.entity.as_ref().and_then(|t| t.render(&lookup));
@@ -156,6 +161,12 @@ impl Gateway {
             None => Vec::new(),
         };
         inv.switches().pass_gate(&inv.switches().plan_gate).await;
+        if let Some(e) = entity {
+            // Where the entity is now (its new status among the rule's families): the
+            // next write of it must find that family even when no fill listed it there
+            // yet. (The other families only widen that write's invalidation.)
+            self.remember(&[(e, rendered)]).await;
+        }
         if known.is_empty() && inv.previous_lookup() && !rule.fallback.is_empty() {
             plan.fallback = true;
             inv.count_fallback();

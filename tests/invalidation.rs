@@ -280,6 +280,34 @@ async fn an_order_leaving_page_one_pulls_page_two_up() {
     assert_eq!(ids(&r2)[0], page2[1]);
 }
 
+/// A write records its entity in the families it rendered, its new status among them: the
+/// next write of that entity finds the status even when no fill listed the entity there.
+/// Here the gateway saw x in its first status (detail), x moved to A through it, and only
+/// page 2 of A (which does not list x, but shows A's total) was fetched since; moving x on
+/// to B must end that page. The test can fail: knowing only the first status, the second
+/// write leaves A alone and page 2 keeps the old total.
+#[tokio::test]
+async fn a_write_records_its_entity_in_the_new_status_for_the_next_write() {
+    let e = env(SimConfig::instant()).await;
+    let (x, first) = newest(&e.sim).await;
+    let a = other_status(&first);
+    let b = other_status(a);
+    warm(&e.gw, &format!("/api/orders/{x}")).await;
+    assert_eq!(patch_status(&e.gw.url(""), x, a).await.status, 200);
+    let page2 = format!("/api/orders?status={a}&page=2");
+    let before = warm(&e.gw, &page2).await;
+    assert!(!ids(&before).contains(&x), "x is on page 1");
+    assert_eq!(patch_status(&e.gw.url(""), x, b).await.status, 200);
+    let r = get(&e.gw.url(&page2)).await;
+    assert_eq!(r.x_cache(), "MISS", "the second write ended A's pages");
+    assert_eq!(
+        r.json()["total"].as_u64().unwrap() + 1,
+        before.json()["total"].as_u64().unwrap()
+    );
+    let stats = e.gw.gateway.invalidator().stats();
+    assert_eq!(stats.fallbacks.load(Ordering::Relaxed), 0, "x was known");
+}
+
 #[tokio::test]
 async fn unknown_previous_status_invalidates_every_status_family() {
     let e = env(SimConfig::instant()).await;
