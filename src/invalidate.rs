@@ -20,7 +20,7 @@ use tracing::{debug, info, warn};
 use crate::clock::Clock;
 use crate::epoch::{Epochs, Fence, GLOBAL, UNKNOWN_ACK};
 use crate::l1::L1;
-use crate::l2::L2;
+use crate::l2::{L2, SharedStore};
 
 /// A message on the invalidation bus.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -58,6 +58,8 @@ pub struct InvalidationStats {
     pub fenced_fills: AtomicU64,
     /// Entries a write fetched again and put in place (refresh on write).
     pub refreshed: AtomicU64,
+    /// Refreshed entries also stored in Redis, in the invalidation's own step.
+    pub refreshed_shared: AtomicU64,
     /// L1 entries found invalidated but kept: every bump since their fetch began came
     /// from a write of this instance the MES had acknowledged before it (re-validation).
     pub revalidated: AtomicU64,
@@ -421,7 +423,8 @@ impl Invalidator {
     /// it or has it queued.
     pub async fn apply(&self, names: Vec<String>, entity: Option<String>) {
         let mark = entity.map(|e| self.begin_write(&e, UNKNOWN_ACK));
-        self.apply_acked(names, mark, UNKNOWN_ACK, || {}).await;
+        self.apply_acked(names, mark, UNKNOWN_ACK, |_| Vec::new())
+            .await;
     }
 
     /// Numbers a write the MES just acknowledged (before its invalidation is planned).
@@ -438,14 +441,15 @@ impl Invalidator {
     /// [`Invalidator::apply`] for this instance's write numbered `ack` by
     /// [`Invalidator::note_acked`] (the local bumps remember it), opened with
     /// [`Invalidator::begin_write`] when it has an entity (the families fills handed it
-    /// are bumped too). `after_local` runs right after the local epochs moved, before the
-    /// Redis part (refresh on write puts its entries in L1 there).
+    /// are bumped too). `after_local` runs right after the local epochs moved, with the
+    /// names moved, before the Redis part (refresh on write puts its entries in L1 there);
+    /// what it returns is stored in Redis in the same step as the Redis moves.
     pub async fn apply_acked(
         &self,
         mut names: Vec<String>,
         mut mark: Option<WriteMark>,
         ack: u64,
-        after_local: impl FnOnce(),
+        after_local: impl FnOnce(&[String]) -> Vec<SharedStore>,
     ) {
         let inner = &self.inner;
         if let Some(m) = &mut mark {
@@ -458,7 +462,7 @@ impl Invalidator {
         let entity = mark.map(|m| m.entity.clone());
         let Some(l2) = &inner.l2 else {
             inner.epochs.bump_acked(&names, ack);
-            after_local();
+            after_local(&names);
             inner.stats.applied.fetch_add(1, Ordering::Relaxed);
             return;
         };
@@ -471,11 +475,18 @@ impl Invalidator {
             self.mark_inflight(&names, true);
         }
         inner.epochs.bump_acked(&names, ack);
-        after_local();
+        let stores = after_local(&names);
         inner.stats.applied.fetch_add(1, Ordering::Relaxed);
         inner.switches.pass_gate(&inner.switches.bump_gate).await;
         let msg = self.message(&names, entity);
-        let result = l2.invalidate(&names, &msg).await;
+        let result = l2.invalidate(&names, &msg, &stores).await;
+        if let Ok(stored) = result {
+            let stored = stored as u64;
+            inner
+                .stats
+                .refreshed_shared
+                .fetch_add(stored, Ordering::Relaxed);
+        }
         if result.is_err() {
             self.lock_pending().extend(names.iter().cloned());
         }
@@ -539,8 +550,8 @@ impl Invalidator {
             tokio::time::sleep(backoff).await;
             let names: Vec<String> = self.lock_pending().iter().cloned().collect();
             let msg = self.message(&names, None);
-            match l2.invalidate(&names, &msg).await {
-                Ok(()) => {
+            match l2.invalidate(&names, &msg, &[]).await {
+                Ok(_) => {
                     let mut p = self.lock_pending();
                     for n in &names {
                         p.remove(n);
@@ -760,7 +771,7 @@ mod tests {
         );
         let fence = inv.fence(&crate::epoch::names_for("status:A"));
         // The write's plan did not know status:A; its bump covers it anyway.
-        inv.apply_acked(vec!["status:B".to_owned()], Some(mark), ack, || {})
+        inv.apply_acked(vec!["status:B".to_owned()], Some(mark), ack, |_| Vec::new())
             .await;
         assert!(!fence.is_valid(), "the handed family was bumped");
         // Finished: a fill from before it is kept out, one from after is stored.

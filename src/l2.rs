@@ -37,14 +37,49 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
 ";
 
+// KEYS: the n epochs to move, then per entry to store: its key and its m epochs.
+// ARGV: channel, epoch expiry, message, n, entry count, then per entry: m, keep ms, the
+// encoded entry, and the m epoch values it must find (it is stored only if it does).
 const INVALIDATE: &str = r"
-for i = 1, #KEYS do
+local n = tonumber(ARGV[4])
+for i = 1, n do
   redis.call('INCR', KEYS[i])
   redis.call('PEXPIRE', KEYS[i], ARGV[2])
 end
+local k, a, stored = n + 1, 6, 0
+for _ = 1, tonumber(ARGV[5]) do
+  local m = tonumber(ARGV[a])
+  local fresh = true
+  for i = 1, m do
+    if tonumber(redis.call('GET', KEYS[k + i]) or '0') ~= tonumber(ARGV[a + 2 + i]) then
+      fresh = false
+    end
+  end
+  if fresh then
+    redis.call('SET', KEYS[k], ARGV[a + 2], 'PX', ARGV[a + 1])
+    stored = stored + 1
+  end
+  k, a = k + 1 + m, a + 3 + m
+end
 redis.call('PUBLISH', ARGV[1], ARGV[3])
-return #KEYS
+return stored
 ";
+
+/// An entry to store in the same step as an invalidation (refresh on write): `entry.epochs`
+/// are the values its epochs `names` must hold right after the invalidation's own moves,
+/// i.e. their values before its fetch plus the invalidation's move: any other move since
+/// (another instance's write, a purge) leaves it out.
+#[derive(Debug)]
+pub struct SharedStore {
+    /// Cache key.
+    pub key: String,
+    /// Its epoch names.
+    pub names: Vec<String>,
+    /// The entry, with the epochs it expects.
+    pub entry: Arc<Entry>,
+    /// How long Redis keeps it.
+    pub keep: Duration,
+}
 
 /// Why a shared-tier operation gave nothing.
 #[derive(Debug, thiserror::Error)]
@@ -211,16 +246,52 @@ impl L2 {
         Ok(stored == 1)
     }
 
-    /// Moves the epochs `names` and publishes `message` on the bus, atomically.
-    pub async fn invalidate(&self, names: &[String], message: &str) -> Result<(), L2Error> {
+    /// Moves the epochs `names` and publishes `message` on the bus, atomically; in the
+    /// same step, stores each of `stores` whose epochs then hold exactly the values it
+    /// expects (see [`SharedStore`]). Returns how many were stored.
+    pub async fn invalidate(
+        &self,
+        names: &[String],
+        message: &str,
+        stores: &[SharedStore],
+    ) -> Result<usize, L2Error> {
         let mut inv = self.scripts[2].prepare_invoke();
         for n in names {
             inv.key(self.epoch_key(n));
         }
-        inv.arg(self.channel()).arg(EPOCH_EXPIRE_MS).arg(message);
-        self.guarded(|mut c| async move { inv.invoke_async::<i64>(&mut c).await })
-            .await
-            .map(drop)
+        inv.arg(self.channel())
+            .arg(EPOCH_EXPIRE_MS)
+            .arg(message)
+            .arg(names.len())
+            .arg(stores.len());
+        for st in stores {
+            inv.key(self.entry_key(&st.key));
+            for n in &st.names {
+                inv.key(self.epoch_key(n));
+            }
+            inv.arg(st.names.len())
+                .arg(st.keep.as_millis().max(1) as u64)
+                .arg(st.entry.encode().as_ref());
+            for e in &st.entry.epochs {
+                inv.arg(*e);
+            }
+        }
+        let stored: i64 = self
+            .guarded(|mut c| async move { inv.invoke_async(&mut c).await })
+            .await?;
+        Ok(stored.max(0) as usize)
+    }
+
+    /// The current values of the epochs `names` (0 for one never moved).
+    pub async fn epochs(&self, names: &[String]) -> Result<Vec<u64>, L2Error> {
+        let mut cmd = redis::cmd("MGET");
+        for n in names {
+            cmd.arg(self.epoch_key(n));
+        }
+        let values: Vec<Option<u64>> = self
+            .guarded(|mut c| async move { cmd.query_async(&mut c).await })
+            .await?;
+        Ok(values.into_iter().map(|v| v.unwrap_or(0)).collect())
     }
 
     /// Records that `entity` was seen in `families`, for `keep`.

@@ -338,6 +338,7 @@ impl Metrics {
             ("fenced_fill", &s.fenced_fills),
             ("refreshed", &s.refreshed),
             ("refresh_dropped", &s.refresh_dropped),
+            ("refreshed_shared", &s.refreshed_shared),
             ("revalidated", &s.revalidated),
         ] {
             sync(

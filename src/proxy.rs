@@ -33,7 +33,7 @@ use crate::forward;
 use crate::invalidate::Invalidator;
 use crate::key::{self, CacheKey};
 use crate::l1::{L1, L1Entry};
-use crate::l2::{L2, Lookup};
+use crate::l2::{L2, Lookup, SharedStore};
 use crate::metrics::{self, Metrics, RouteLabel, RouteRequests};
 use crate::outcome::{self, BypassReason, CacheOutcome, MissDetail, NoStoreReason, cache_status};
 use crate::refresh::{RefreshIndex, Target};
@@ -150,6 +150,8 @@ pub(crate) struct FillCtx {
 /// An answer a write fetched again, ready for [`Gateway::refresh_install`].
 pub(crate) struct Refetched {
     ctx: FillCtx,
+    /// The Redis epochs of its names read before its fetch, when it may go to Redis too.
+    shared_before: Option<Vec<u64>>,
     entry: Arc<Entry>,
     entities: Vec<String>,
 }
@@ -886,13 +888,24 @@ impl Gateway {
                 // so a page nobody reads stops being refreshed after its `ttl_l1`.
                 sent: None,
             };
+            // Read after the local fence and before the fetch: the Redis store (in the
+            // write's own Redis step) expects exactly these plus the write's moves.
+            let shared_before = match self.inner.l2.as_ref() {
+                Some(l2) if !t.policy.ttl_l2.is_zero() && !inv.pending_any(&t.names) => {
+                    l2.epochs(&t.names).await.ok()
+                }
+                _ => None,
+            };
             let req =
                 self.upstream_get(&t.key, t.headers.clone(), Some(RouteLabel(t.route.clone())));
             let refetched = match req {
                 Ok(req) => {
                     let fetch = self.fetch(req, t.policy.max_body);
                     match tokio::time::timeout_at(deadline, fetch).await {
-                        Ok(Ok((parts, body))) => self.prepare_refresh(ctx, parts, body).await,
+                        Ok(Ok((parts, body))) => self
+                            .prepare_refresh(ctx, parts, body)
+                            .await
+                            .map(|r| Refetched { shared_before, ..r }),
                         _ => None,
                     }
                 }
@@ -932,6 +945,7 @@ impl Gateway {
         Some(Refetched {
             entities: members.into_iter().map(|(e, _)| e).collect(),
             ctx,
+            shared_before: None,
             entry,
         })
     }
@@ -940,12 +954,21 @@ impl Gateway {
     /// (before its Redis part, so no read of this instance waits in between): puts in L1
     /// each refreshed entry whose epochs only writes already in the MES when its fetch
     /// started have moved (the write itself among them), and that no finished write it may
-    /// not have seen keeps out (see `Invalidator::admits`).
-    pub(crate) fn refresh_install(&self, fetched: Vec<Refetched>) {
+    /// not have seen keeps out (see `Invalidator::admits`). Returns those to store in
+    /// Redis in the write's Redis step (`moved`: the epochs the write moves), so other
+    /// instances find them there after the write's bus message: each expects its Redis
+    /// epochs as read before its fetch plus the write's moves, and nothing else.
+    pub(crate) fn refresh_install(
+        &self,
+        fetched: Vec<Refetched>,
+        moved: &[String],
+    ) -> Vec<SharedStore> {
         let inv = &self.inner.invalidator;
         let now = self.inner.clock.now_ms();
+        let mut shared = Vec::new();
         for Refetched {
             ctx,
+            shared_before,
             entry,
             entities,
         } in fetched
@@ -960,7 +983,25 @@ impl Gateway {
                 debug!(key = %ctx.key.key, "another write moved its epochs: not refreshed");
             }
             inv.count_refresh(stored);
+            if let Some(before) = shared_before.filter(|_| stored) {
+                let expected = ctx
+                    .names
+                    .iter()
+                    .zip(before)
+                    .map(|(n, v)| v + u64::from(moved.contains(n)))
+                    .collect();
+                shared.push(SharedStore {
+                    key: ctx.key.key.clone(),
+                    entry: Arc::new(Entry {
+                        epochs: expected,
+                        ..entry.as_ref().clone()
+                    }),
+                    keep: ctx.policy.ttl_l2 + ctx.policy.stale_if_error,
+                    names: ctx.names,
+                });
+            }
         }
+        shared
     }
 
     /// Whether an answer listing `entities` may be stored (see `Invalidator::admits`).

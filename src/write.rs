@@ -116,13 +116,14 @@ impl Gateway {
         let plan = self.plan(rule, &facts, ack).await;
         debug!(names = ?plan.names, fallback = plan.fallback, "invalidating");
         if rule.refresh.is_zero() || !inv.fencing() {
-            inv.apply_acked(plan.names, plan.mark, ack, || {}).await;
+            inv.apply_acked(plan.names, plan.mark, ack, |_| Vec::new())
+                .await;
         } else {
             // Fetched before the invalidation, so the old entries are served meanwhile
             // (the write is not answered yet), and stored after it (see refresh.rs).
             let fetched = self.refresh_fetch(&plan.names, rule.refresh).await;
-            inv.apply_acked(plan.names, plan.mark, ack, || {
-                self.refresh_install(fetched);
+            inv.apply_acked(plan.names, plan.mark, ack, |moved| {
+                self.refresh_install(fetched, moved)
             })
             .await;
         }

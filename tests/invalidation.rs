@@ -925,3 +925,76 @@ async fn a_fill_that_ends_after_a_write_that_missed_its_family_is_kept_out() {
     let stats = e.gw.gateway.invalidator().stats();
     assert_eq!(stats.fenced_fills.load(Ordering::Relaxed), 1);
 }
+
+/// Refresh on write serves the other instances too: the refreshed entries go to Redis in
+/// the write's own Redis step (with the bus message), so instance B, told by the bus to
+/// drop its copy, finds the new one in Redis instead of asking the MES.
+#[tokio::test]
+async fn refresh_on_write_also_serves_other_instances_from_redis() {
+    let e = env_with(SimConfig::instant(), &shipped_config_with_refresh()).await;
+    let b = spawn_gateway(&shipped_config(), &e.sim.base_url(), Some(&e.redis.url())).await;
+    let (x, from) = newest(&e.sim).await;
+    let to = other_status(&from);
+    let list = format!("/api/orders?status={from}");
+    warm(&e.gw, &list).await;
+    warm(&b, &list).await;
+    let before = e.sim.stats().list;
+    assert_eq!(patch_status(&e.gw.url(""), x, to).await.status, 200);
+    let refreshed = e.sim.stats().list - before;
+    assert!(refreshed >= 1, "the write refreshed the list");
+    let received = &b.gateway.invalidator().stats().received;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while received.load(Ordering::Relaxed) == 0 {
+        assert!(Instant::now() < deadline, "B never heard of the write");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    let r = get(&b.url(&list)).await;
+    assert_eq!(r.x_cache(), "HIT-L2", "A's refresh, from Redis");
+    assert!(!ids(&r).contains(&x));
+    assert_eq!(
+        e.sim.stats().list - before,
+        refreshed,
+        "B asked the MES nothing"
+    );
+    let stats = e.gw.gateway.invalidator().stats();
+    assert!(stats.refreshed_shared.load(Ordering::Relaxed) >= 1);
+}
+
+/// The Redis copy of a refresh is stored only if its Redis epochs moved by the write's
+/// own step and nothing else since its fetch began. Here another instance's write (its
+/// bus message not yet arrived: the test moves the Redis epoch only) lands during the
+/// refresh: A keeps its local copy (nothing it knows of moved), Redis gets none, and B
+/// asks the MES. The test can fail: stored unchecked, B would be served A's refresh,
+/// fetched before that other write.
+#[tokio::test]
+async fn refresh_on_write_keeps_out_of_redis_what_another_instance_moved() {
+    let e = env_with_long_refresh().await;
+    let b = spawn_gateway(&shipped_config(), &e.sim.base_url(), Some(&e.redis.url())).await;
+    let (x, from) = newest(&e.sim).await;
+    let to = other_status(&from);
+    let list = format!("/api/orders?status={from}");
+    warm(&e.gw, &list).await;
+    e.sim
+        .set_list_latency(Duration::from_millis(400), Duration::ZERO);
+    let base = e.sim.stats().list;
+    let write = {
+        let gw = e.gw.url("");
+        tokio::spawn(async move { patch_status(&gw, x, to).await })
+    };
+    lists_asked(&e.sim, base + 1, "the write never refreshed the list").await;
+    let epoch =
+        e.gw.gateway
+            .l2()
+            .unwrap()
+            .epoch_key(&format!("status:{from}"));
+    redis_cmd(&e.redis, &["INCR", &epoch]).await;
+    assert_eq!(write.await.unwrap().status, 200);
+    e.sim.set_list_latency(Duration::ZERO, Duration::ZERO);
+    assert_eq!(get(&e.gw.url(&list)).await.x_cache(), "HIT-L1");
+    let stats = e.gw.gateway.invalidator().stats();
+    assert_eq!(stats.refreshed_shared.load(Ordering::Relaxed), 0);
+    let r = get(&b.url(&list)).await;
+    assert_eq!(r.x_cache(), "MISS", "nothing of A's refresh in Redis");
+    assert!(!ids(&r).contains(&x));
+}
