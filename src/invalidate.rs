@@ -52,6 +52,9 @@ pub struct InvalidationStats {
     pub received_latency_ms: AtomicU64,
     /// Worst write-to-applied latency seen, ms.
     pub received_latency_max_ms: AtomicU64,
+    /// Messages from other instances that this instance passed on with families only it
+    /// knew the written entity in.
+    pub forwarded: AtomicU64,
     /// Times the bus subscription (re)started and L1 was flushed.
     pub resubscribes: AtomicU64,
     /// Fills not stored because an entity they list was written during the fill.
@@ -623,13 +626,26 @@ impl Invalidator {
                 mark_written(&self.inner.writes, e, seq, UNKNOWN_ACK);
             }
             // The families this instance saw the entity in: the writing instance looked
-            // it up in Redis, which may not have had what this instance's fills recorded.
-            if let Some(known) = self.inner.index.get(e) {
-                for f in known.iter() {
-                    if !names.contains(f) {
-                        names.push(f.clone());
-                    }
-                }
+            // it up in Redis, which may not have had what this instance's fills recorded
+            // yet (it records them there too, right after). Those are ended here and, by
+            // a message of this instance, in Redis and everywhere else.
+            let extra: Vec<String> = self
+                .inner
+                .index
+                .get(e)
+                .map(|known| {
+                    known
+                        .iter()
+                        .filter(|f| !names.contains(f))
+                        .cloned()
+                        .collect()
+                })
+                .unwrap_or_default();
+            if !extra.is_empty() {
+                names.extend(extra.iter().cloned());
+                self.inner.stats.forwarded.fetch_add(1, Ordering::Relaxed);
+                let inv = self.clone();
+                tokio::spawn(async move { inv.apply(extra, None).await });
             }
         }
         self.inner.epochs.bump(&names);
@@ -738,8 +754,8 @@ mod tests {
         )
     }
 
-    #[test]
-    fn a_bus_message_also_ends_the_families_this_instance_saw_its_entity_in() {
+    #[tokio::test]
+    async fn a_bus_message_also_ends_the_families_this_instance_saw_its_entity_in() {
         let inv = invalidator();
         inv.remember_local(&[("order:1".to_owned(), vec!["status:A".to_owned()])]);
         let a = inv.fence(&crate::epoch::names_for("status:A"));
@@ -753,6 +769,11 @@ mod tests {
         assert!(inv.on_message(&serde_json::to_vec(&msg).unwrap()).is_some());
         assert!(!a.is_valid(), "status:A, known here only, is ended too");
         assert!(c.is_valid(), "nothing else");
+        assert_eq!(
+            inv.stats().forwarded.load(Ordering::Relaxed),
+            1,
+            "passed on"
+        );
     }
 
     #[tokio::test]

@@ -332,6 +332,7 @@ impl Metrics {
             ("write", &s.applied),
             ("fallback", &s.fallbacks),
             ("bus", &s.received),
+            ("forwarded", &s.forwarded),
             ("queued", &s.queued),
             ("retried", &s.retried),
             ("resubscribe", &s.resubscribes),

@@ -998,3 +998,44 @@ async fn refresh_on_write_keeps_out_of_redis_what_another_instance_moved() {
     assert_eq!(r.x_cache(), "MISS", "nothing of A's refresh in Redis");
     assert!(!ids(&r).contains(&x));
 }
+
+/// A bus message names the families the writing instance knew the entity in (its own
+/// index and Redis's). One this instance recorded a moment too late for the writer (here:
+/// the Redis copy of the record is deleted, as if it had not landed yet) is ended here too,
+/// and passed on: bumped in Redis and announced, so no instance keeps serving the entry
+/// from Redis. The test can fail: without passing it on, B is served this instance's
+/// pre-write page from Redis for as long as it lives there.
+#[tokio::test]
+async fn a_family_only_this_instance_knew_is_passed_on_to_the_others() {
+    let e = env(SimConfig::instant()).await;
+    let b = spawn_gateway(&shipped_config(), &e.sim.base_url(), Some(&e.redis.url())).await;
+    let (x, first) = newest(&e.sim).await;
+    let a = other_status(&first);
+    let c = other_status(a);
+    // B knows x in its first status only; x moves to A behind the gateways' backs.
+    warm(&b, &format!("/api/orders/{x}")).await;
+    assert_eq!(patch_status(&e.sim.base_url(), x, a).await.status, 200);
+    let list = format!("/api/orders?status={a}");
+    assert_eq!(ids(&warm(&e.gw, &list).await)[0], x);
+    let record = e.gw.gateway.l2().unwrap().entity_key(&format!("order:{x}"));
+    redis_cmd(&e.redis, &["DEL", &record]).await;
+
+    assert_eq!(patch_status(&b.url(""), x, c).await.status, 200);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let r = get(&b.url(&list)).await;
+        if !ids(&r).contains(&x) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "B still lists x in {a} ({})",
+            r.x_cache()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let r = get(&e.gw.url(&list)).await;
+    assert!(!ids(&r).contains(&x), "{}", r.x_cache());
+    let stats = e.gw.gateway.invalidator().stats();
+    assert_eq!(stats.forwarded.load(Ordering::Relaxed), 1);
+}
