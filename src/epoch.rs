@@ -24,14 +24,19 @@ pub fn names_for(family: &str) -> Vec<String> {
     names
 }
 
+/// Adds `name` to `names` unless it is there (epoch name lists are short).
+pub fn push_unique(names: &mut Vec<String>, name: String) {
+    if !names.contains(&name) {
+        names.push(name);
+    }
+}
+
 /// The epoch names of a set of families, without duplicates, in a stable order.
 pub fn names_for_all(families: &[String]) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for f in families {
         for n in names_for(f) {
-            if !out.contains(&n) {
-                out.push(n);
-            }
+            push_unique(&mut out, n);
         }
     }
     if out.is_empty() {

@@ -18,7 +18,7 @@ use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
 use crate::clock::Clock;
-use crate::epoch::{Epochs, Fence, GLOBAL, UNKNOWN_ACK};
+use crate::epoch::{Epochs, Fence, GLOBAL, UNKNOWN_ACK, push_unique};
 use crate::l1::L1;
 use crate::l2::{L2, SharedStore};
 
@@ -238,9 +238,7 @@ impl Invalidator {
                 for w in writes.iter_mut().filter(|w| conflicts((w.seq, w.ack))) {
                     admitted &= !families.is_empty();
                     for f in families {
-                        if !w.handed.contains(f) {
-                            w.handed.push(f.clone());
-                        }
+                        push_unique(&mut w.handed, f.clone());
                     }
                 }
             }
@@ -457,9 +455,7 @@ impl Invalidator {
         let inner = &self.inner;
         if let Some(m) = &mut mark {
             for f in self.finish(m) {
-                if !names.contains(&f) {
-                    names.push(f);
-                }
+                push_unique(&mut names, f);
             }
         }
         let entity = mark.map(|m| m.entity.clone());

@@ -439,9 +439,8 @@ impl Gateway {
                 req.headers(),
             )?;
             Ok(match self.local_lookup(policy, buf) {
-                Some(l) if l.is_fresh(now) => Probe::Hit(l),
-                Some(l) => match self.revalidate(buf, l, now) {
-                    Ok(kept) => Probe::Hit(kept),
+                Some(l) => match self.servable(buf, l, now) {
+                    Ok(l) => Probe::Hit(l),
                     Err(l) => Probe::Miss(Some(l), CacheKey::from_parts(buf.clone(), upstream)),
                 },
                 None => Probe::Miss(None, CacheKey::from_parts(buf.clone(), upstream)),
@@ -526,16 +525,16 @@ impl Gateway {
         self.inner.l1.get(key)
     }
 
-    /// An L1 entry found invalidated (or past freshness): served after all when only
-    /// writes its fetch already saw moved its epochs, and put back under the new ones.
-    /// (A write bumps after its refresh, ~150 ms after the MES acknowledged it: fills
-    /// that began in between show the write and must not be thrown away by its bump.)
-    fn revalidate(
-        &self,
-        key: &str,
-        l: Arc<L1Entry>,
-        now: u64,
-    ) -> Result<Arc<L1Entry>, Arc<L1Entry>> {
+    /// An L1 entry that may be served at `now` (`Err` gives it back otherwise): fresh and
+    /// valid, or invalidated only by writes its fetch already saw, then put back under
+    /// the new epochs. (A write bumps after its refresh, ~150 ms after the MES
+    /// acknowledged it: fills that began in between show the write and must not be thrown
+    /// away by its bump.)
+    #[inline]
+    fn servable(&self, key: &str, l: Arc<L1Entry>, now: u64) -> Result<Arc<L1Entry>, Arc<L1Entry>> {
+        if l.is_fresh(now) {
+            return Ok(l);
+        }
         let Some(kept) = l.settled(now) else {
             return Err(l);
         };
@@ -694,11 +693,7 @@ impl Gateway {
     ) -> Fill {
         let now = self.inner.clock.now_ms();
         let local = self.local_lookup(&ctx.policy, &ctx.key.key);
-        let local = local.and_then(|l| match l.is_fresh(now) {
-            true => Some(l),
-            false => self.revalidate(&ctx.key.key, l, now).ok(),
-        });
-        if let Some(l) = local {
+        if let Some(l) = local.and_then(|l| self.servable(&ctx.key.key, l, now).ok()) {
             return Fill::Hit {
                 entry: l.entry.clone(),
                 tier: Tier::Local,
@@ -902,10 +897,9 @@ impl Gateway {
                 Ok(req) => {
                     let fetch = self.fetch(req, t.policy.max_body);
                     match tokio::time::timeout_at(deadline, fetch).await {
-                        Ok(Ok((parts, body))) => self
-                            .prepare_refresh(ctx, parts, body)
-                            .await
-                            .map(|r| Refetched { shared_before, ..r }),
+                        Ok(Ok((parts, body))) => {
+                            self.prepare_refresh(ctx, shared_before, parts, body).await
+                        }
                         _ => None,
                     }
                 }
@@ -929,6 +923,7 @@ impl Gateway {
     async fn prepare_refresh(
         &self,
         ctx: FillCtx,
+        shared_before: Option<Vec<u64>>,
         parts: http::response::Parts,
         body: Bytes,
     ) -> Option<Refetched> {
@@ -945,7 +940,7 @@ impl Gateway {
         Some(Refetched {
             entities: members.into_iter().map(|(e, _)| e).collect(),
             ctx,
-            shared_before: None,
+            shared_before,
             entry,
         })
     }

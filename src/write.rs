@@ -15,6 +15,7 @@ use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
 use crate::config::InvalidateRule;
+use crate::epoch::push_unique;
 use crate::error::GatewayError;
 use crate::family::{Source, json_field};
 use crate::invalidate::WriteMark;
@@ -179,12 +180,6 @@ impl Gateway {
             push_unique(&mut plan.names, k);
         }
         plan
-    }
-}
-
-fn push_unique(names: &mut Vec<String>, name: String) {
-    if !names.contains(&name) {
-        names.push(name);
     }
 }
 

@@ -99,6 +99,32 @@ async fn lists_asked(sim: &SimHandle, count: u64, what: &str) {
     }
 }
 
+/// A read of `url` in a task of its own.
+fn spawn_get(url: String) -> tokio::task::JoinHandle<Resp> {
+    tokio::spawn(async move { get(&url).await })
+}
+
+/// A status change through `base` in a task of its own.
+fn spawn_patch(base: String, id: u64, to: &'static str) -> tokio::task::JoinHandle<Resp> {
+    tokio::spawn(async move { patch_status(&base, id, to).await })
+}
+
+/// Slows the MES's lists to `ms` (answered from a snapshot taken on arrival, MVCC), starts
+/// a task, and waits until the MES was asked for one more list: the task's fill, or its
+/// write's refresh, is in flight.
+async fn while_lists_are_slow<T>(
+    sim: &SimHandle,
+    ms: u64,
+    start: impl FnOnce() -> tokio::task::JoinHandle<T>,
+    what: &str,
+) -> tokio::task::JoinHandle<T> {
+    sim.set_list_latency(Duration::from_millis(ms), Duration::ZERO);
+    let base = sim.stats().list;
+    let task = start();
+    lists_asked(sim, base + 1, what).await;
+    task
+}
+
 /// The shipped config with a refresh budget longer than the slowed lists of a test.
 async fn env_with_long_refresh() -> Env {
     let config = shipped_config_with_refresh().replace("refresh = \"250ms\"", "refresh = \"5s\"");
@@ -438,14 +464,13 @@ async fn a_fill_that_raced_an_invalidation_is_never_stored() {
     let to = other_status(&from);
     let list = format!("/api/orders?status={from}");
     // The MES answers lists slowly, from a snapshot taken on arrival (MVCC).
-    e.sim
-        .set_list_latency(Duration::from_millis(400), Duration::ZERO);
-    let base = e.sim.stats().list;
-    let slow = {
-        let url = e.gw.url(&list);
-        tokio::spawn(async move { get(&url).await })
-    };
-    lists_asked(&e.sim, base + 1, "the read never reached the MES").await;
+    let slow = while_lists_are_slow(
+        &e.sim,
+        400,
+        || spawn_get(e.gw.url(&list)),
+        "the read never reached the MES",
+    )
+    .await;
     assert_eq!(patch_status(&e.gw.url(""), id, to).await.status, 200);
     let r = slow.await.unwrap();
     assert!(
@@ -560,15 +585,15 @@ async fn refresh_on_write_drops_what_another_invalidation_overtook() {
     let (x, y, from, list) = two_orders_in_one_status(&e.sim).await;
     warm(&e.gw, &list).await;
     // The MES answers lists slowly, from a snapshot taken on arrival (MVCC).
-    e.sim
-        .set_list_latency(Duration::from_millis(400), Duration::ZERO);
+    let to = other_status(&from);
     let base = e.sim.stats().list;
-    let w1 = {
-        let gw = e.gw.url("");
-        let to = other_status(&from);
-        tokio::spawn(async move { patch_status(&gw, x, to).await })
-    };
-    lists_asked(&e.sim, base + 1, "the write never refreshed the list").await;
+    let w1 = while_lists_are_slow(
+        &e.sim,
+        400,
+        || spawn_patch(e.gw.url(""), x, to),
+        "the write never refreshed the list",
+    )
+    .await;
     // Another instance's write moves y out of the status; its bus message arrives here.
     let r = patch_status(&e.sim.base_url(), y, "CANCELLED").await;
     assert_eq!(r.status, 200);
@@ -665,14 +690,13 @@ async fn refresh_on_write_survives_a_write_the_mes_had_before_its_fetch() {
 async fn refresh_on_write_caches_a_key_whose_fills_all_lost_to_writes() {
     let e = env_with_long_refresh().await;
     let (x, y, from, list) = two_orders_in_one_status(&e.sim).await;
-    e.sim
-        .set_list_latency(Duration::from_millis(300), Duration::ZERO);
-    let base = e.sim.stats().list;
-    let reader = {
-        let url = e.gw.url(&list);
-        tokio::spawn(async move { get(&url).await })
-    };
-    lists_asked(&e.sim, base + 1, "the read never reached the MES").await;
+    let reader = while_lists_are_slow(
+        &e.sim,
+        300,
+        || spawn_get(e.gw.url(&list)),
+        "the read never reached the MES",
+    )
+    .await;
     // A write lands during the fill (it knows nothing to refresh yet): the fill is
     // fenced out, not stored.
     assert_eq!(
@@ -810,14 +834,13 @@ async fn a_shared_tier_hit_taken_during_a_writes_refresh_ends_at_its_bump() {
     // Instance B puts the detail in Redis; this instance has the list to refresh.
     assert_eq!(get(&b.url(&detail)).await.x_cache(), "MISS");
     warm(&e.gw, &list).await;
-    e.sim
-        .set_list_latency(Duration::from_millis(400), Duration::ZERO);
-    let base = e.sim.stats().list;
-    let write = {
-        let gw = e.gw.url("");
-        tokio::spawn(async move { patch_status(&gw, x, to).await })
-    };
-    lists_asked(&e.sim, base + 1, "the write never refreshed the list").await;
+    let write = while_lists_are_slow(
+        &e.sim,
+        400,
+        || spawn_patch(e.gw.url(""), x, to),
+        "the write never refreshed the list",
+    )
+    .await;
     let r = get(&e.gw.url(&detail)).await;
     assert_eq!(
         (r.x_cache(), r.json()["status"].as_str()),
@@ -848,14 +871,13 @@ async fn fill_racing_a_write_that_missed_its_family(hold: bool) -> (Env, u64, Op
     assert_eq!(patch_status(&e.gw.url(""), x, a).await.status, 200);
     let list = format!("/api/orders?status={a}");
 
-    e.sim
-        .set_list_latency(Duration::from_millis(400), Duration::ZERO);
-    let base = e.sim.stats().list;
-    let reader = {
-        let url = e.gw.url(&list);
-        tokio::spawn(async move { get(&url).await })
-    };
-    lists_asked(&e.sim, base + 1, "the read never reached the MES").await;
+    let reader = while_lists_are_slow(
+        &e.sim,
+        400,
+        || spawn_get(e.gw.url(&list)),
+        "the read never reached the MES",
+    )
+    .await;
     let inv = e.gw.gateway.invalidator();
     let gate = std::sync::Arc::new(mesgate::invalidate::Gate::default());
     if hold {
@@ -975,14 +997,13 @@ async fn refresh_on_write_keeps_out_of_redis_what_another_instance_moved() {
     let to = other_status(&from);
     let list = format!("/api/orders?status={from}");
     warm(&e.gw, &list).await;
-    e.sim
-        .set_list_latency(Duration::from_millis(400), Duration::ZERO);
-    let base = e.sim.stats().list;
-    let write = {
-        let gw = e.gw.url("");
-        tokio::spawn(async move { patch_status(&gw, x, to).await })
-    };
-    lists_asked(&e.sim, base + 1, "the write never refreshed the list").await;
+    let write = while_lists_are_slow(
+        &e.sim,
+        400,
+        || spawn_patch(e.gw.url(""), x, to),
+        "the write never refreshed the list",
+    )
+    .await;
     let epoch =
         e.gw.gateway
             .l2()
