@@ -14,6 +14,8 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use serde_json::json;
+
+use crate::consistency::Name;
 use tokio::net::TcpListener;
 use tracing::{debug, info};
 
@@ -122,10 +124,10 @@ fn param(query: &str, name: &str) -> Option<String> {
 async fn purge(gateway: &Gateway, query: &str) -> Response<Full<Bytes>> {
     let inv = gateway.invalidator();
     let done = if let Some(f) = param(query, "family") {
-        inv.apply(vec![f.clone()], None).await;
+        inv.apply(vec![Name::family(&f)], None).await;
         json!({"purged": "family", "family": f})
     } else if let Some(g) = param(query, "group") {
-        inv.apply(vec![format!("{g}:*")], None).await;
+        inv.apply(vec![Name::group(&g)], None).await;
         json!({"purged": "group", "group": g})
     } else if let Some(k) = param(query, "key") {
         gateway.l1().remove(&k);

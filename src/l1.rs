@@ -11,8 +11,8 @@ use moka::Expiry;
 use moka::notification::RemovalCause;
 use moka::sync::Cache;
 
+use crate::consistency::{Check, Fence};
 use crate::entry::Entry;
-use crate::epoch::Fence;
 
 /// An entry in the local tier.
 #[derive(Debug, Clone)]
@@ -23,12 +23,8 @@ pub struct L1Entry {
     pub fresh_until_ms: u64,
     /// How long moka keeps it after insertion: freshness plus the stale-if-error window.
     pub keep_for: Duration,
-    /// The local epochs of its families when its fill started.
+    /// Its names and the tick its fill began at.
     pub fence: Fence,
-    /// The number of this instance's latest MES-acknowledged write when its fetch started
-    /// (every write up to it is in the answer), or [`crate::epoch::NO_ACK`]: bumps made by
-    /// those writes do not end it (see [`L1Entry::settled`]).
-    pub acked: u64,
     /// The headers of a GET hit from this tier, built once at store time (entry headers
     /// plus `Cache-Status`, `X-Cache` and `Via`); a hit only adds `Age`.
     pub hit_headers: http::HeaderMap,
@@ -40,19 +36,20 @@ impl L1Entry {
         now_ms < self.fresh_until_ms && self.fence.is_valid()
     }
 
-    /// For an entry whose epochs moved: the same answer under the current epochs, when
-    /// every bump since its fetch began came from a write already in that answer (one
-    /// acknowledged before the fetch, e.g. a write whose bump waited for its refresh);
-    /// `None` when any bump may have changed it, or when it is past freshness.
-    pub fn settled(&self, now_ms: u64) -> Option<L1Entry> {
-        if now_ms >= self.fresh_until_ms {
-            return None;
-        }
-        let fence = self.fence.settled_before(self.acked)?;
-        Some(L1Entry {
-            fence,
+    /// What its fence says at `now_ms` (`None` past freshness): kept entries (promise 2b
+    /// in [`crate::consistency`]) are served, and put back with [`L1Entry::rebased`] so
+    /// they are counted once.
+    #[inline]
+    pub fn check(&self, now_ms: u64) -> Option<Check> {
+        (now_ms < self.fresh_until_ms).then(|| self.fence.check())
+    }
+
+    /// The same entry, its fence having seen the bumps it outlived.
+    pub fn rebased(&self) -> L1Entry {
+        L1Entry {
+            fence: self.fence.rebased(),
             ..self.clone()
-        })
+        }
     }
 }
 
@@ -193,7 +190,6 @@ mod tests {
             fresh_until_ms: 1_000,
             keep_for: Duration::from_secs(60),
             fence: Fence::default(),
-            acked: crate::epoch::NO_ACK,
             hit_headers: HeaderMap::new(),
         }
     }

@@ -17,6 +17,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use crate::breaker::{Breaker, BreakerState};
 use crate::config::RedisConfig;
+use crate::consistency::Name;
 use crate::entry::{CodecError, Entry};
 
 /// Epoch keys live far longer than any entry, so an expired epoch (read as 0) can never
@@ -73,8 +74,8 @@ return stored
 pub struct SharedStore {
     /// Cache key.
     pub key: String,
-    /// Its epoch names.
-    pub names: Vec<String>,
+    /// Its invalidation names.
+    pub names: Vec<Name>,
     /// The entry, with the epochs it expects.
     pub entry: Arc<Entry>,
     /// How long Redis keeps it.
@@ -179,6 +180,10 @@ impl L2 {
         format!("{{{}}}:ep:{name}", self.prefix)
     }
 
+    fn name_key(&self, name: &Name) -> String {
+        self.epoch_key(&name.to_string())
+    }
+
     /// The Redis key of an entity's known families.
     pub fn entity_key(&self, entity: &str) -> String {
         format!("{{{}}}:m:{entity}", self.prefix)
@@ -191,10 +196,10 @@ impl L2 {
 
     /// Reads an entry with the current epochs of `epoch_names`, in one round trip. An
     /// entry whose recorded epochs differ from the current ones is dropped (invalidated).
-    pub async fn lookup(&self, key: &str, epoch_names: &[String]) -> Result<Lookup, L2Error> {
+    pub async fn lookup(&self, key: &str, epoch_names: &[Name]) -> Result<Lookup, L2Error> {
         let mut inv = self.scripts[0].key(self.entry_key(key));
         for n in epoch_names {
-            inv.key(self.epoch_key(n));
+            inv.key(self.name_key(n));
         }
         let values: Vec<redis::Value> = self
             .guarded(|mut c| async move { inv.invoke_async(&mut c).await })
@@ -226,11 +231,11 @@ impl L2 {
         key: &str,
         entry: &Entry,
         keep: Duration,
-        epoch_names: &[String],
+        epoch_names: &[Name],
     ) -> Result<bool, L2Error> {
         let mut inv = self.scripts[1].key(self.entry_key(key));
         for n in epoch_names {
-            inv.key(self.epoch_key(n));
+            inv.key(self.name_key(n));
         }
         inv.arg(entry.encode().as_ref())
             .arg(keep.as_millis().max(1) as u64);
@@ -251,13 +256,13 @@ impl L2 {
     /// expects (see [`SharedStore`]). Returns how many were stored.
     pub async fn invalidate(
         &self,
-        names: &[String],
+        names: &[Name],
         message: &str,
         stores: &[SharedStore],
     ) -> Result<usize, L2Error> {
         let mut inv = self.scripts[2].prepare_invoke();
         for n in names {
-            inv.key(self.epoch_key(n));
+            inv.key(self.name_key(n));
         }
         inv.arg(self.channel())
             .arg(EPOCH_EXPIRE_MS)
@@ -267,7 +272,7 @@ impl L2 {
         for st in stores {
             inv.key(self.entry_key(&st.key));
             for n in &st.names {
-                inv.key(self.epoch_key(n));
+                inv.key(self.name_key(n));
             }
             inv.arg(st.names.len())
                 .arg(st.keep.as_millis().max(1) as u64)
@@ -283,10 +288,10 @@ impl L2 {
     }
 
     /// The current values of the epochs `names` (0 for one never moved).
-    pub async fn epochs(&self, names: &[String]) -> Result<Vec<u64>, L2Error> {
+    pub async fn epochs(&self, names: &[Name]) -> Result<Vec<u64>, L2Error> {
         let mut cmd = redis::cmd("MGET");
         for n in names {
-            cmd.arg(self.epoch_key(n));
+            cmd.arg(self.name_key(n));
         }
         let values: Vec<Option<u64>> = self
             .guarded(|mut c| async move { cmd.query_async(&mut c).await })

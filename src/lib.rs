@@ -6,8 +6,8 @@
 //! - [`route`]: path templates and the route table (which rule a request falls under).
 //! - [`key`]: cache keys (query normalization, vary headers, credential policy).
 //! - [`family`]: family templates (`status:{query.status|all}`) and JSON field access.
-//! - [`epoch`]: local epoch counters and the fences entries carry.
-//! - [`invalidate`]: the write path: plan, apply (L1, L2, bus), entity index, retries.
+//! - [`consistency`]: the promises and their mechanisms: the write clock and fences,
+//!   invalidation names, the entity index and write marks, the outbox to Redis, the bus.
 //! - [`entry`]: a cached response and its versioned wire codec for the shared tier.
 //! - [`outcome`]: the decisions (`CacheOutcome`, `BypassReason`, `NoStoreReason`) and their names.
 //! - [`l1`]: the in-process tier (moka, bounded in bytes).
@@ -37,14 +37,13 @@ pub mod admin;
 pub mod breaker;
 pub mod clock;
 pub mod config;
+pub mod consistency;
 pub mod demo;
 pub mod entry;
-pub mod epoch;
 pub mod error;
 pub mod family;
 pub mod flight;
 pub mod forward;
-pub mod invalidate;
 pub mod key;
 pub mod l1;
 pub mod l2;

@@ -24,13 +24,12 @@ use crate::clock::Clock;
 use arc_swap::ArcSwap;
 
 use crate::config::{CachePolicy, Config, Members, Overrides};
+use crate::consistency::{Check, Fence, Invalidator, Name};
 use crate::entry::Entry;
-use crate::epoch::{self, Fence, NO_ACK};
 use crate::error::GatewayError;
 use crate::family::{Source, json_field};
 use crate::flight::{Flights, Role};
 use crate::forward;
-use crate::invalidate::Invalidator;
 use crate::key::{self, CacheKey};
 use crate::l1::{L1, L1Entry};
 use crate::l2::{L2, Lookup, SharedStore};
@@ -132,15 +131,11 @@ pub enum ReloadError {
 pub(crate) struct FillCtx {
     policy: Arc<CachePolicy>,
     key: CacheKey,
-    /// Epoch names of the entry's families (family, group, global).
-    names: Vec<String>,
-    /// Local epochs when the request arrived.
+    /// The names the entry depends on (families, groups, route, global).
+    names: Vec<Name>,
+    /// Its names and the tick current when the request arrived: the fetch sees every
+    /// write up to it.
     fence: Fence,
-    /// Write sequence when the request arrived.
-    seq: u64,
-    /// This instance's latest acknowledged write when the request arrived (read before
-    /// the fence: the fetch sees every write up to it).
-    acked: u64,
     /// The route, and the headers a reader's fill sends to the MES once known: the key
     /// is then remembered for refresh on write.
     route: Arc<String>,
@@ -270,7 +265,7 @@ impl Gateway {
             })
             .map(|r| r.name.to_string())
             .collect();
-        let names: Vec<String> = flushed.iter().map(|n| route_epoch(n)).collect();
+        let names: Vec<Name> = flushed.iter().map(|n| Name::Route(n.clone())).collect();
         self.inner.routes.store(Arc::new(Routing::new(
             new.routes.clone(),
             &self.inner.metrics,
@@ -496,23 +491,15 @@ impl Gateway {
             .iter()
             .filter_map(|t| t.render(&lookup))
             .collect();
-        let mut names = epoch::names_for_all(&families);
-        // A reload that changes the route's policy drops its entries through this epoch.
-        names.push(route_epoch(route));
-        let inv = &self.inner.invalidator;
-        // In this order: the writes numbered up to `acked` are in the MES before the fetch
-        // starts; the write sequence is read before the fence, so a write that lands in
-        // between is caught by one or the other.
-        let acked = inv.acked();
-        let seq = inv.write_seq();
-        let fence = inv.fence(&names);
+        let mut names = Name::all_for(&families);
+        // A reload that changes the route's policy drops its entries through this name.
+        names.push(Name::Route(route.to_string()));
+        let fence = self.inner.invalidator.fence(&names);
         FillCtx {
             policy,
             key,
             names,
             fence,
-            seq,
-            acked,
             route: route.clone(),
             sent: None,
         }
@@ -526,22 +513,20 @@ impl Gateway {
     }
 
     /// An L1 entry that may be served at `now` (`Err` gives it back otherwise): fresh and
-    /// valid, or invalidated only by writes its fetch already saw, then put back under
-    /// the new epochs. (A write bumps after its refresh, ~150 ms after the MES
-    /// acknowledged it: fills that began in between show the write and must not be thrown
-    /// away by its bump.)
+    /// valid, or bumped only by writes its fetch already saw (promise 2b), then put back
+    /// with those bumps recorded, so it is counted once.
     #[inline]
     fn servable(&self, key: &str, l: Arc<L1Entry>, now: u64) -> Result<Arc<L1Entry>, Arc<L1Entry>> {
-        if l.is_fresh(now) {
-            return Ok(l);
+        match l.check(now) {
+            Some(Check::Valid) => Ok(l),
+            Some(Check::Kept) => {
+                let kept = Arc::new(l.rebased());
+                self.inner.l1.replace(key, &l, kept.clone());
+                self.inner.invalidator.count_revalidated();
+                Ok(kept)
+            }
+            _ => Err(l),
         }
-        let Some(kept) = l.settled(now) else {
-            return Err(l);
-        };
-        let kept = Arc::new(kept);
-        self.inner.l1.replace(key, &l, kept.clone());
-        self.inner.invalidator.count_revalidated();
-        Ok(kept)
     }
 
     /// Joins or leads the flight for the key, then answers from its result.
@@ -553,8 +538,8 @@ impl Gateway {
         stale: Option<Stale>,
     ) -> Response<Body> {
         let head = parts.method == Method::HEAD;
-        // Fills under different epochs never merge: a request that arrives after an
-        // invalidation never receives a fetch that started before it.
+        // Fills under different bumps never merge (promise 2): a request that arrives after
+        // an invalidation never receives a fetch that started before it.
         let flight_key: Arc<str> = format!("{}#{}", ctx.key.key, ctx.fence.tag()).into();
         let (waiter, leader) = match self.inner.flights.join(&flight_key) {
             Role::Waiter(w) => (w, false),
@@ -700,13 +685,16 @@ impl Gateway {
             };
         }
         let mut snapshot = None;
+        // Read before the lookup (promise 1b): Redis may hold the pre-write answer of a
+        // write not yet bumped here.
+        let began = self.inner.invalidator.watermark();
         if let Some(found) = self.shared_lookup(&ctx).await {
             if let Some(e) = found.entry {
                 if e.is_fresh(now) {
                     let entry = Arc::new(e);
                     self.register_refresh(&ctx, now);
-                    // Fetched by someone at some point: it does not outlive any bump.
-                    self.store_local(&ctx, &entry, now, NO_ACK);
+                    let fence = self.inner.invalidator.fence_at(&ctx.names, began);
+                    self.store_local(&ctx, fence, &entry, now);
                     return Fill::Hit {
                         entry,
                         tier: Tier::Shared,
@@ -731,7 +719,7 @@ impl Gateway {
             .l2
             .as_ref()
             .filter(|_| !ctx.policy.ttl_l2.is_zero())?;
-        if self.inner.invalidator.pending_any(&ctx.names) {
+        if self.inner.invalidator.closed_any(&ctx.names) {
             return None;
         }
         match l2.lookup(&ctx.key.key, &ctx.names).await {
@@ -823,8 +811,8 @@ impl Gateway {
             (None, Some(m)) => read_members(m, &body),
             _ => Vec::new(),
         };
-        // Recorded before the write marks are checked (see `Invalidator::begin_write`):
-        // a write either was opened before this check, or finds the families here.
+        // Recorded before the write marks are checked (promise 2a): a write either was
+        // opened before this check, or finds the families here.
         // (Memberships seen in an answer not stored are still true of some moment; they
         // can only widen a later invalidation.)
         self.remember(&members).await;
@@ -839,7 +827,7 @@ impl Gateway {
             self.register_refresh(ctx, now);
         }
         if no_store.is_none() {
-            self.store_local(ctx, &entry, now, ctx.acked);
+            self.store_local(ctx, ctx.fence.clone(), &entry, now);
             self.store_shared(ctx, &entry, fenced).await;
         }
         Fill::Fetched {
@@ -852,9 +840,8 @@ impl Gateway {
     /// Refresh on write, first half: fetches again, for at most `budget`, this instance's
     /// entries under any of `names` that are worth it (the write is in the MES by now),
     /// and records the memberships they show. Returns what came back storable in time,
-    /// each with the fence, write sequence and acknowledgement number taken before its
-    /// fetch.
-    pub(crate) async fn refresh_fetch(&self, names: &[String], budget: Duration) -> Vec<Refetched> {
+    /// each with the fence taken before its fetch (its tick is the write's or later).
+    pub(crate) async fn refresh_fetch(&self, names: &[Name], budget: Duration) -> Vec<Refetched> {
         let inv = &self.inner.invalidator;
         let now = self.inner.clock.now_ms();
         let targets = self
@@ -866,18 +853,12 @@ impl Gateway {
         }
         let deadline = tokio::time::Instant::now() + budget;
         let fetches = targets.into_iter().map(|t| async move {
-            // In this order: every write numbered up to `acked` is in the MES before the
-            // fence is taken and the fetch starts (as in `fill_ctx`).
-            let acked = inv.acked();
-            let seq = inv.write_seq();
             let fence = inv.fence(&t.names);
             let ctx = FillCtx {
                 policy: t.policy.clone(),
                 key: t.key.clone(),
                 names: t.names.clone(),
                 fence,
-                seq,
-                acked,
                 route: t.route.clone(),
                 // Not remembered again: only a reader's fill says the key is still read,
                 // so a page nobody reads stops being refreshed after its `ttl_l1`.
@@ -886,7 +867,7 @@ impl Gateway {
             // Read after the local fence and before the fetch: the Redis store (in the
             // write's own Redis step) expects exactly these plus the write's moves.
             let shared_before = match self.inner.l2.as_ref() {
-                Some(l2) if !t.policy.ttl_l2.is_zero() && !inv.pending_any(&t.names) => {
+                Some(l2) if !t.policy.ttl_l2.is_zero() && !inv.closed_any(&t.names) => {
                     l2.epochs(&t.names).await.ok()
                 }
                 _ => None,
@@ -945,18 +926,18 @@ impl Gateway {
         })
     }
 
-    /// Refresh on write, second half, called right after the write's local epochs moved
-    /// (before its Redis part, so no read of this instance waits in between): puts in L1
-    /// each refreshed entry whose epochs only writes already in the MES when its fetch
-    /// started have moved (the write itself among them), and that no finished write it may
-    /// not have seen keeps out (see `Invalidator::admits`). Returns those to store in
+    /// Refresh on write, second half, called right after the write's local bump (before
+    /// its Redis part, so no read of this instance waits in between): puts in L1 each
+    /// refreshed entry whose names nothing with a tick after its fetch began has moved
+    /// (promise 2b: the write itself and writes acknowledged earlier do not count), and
+    /// that no finished write it may not have seen keeps out (promise 2a). Returns those to store in
     /// Redis in the write's Redis step (`moved`: the epochs the write moves), so other
     /// instances find them there after the write's bus message: each expects its Redis
     /// epochs as read before its fetch plus the write's moves, and nothing else.
     pub(crate) fn refresh_install(
         &self,
         fetched: Vec<Refetched>,
-        moved: &[String],
+        moved: &[Name],
     ) -> Vec<SharedStore> {
         let inv = &self.inner.invalidator;
         let now = self.inner.clock.now_ms();
@@ -973,7 +954,7 @@ impl Gateway {
                 inv.count_refresh(false);
                 continue;
             }
-            let stored = self.store_local(&ctx, &entry, now, ctx.acked);
+            let stored = self.store_local(&ctx, ctx.fence.clone(), &entry, now);
             if !stored {
                 debug!(key = %ctx.key.key, "another write moved its epochs: not refreshed");
             }
@@ -999,18 +980,13 @@ impl Gateway {
         shared
     }
 
-    /// Whether an answer listing `entities` may be stored (see `Invalidator::admits`).
+    /// Whether an answer listing `entities` may be stored (promise 2a).
     fn admits(&self, ctx: &FillCtx, entities: &[String]) -> bool {
-        // Its own families: bumping one of them ends the entry (groups, the global epoch
+        // Its own families: bumping one of them ends the entry (groups, the global name
         // and the route's would end far more).
-        let families: Vec<String> = ctx
-            .names
-            .iter()
-            .filter(|n| !n.ends_with('*') && !n.starts_with(ROUTE_EPOCH))
-            .cloned()
-            .collect();
-        let inv = &self.inner.invalidator;
-        inv.admits(entities, ctx.seq, ctx.acked, &families)
+        let families: Vec<&str> = ctx.names.iter().filter_map(Name::as_family).collect();
+        let began = ctx.fence.began();
+        self.inner.invalidator.admits(entities, began, &families)
     }
 
     /// Records which families the listed entities were seen in, before the entry that
@@ -1026,26 +1002,13 @@ impl Gateway {
         }
     }
 
-    /// Puts a fetched answer in L1 under the fill's fence, or under the current epochs
-    /// when only writes numbered up to `acked` (in the answer) moved them since. Returns
-    /// whether it went in.
-    fn store_local(&self, ctx: &FillCtx, entry: &Arc<Entry>, now: u64, acked: u64) -> bool {
+    /// Puts a fetched answer in L1 under `fence`, unless a bump already ended it.
+    /// Returns whether it went in.
+    fn store_local(&self, ctx: &FillCtx, fence: Fence, entry: &Arc<Entry>, now: u64) -> bool {
         let policy = &ctx.policy;
-        if policy.ttl_l1.is_zero() {
+        if policy.ttl_l1.is_zero() || !fence.is_valid() {
             return false;
         }
-        let inv = &self.inner.invalidator;
-        let (fence, acked) = match inv.fencing() {
-            true => (ctx.fence.clone(), acked),
-            false => (inv.fence(&ctx.names), NO_ACK),
-        };
-        let fence = match fence.is_valid() {
-            true => fence,
-            false => match fence.settled_before(acked) {
-                Some(settled) => settled,
-                None => return false,
-            },
-        };
         let own_limit = now + policy.ttl_l1.as_millis() as u64;
         let origin_limit = entry.stored_at_ms.saturating_add(entry.ttl_ms);
         let fresh_until_ms = if policy.ttl_l2.is_zero() {
@@ -1060,7 +1023,6 @@ impl Gateway {
             fresh_until_ms,
             keep_for,
             fence,
-            acked,
         };
         self.inner.l1.insert(Arc::from(ctx.key.key.as_str()), value);
         true
@@ -1101,20 +1063,11 @@ impl Gateway {
         let Some(l2) = self.inner.l2.as_ref().filter(|_| !policy.ttl_l2.is_zero()) else {
             return;
         };
-        if !fenced || self.inner.invalidator.pending_any(&ctx.names) {
+        if !fenced || self.inner.invalidator.closed_any(&ctx.names) {
             return;
         }
         let keep = policy.ttl_l2 + policy.stale_if_error;
-        let mut entry = entry.as_ref().clone();
-        if !self.inner.invalidator.fencing()
-            && let Ok(now) = l2.lookup(&ctx.key.key, &ctx.names).await
-        {
-            entry.epochs = now.epochs;
-        }
-        if let Err(e) = l2
-            .store_fenced(&ctx.key.key, &entry, keep, &ctx.names)
-            .await
-        {
+        if let Err(e) = l2.store_fenced(&ctx.key.key, entry, keep, &ctx.names).await {
             debug!(error = %e, kind = e.as_str(), tier = "shared", "store failed");
         }
     }
@@ -1207,13 +1160,6 @@ impl Gateway {
         forward::response_headers(resp.headers_mut(), received);
         Ok(resp)
     }
-}
-
-/// The epoch every entry of a route depends on.
-const ROUTE_EPOCH: &str = "route:";
-
-fn route_epoch(route: &str) -> String {
-    format!("{ROUTE_EPOCH}{route}")
 }
 
 /// A route's own wait for response headers (`response_timeout`), carried with the request.

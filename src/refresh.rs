@@ -8,7 +8,7 @@
 //! may see either state. An entry fetched that way is stored only if every bump of its
 //! epochs since its fetch started came from a write of this instance that the MES had
 //! acknowledged before the fetch started (so the fetch saw it): the write itself, and
-//! overlapping writes acknowledged earlier ([`crate::epoch::Fence::settled_before`]). A bus
+//! overlapping writes acknowledged earlier (promise 2b in [`crate::consistency`]). A bus
 //! message, a purge or a later write makes it unusable: it is dropped, and the next read
 //! asks the MES.
 //!
@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use http::HeaderMap;
 
 use crate::config::CachePolicy;
-use crate::epoch::GLOBAL;
+use crate::consistency::Name;
 use crate::key::CacheKey;
 
 /// At most this many keys are remembered per epoch name (the most recently filled):
@@ -39,8 +39,8 @@ pub struct Target {
     pub key: CacheKey,
     /// The route's cache policy when it was filled.
     pub policy: Arc<CachePolicy>,
-    /// Its epoch names, in fence order.
-    pub names: Vec<String>,
+    /// Its names, in fence order.
+    pub names: Vec<Name>,
     /// The headers the fill sent to the MES.
     pub headers: HeaderMap,
     /// The route label, for the upstream metrics.
@@ -59,7 +59,7 @@ pub struct RefreshIndex {
 
 #[derive(Default)]
 struct Index {
-    by_name: HashMap<String, VecDeque<Arc<Target>>>,
+    by_name: HashMap<Name, VecDeque<Arc<Target>>>,
     prune_at: usize,
 }
 
@@ -76,7 +76,7 @@ impl RefreshIndex {
             index.by_name.retain(|_, keys| !keys.is_empty());
             index.prune_at = index.by_name.len() * 2;
         }
-        for name in target.names.iter().filter(|n| n.as_str() != GLOBAL) {
+        for name in target.names.iter().filter(|n| **n != Name::Global) {
             let keys = index.by_name.entry(name.clone()).or_default();
             keys.retain(|t| t.key.key != target.key.key);
             keys.push_back(target.clone());
@@ -87,7 +87,7 @@ impl RefreshIndex {
     }
 
     /// The keys filled under any of `names`, each once, that `live` keeps.
-    pub fn targets(&self, names: &[String], live: impl Fn(&Target) -> bool) -> Vec<Arc<Target>> {
+    pub fn targets(&self, names: &[Name], live: impl Fn(&Target) -> bool) -> Vec<Arc<Target>> {
         let index = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let mut out: Vec<Arc<Target>> = Vec::new();
         for keys in names.iter().filter_map(|n| index.by_name.get(n)) {
@@ -127,7 +127,6 @@ impl RefreshIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::epoch::names_for;
 
     fn target(key: &str, family: &str) -> Target {
         let config: crate::config::Config =
@@ -137,7 +136,7 @@ mod tests {
         Target {
             key: CacheKey::from_parts(key.to_owned(), 0..key.len()),
             policy: config.routes.routes()[0].cache.clone().unwrap(),
-            names: names_for(family),
+            names: Name::all_for(&[family.to_owned()]),
             headers: HeaderMap::new(),
             route: Arc::new("r".to_owned()),
             filled_ms: 0,
@@ -157,19 +156,25 @@ mod tests {
         idx.register(target("/a?p=1", "status:A"), |_: &Target| true);
         let all = |_: &Target| true;
         assert_eq!(
-            keys(&idx.targets(&["status:A".into()], all)),
+            keys(&idx.targets(&[Name::family("status:A")], all)),
             ["/a?p=2", "/a?p=1"]
         );
         let both = idx.targets(
-            &["status:A".into(), "status:B".into(), "status:*".into()],
+            &[
+                Name::family("status:A"),
+                Name::family("status:B"),
+                Name::group("status"),
+            ],
             all,
         );
         assert_eq!(keys(&both), ["/a?p=2", "/a?p=1", "/b?p=1"]);
         assert!(
-            idx.targets(&["*".into()], all).is_empty(),
+            idx.targets(&[Name::Global], all).is_empty(),
             "not by the global epoch"
         );
-        let gone = idx.targets(&["status:A".into()], |t: &Target| t.key.key != "/a?p=2");
+        let gone = idx.targets(&[Name::family("status:A")], |t: &Target| {
+            t.key.key != "/a?p=2"
+        });
         assert_eq!(
             keys(&gone),
             ["/a?p=1"],
@@ -183,7 +188,7 @@ mod tests {
         for i in 0..PER_NAME + 5 {
             idx.register(target(&format!("/a?p={i}"), "status:A"), |_: &Target| true);
         }
-        let found = idx.targets(&["status:A".into()], |_: &Target| true);
+        let found = idx.targets(&[Name::family("status:A")], |_: &Target| true);
         assert_eq!(found.len(), PER_NAME);
         assert_eq!(found[0].key.key, "/a?p=5");
         for i in 0..2 * PRUNE_FLOOR {

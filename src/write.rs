@@ -15,19 +15,19 @@ use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
 use crate::config::InvalidateRule;
-use crate::epoch::push_unique;
+use crate::consistency::names::push_unique;
+use crate::consistency::{Name, Point, WriteMark};
 use crate::error::GatewayError;
 use crate::family::{Source, json_field};
-use crate::invalidate::WriteMark;
 use crate::proxy::{Body, Gateway};
 use crate::upstream::error_chain;
 
 /// What one successful write invalidates.
 #[derive(Default)]
 pub struct Plan {
-    /// Epoch names to bump (families, and `group:*` for fallbacks).
-    pub names: Vec<String>,
-    /// The entity written, opened (see [`crate::invalidate::Invalidator::begin_write`]).
+    /// Names to bump (families, and whole groups for fallbacks).
+    pub names: Vec<Name>,
+    /// The entity written, opened (see [`crate::consistency::Invalidator::begin_write`]).
     pub mark: Option<WriteMark>,
     /// Whether the previous families were unknown and whole groups were taken instead.
     pub fallback: bool,
@@ -111,12 +111,12 @@ impl Gateway {
             response: bytes.as_ref().and_then(|b| serde_json::from_slice(b).ok()),
         };
         let inv = &self.inner.invalidator;
-        // Numbered before anything is looked up: every fetch that starts from here on
-        // sees this write (entries it gives may outlive this write's bump, see l1.rs).
-        let ack = inv.note_acked();
+        // Ticked before anything is looked up: every fetch that starts from here on sees
+        // this write, and what it gives outlives this write's bump (promise 2b).
+        let ack = inv.acknowledge();
         let plan = self.plan(rule, &facts, ack).await;
         debug!(names = ?plan.names, fallback = plan.fallback, "invalidating");
-        if rule.refresh.is_zero() || !inv.fencing() {
+        if rule.refresh.is_zero() {
             inv.apply_acked(plan.names, plan.mark, ack, |_| Vec::new())
                 .await;
         } else {
@@ -147,22 +147,23 @@ impl Gateway {
         for t in &rule.families {
             let name = match t.render(&lookup) {
                 Some(family) => {
-                    rendered.push(family.clone());
-                    family
+                    let name = Name::family(&family);
+                    rendered.push(family);
+                    name
                 }
-                None => format!("{}:*", t.group()),
+                None => Name::group(&t.group()),
             };
             push_unique(&mut plan.names, name);
         }
         let entity = rule.entity.as_ref().and_then(|t| t.render(&lookup));
         let inv = &self.inner.invalidator;
-        // Opened before the families are looked up (see `Invalidator::begin_write`).
+        // Opened before the families are looked up (promise 2a).
         plan.mark = entity.as_deref().map(|e| inv.begin_write(e, ack));
         let known = match &entity {
             Some(e) => inv.known(e).await,
             None => Vec::new(),
         };
-        inv.switches().pass_gate(&inv.switches().plan_gate).await;
+        inv.reached(Point::Planned).await;
         if let Some(e) = entity {
             // Where the entity is now (its new status among the rule's families): the
             // next write of it must find that family even when no fill listed it there
@@ -173,11 +174,11 @@ impl Gateway {
             plan.fallback = true;
             inv.count_fallback();
             for g in &rule.fallback {
-                push_unique(&mut plan.names, format!("{g}:*"));
+                push_unique(&mut plan.names, Name::group(g));
             }
         }
         for k in known {
-            push_unique(&mut plan.names, k);
+            push_unique(&mut plan.names, Name::family(&k));
         }
         plan
     }

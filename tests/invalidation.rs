@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::Method;
+use mesgate::consistency::Name;
 use mesgate::sim::{self, SimConfig, SimHandle};
 use serde_json::Value;
 use support::client::{Resp, get, send};
@@ -510,7 +511,7 @@ async fn read_in_the_bump_gap(close_l2: bool) -> (bool, String) {
     inv.switches()
         .close_l2_while_bumping
         .store(close_l2, Ordering::Relaxed);
-    let gate = std::sync::Arc::new(mesgate::invalidate::Gate::default());
+    let gate = std::sync::Arc::new(mesgate::consistency::Gate::default());
     *inv.switches().bump_gate.lock().unwrap() = Some(gate.clone());
 
     let write = {
@@ -599,7 +600,7 @@ async fn refresh_on_write_drops_what_another_invalidation_overtook() {
     assert_eq!(r.status, 200);
     e.gw.gateway
         .invalidator()
-        .apply(vec![format!("status:{from}")], None)
+        .apply(vec![Name::family(&format!("status:{from}"))], None)
         .await;
     assert_eq!(w1.await.unwrap().status, 200);
     let stats = e.gw.gateway.invalidator().stats();
@@ -813,7 +814,7 @@ async fn an_entry_fetched_after_a_write_was_acknowledged_outlives_its_bump() {
     // Any other bump of its family still ends it.
     e.gw.gateway
         .invalidator()
-        .apply(vec![format!("order:{x}")], None)
+        .apply(vec![Name::family(&format!("order:{x}"))], None)
         .await;
     assert_eq!(get(&e.gw.url(&detail)).await.x_cache(), "MISS");
 }
@@ -879,7 +880,7 @@ async fn fill_racing_a_write_that_missed_its_family(hold: bool) -> (Env, u64, Op
     )
     .await;
     let inv = e.gw.gateway.invalidator();
-    let gate = std::sync::Arc::new(mesgate::invalidate::Gate::default());
+    let gate = std::sync::Arc::new(mesgate::consistency::Gate::default());
     if hold {
         *inv.switches().plan_gate.lock().unwrap() = Some(gate.clone());
     }
