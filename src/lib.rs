@@ -2,7 +2,8 @@
 //!
 //! # Layout
 //!
-//! - [`config`]: raw TOML structs, validation with field paths, the typed runtime config.
+//! - [`config`]: raw TOML structs (`raw`), validation with field paths (`validate`,
+//!   `validate_route`), the typed runtime config (`runtime`).
 //! - [`route`]: path templates and the route table (which rule a request falls under).
 //! - [`key`]: cache keys (query normalization, vary headers, credential policy).
 //! - [`family`]: family templates (`status:{query.status|all}`) and JSON field access.

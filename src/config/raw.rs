@@ -1,0 +1,433 @@
+//! The serde structs of the config file, what the file may say: `deny_unknown_fields`,
+//! defaults, and the doc comments that are the config reference (README points here).
+//!
+//! It owns the shape of the TOML and every default; it does not check values (that is
+//! [`validate`](super::validate)) or hold the typed runtime config
+//! ([`runtime`](super::runtime)).
+
+use serde::Deserialize;
+
+/// The whole config file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Address the proxy listens on. Default `127.0.0.1:8080`. Env: `MESGATE_LISTEN`.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Base URL of the MES, `http://host:port` (no path). Env: `MESGATE_UPSTREAM`.
+    pub upstream: String,
+    /// The admin listener (health now; metrics and purge later).
+    #[serde(default)]
+    pub admin: RawAdmin,
+    /// The shared tier. Absent (and no `MESGATE_REDIS_URL`): the gateway runs L1 only.
+    #[serde(default)]
+    pub redis: Option<RawRedis>,
+    /// The in-process tier.
+    #[serde(default)]
+    pub l1: RawL1,
+    /// Timeouts towards clients and the MES.
+    #[serde(default)]
+    pub timeouts: RawTimeouts,
+    /// Size limits on what clients send.
+    #[serde(default)]
+    pub limits: RawLimits,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogConfig,
+    /// Route rules, `[[route]]`. A request no rule matches is forwarded untouched.
+    #[serde(default, rename = "route")]
+    pub routes: Vec<RawRoute>,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8080".into()
+}
+
+/// `[admin]`: a separate listener so health and purge never share a port with clients.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    /// Address; default `127.0.0.1:9901`; `""` turns the admin listener off.
+    /// Env: `MESGATE_ADMIN_LISTEN`.
+    #[serde(default = "default_admin_listen")]
+    pub listen: String,
+    /// Bearer token for admin actions (purge). Env `MESGATE_ADMIN_TOKEN` wins.
+    #[serde(default)]
+    pub token: Option<String>,
+}
+
+impl Default for RawAdmin {
+    fn default() -> Self {
+        Self {
+            listen: default_admin_listen(),
+            token: None,
+        }
+    }
+}
+
+fn default_admin_listen() -> String {
+    "127.0.0.1:9901".into()
+}
+
+/// `[redis]`: the shared tier. Short timeouts on purpose: a slow Redis must cost little.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRedis {
+    /// `redis://host:port/db`. Env: `MESGATE_REDIS_URL`.
+    pub url: String,
+    /// Prefix of every key mesgate writes, so several deployments can share a Redis.
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+    /// Longest wait for one Redis operation before it counts as failed. Default `50ms`.
+    #[serde(default = "default_op_timeout")]
+    pub op_timeout: String,
+    /// Longest wait for a (re)connection. Default `500ms`.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: String,
+    /// Consecutive failures that open the circuit breaker (Redis is then skipped). Default 3.
+    #[serde(default = "default_breaker_failures")]
+    pub breaker_failures: u32,
+    /// How long the breaker stays open before one probe is let through. Default `2s`.
+    #[serde(default = "default_breaker_cooldown")]
+    pub breaker_cooldown: String,
+}
+
+fn default_prefix() -> String {
+    "mesgate".into()
+}
+fn default_op_timeout() -> String {
+    "50ms".into()
+}
+fn default_connect_timeout() -> String {
+    "500ms".into()
+}
+fn default_breaker_failures() -> u32 {
+    3
+}
+fn default_breaker_cooldown() -> String {
+    "2s".into()
+}
+
+/// `[l1]`: the in-process tier.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawL1 {
+    /// Bound in bytes (bodies plus headers), e.g. `"256MiB"` or `268435456`. Default 256 MiB.
+    #[serde(default = "default_l1_bytes")]
+    pub max_bytes: RawSize,
+}
+
+impl Default for RawL1 {
+    fn default() -> Self {
+        Self {
+            max_bytes: default_l1_bytes(),
+        }
+    }
+}
+
+fn default_l1_bytes() -> RawSize {
+    RawSize::Text("256MiB".into())
+}
+
+/// `[timeouts]`: all durations are humantime strings (`"250ms"`, `"10s"`, `"1m"`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTimeouts {
+    /// TCP connect to the MES. Default `1s`.
+    #[serde(default = "default_connect")]
+    pub connect: String,
+    /// From request sent to response headers received. Default `10s`.
+    #[serde(default = "default_response_header")]
+    pub response_header: String,
+    /// Whole exchange (headers and body) of a fetch for the cache. Default `30s`.
+    /// Pass-through streams are bounded by `response_header` only, so long downloads pass.
+    #[serde(default = "default_total")]
+    pub total: String,
+    /// A client must send its request headers within this. Default `10s`.
+    #[serde(default = "default_client_header")]
+    pub client_header: String,
+    /// Idle pooled connections to the MES are closed after this. Default `90s`.
+    #[serde(default = "default_pool_idle")]
+    pub pool_idle: String,
+    /// On SIGTERM, how long open requests (and their invalidations) get to finish. Default `30s`.
+    #[serde(default = "default_drain")]
+    pub drain: String,
+}
+
+fn default_drain() -> String {
+    "30s".into()
+}
+
+impl Default for RawTimeouts {
+    fn default() -> Self {
+        Self {
+            connect: default_connect(),
+            response_header: default_response_header(),
+            total: default_total(),
+            client_header: default_client_header(),
+            pool_idle: default_pool_idle(),
+            drain: default_drain(),
+        }
+    }
+}
+
+fn default_connect() -> String {
+    "1s".into()
+}
+fn default_response_header() -> String {
+    "10s".into()
+}
+fn default_total() -> String {
+    "30s".into()
+}
+fn default_client_header() -> String {
+    "10s".into()
+}
+fn default_pool_idle() -> String {
+    "90s".into()
+}
+
+/// `[limits]`: what a client may send before it gets a 431 or the connection closes.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    /// Largest request head (request line plus headers). Default `64KiB`; at least 8 KiB.
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: RawSize,
+    /// Most request headers. Default 100.
+    #[serde(default = "default_max_headers")]
+    pub max_headers: usize,
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        Self {
+            max_header_bytes: default_max_header_bytes(),
+            max_headers: default_max_headers(),
+        }
+    }
+}
+
+fn default_max_header_bytes() -> RawSize {
+    RawSize::Text("64KiB".into())
+}
+fn default_max_headers() -> usize {
+    100
+}
+
+/// `[log]`: how mesgate logs. `RUST_LOG`, when set, wins over `level`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `"human"` (default) or `"json"` (one object per line, for log shippers).
+    #[serde(default)]
+    pub format: LogFormat,
+    /// Level filter in `RUST_LOG` syntax. Default `"info"`.
+    #[serde(default = "default_log_level")]
+    pub level: String,
+    /// One `mesgate::access` line per request. Default `false`: at tens of thousands of
+    /// cache hits per second an access log costs more than the hit.
+    #[serde(default)]
+    pub access: bool,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::default(),
+            level: default_log_level(),
+            access: false,
+        }
+    }
+}
+
+fn default_log_level() -> String {
+    "info".into()
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Readable text.
+    #[default]
+    Human,
+    /// JSON objects.
+    Json,
+}
+
+/// A byte size: an integer, or a string with a unit (`B`, `KB`, `KiB`, `MB`, `MiB`, `GB`, `GiB`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum RawSize {
+    /// Plain bytes.
+    Bytes(u64),
+    /// With a unit.
+    Text(String),
+}
+
+/// `[[route]]`: one rule.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    /// Name used in logs and metric labels: lowercase letters, digits, `-` and `_`.
+    pub name: String,
+    /// Methods the rule applies to. Default `["GET", "HEAD"]`.
+    #[serde(default = "default_methods")]
+    pub methods: Vec<String>,
+    /// Path template: literal segments and whole-segment parameters, `/api/orders/{id}`.
+    pub path: String,
+    /// How to cache reads. Absent: matching requests are forwarded untouched.
+    #[serde(default)]
+    pub cache: Option<RawCache>,
+    /// What a successful write on this route makes wrong. Absent: nothing is invalidated.
+    #[serde(default)]
+    pub invalidate: Option<RawInvalidate>,
+    /// Wait for the MES's response headers on this route instead of
+    /// `timeouts.response_header` (e.g. `"30m"` for the price calculation).
+    #[serde(default)]
+    pub response_timeout: Option<String>,
+}
+
+/// `[route.cache.members]`: how to read the entities out of a cached body, so that a
+/// later write knows which families an entity was seen in (its previous status).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMembers {
+    /// Dotted path to the array of members (`items`); `""` means the body is one member.
+    #[serde(default)]
+    pub items: String,
+    /// The entity a member is, from its fields: `order:{item.id}`.
+    pub entity: String,
+    /// The families a member shows it belongs to: `["status:{item.status}"]`.
+    #[serde(default)]
+    pub member_of: Vec<String>,
+}
+
+/// `[route.invalidate]`: the families a successful write makes wrong.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawInvalidate {
+    /// Family templates over `{path.x}`, `{request.x}` (JSON body sent) and `{response.x}`
+    /// (JSON answer), e.g. `["status:{request.status}", "order:{path.id}", "counts"]`.
+    #[serde(default)]
+    pub families: Vec<String>,
+    /// The entity written, e.g. `order:{path.id}`: the families it is known to belong to
+    /// (from cached members) are invalidated too, which is how the previous status is found.
+    #[serde(default)]
+    pub entity: Option<String>,
+    /// Groups invalidated whole when the entity's families are not known (`["status"]`).
+    #[serde(default)]
+    pub fallback: Vec<String>,
+    /// Answer statuses that count as success. Default: any 2xx.
+    #[serde(default)]
+    pub statuses: Vec<u16>,
+    /// Largest request or answer body buffered to read placeholders from. Default `1MiB`.
+    #[serde(default = "default_max_body")]
+    pub max_body: RawSize,
+    /// How long a successful write may wait, before it is answered, for this instance's
+    /// cached entries it makes wrong to be fetched again, so that they are replaced
+    /// instead of dropped and no read has to wait for the MES. `"0s"` (the default): off.
+    #[serde(default)]
+    pub refresh: Option<String>,
+}
+
+fn default_methods() -> Vec<String> {
+    vec!["GET".into(), "HEAD".into()]
+}
+
+/// `[route.cache]`: the caching policy of a read route.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCache {
+    /// Query parameters that form the key, each `name` or `name=default`. The key is
+    /// normalized: sorted, defaults applied, so `?status=X` and `?page=1&status=X` share it.
+    #[serde(default)]
+    pub query: Vec<String>,
+    /// What to do with a parameter not in `query`: `"bypass"` the cache (default) or
+    /// `"strip"` it from both the key and the request sent to the MES.
+    #[serde(default)]
+    pub unknown_query: UnknownQuery,
+    /// Request headers whose values vary the key (e.g. `accept-language`).
+    #[serde(default)]
+    pub vary: Vec<String>,
+    /// Freshness in the in-process tier. Default `5s`; `"0s"` skips L1 for this route.
+    #[serde(default = "default_ttl_l1")]
+    pub ttl_l1: String,
+    /// Freshness in Redis. Default `60s`; `"0s"` skips L2 for this route.
+    #[serde(default = "default_ttl_l2")]
+    pub ttl_l2: String,
+    /// How long past freshness an entry may still be served, marked stale, when the MES
+    /// fails (connection error, timeout or 5xx). Default `"0s"` (never).
+    #[serde(default = "default_stale_if_error")]
+    pub stale_if_error: String,
+    /// Largest body worth caching; larger answers are forwarded, not stored. Default `1MiB`.
+    #[serde(default = "default_max_body")]
+    pub max_body: RawSize,
+    /// Requests carrying `Authorization` or `Cookie`: `"bypass"` the cache (default), or
+    /// `"per_credential"`: cache them under a key that includes a SHA-256 of the credential.
+    #[serde(default)]
+    pub credentials: CredentialPolicy,
+    /// Response statuses that may be stored. Default `[200]`.
+    #[serde(default = "default_statuses")]
+    pub statuses: Vec<u16>,
+    /// Families an entry belongs to, over `{path.x}` and `{query.x|default}`:
+    /// `["status:{query.status|all}"]`. A write that names one invalidates the entry.
+    #[serde(default)]
+    pub families: Vec<String>,
+    /// How to read member entities out of the body (for the previous-status lookup).
+    #[serde(default)]
+    pub members: Option<RawMembers>,
+}
+
+fn default_ttl_l1() -> String {
+    "5s".into()
+}
+fn default_ttl_l2() -> String {
+    "60s".into()
+}
+fn default_stale_if_error() -> String {
+    "0s".into()
+}
+fn default_max_body() -> RawSize {
+    RawSize::Text("1MiB".into())
+}
+fn default_statuses() -> Vec<u16> {
+    vec![200]
+}
+
+/// What a cached route does with a query parameter outside its allow-list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnknownQuery {
+    /// Forward the request untouched and do not cache it (safe default: never drop
+    /// something that might change the answer).
+    #[default]
+    Bypass,
+    /// Remove the parameter from the key and from the request sent upstream.
+    Strip,
+}
+
+/// How a cached route treats requests with `Authorization` or `Cookie`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CredentialPolicy {
+    /// Never share: forward untouched (Varnish's builtin rule).
+    #[default]
+    Bypass,
+    /// Cache per credential: the key includes a hash of `Authorization` and `Cookie`.
+    PerCredential,
+}
+
+impl RawRedis {
+    pub(super) fn with_url(url: String) -> Self {
+        Self {
+            url,
+            prefix: default_prefix(),
+            op_timeout: default_op_timeout(),
+            connect_timeout: default_connect_timeout(),
+            breaker_failures: default_breaker_failures(),
+            breaker_cooldown: default_breaker_cooldown(),
+        }
+    }
+}

@@ -1,0 +1,188 @@
+//! The typed runtime config, what the gateway runs with (the types of
+//! [`Config`](super::Config)'s fields), and the printed route table of `check-config`.
+//!
+//! It owns no parsing and no rejection: values get here only through
+//! [`validate`](super::validate) and [`validate_route`](super::validate_route).
+
+use std::time::Duration;
+
+use http::{HeaderName, Method, StatusCode};
+
+use super::{CredentialPolicy, UnknownQuery};
+use crate::family::Template;
+use crate::route::Route;
+
+/// The MES as a base URI.
+#[derive(Debug, Clone)]
+pub struct UpstreamTarget {
+    /// `http`.
+    pub scheme: http::uri::Scheme,
+    /// `host:port`.
+    pub authority: http::uri::Authority,
+}
+
+/// Validated `[redis]`.
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    /// Connection URL.
+    pub url: String,
+    /// Key prefix.
+    pub prefix: String,
+    /// Per-operation timeout.
+    pub op_timeout: Duration,
+    /// Connection timeout.
+    pub connect_timeout: Duration,
+    /// Failures that open the breaker.
+    pub breaker_failures: u32,
+    /// Breaker cool-down.
+    pub breaker_cooldown: Duration,
+}
+
+/// Validated `[timeouts]`.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// TCP connect to the MES.
+    pub connect: Duration,
+    /// Until response headers.
+    pub response_header: Duration,
+    /// Whole fetch for the cache.
+    pub total: Duration,
+    /// Client header read.
+    pub client_header: Duration,
+    /// Pool idle.
+    pub pool_idle: Duration,
+    /// Shutdown drain deadline.
+    pub drain: Duration,
+}
+
+/// Validated `[limits]`.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Request head bytes.
+    pub max_header_bytes: usize,
+    /// Request header count.
+    pub max_headers: usize,
+}
+
+/// One allowed query parameter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueryParam {
+    /// Name as sent.
+    pub name: String,
+    /// Value used when the request omits it.
+    pub default: Option<String>,
+}
+
+/// Validated `[route.cache]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CachePolicy {
+    /// Allowed parameters, sorted by name (so the key is built sorted).
+    pub query: Vec<QueryParam>,
+    /// Policy for other parameters.
+    pub unknown_query: UnknownQuery,
+    /// Headers that vary the key, lowercase, sorted.
+    pub vary: Vec<HeaderName>,
+    /// L1 freshness (zero: skip L1).
+    pub ttl_l1: Duration,
+    /// L2 freshness (zero: skip L2).
+    pub ttl_l2: Duration,
+    /// Stale-if-error window.
+    pub stale_if_error: Duration,
+    /// Largest body stored.
+    pub max_body: usize,
+    /// Credential policy.
+    pub credentials: CredentialPolicy,
+    /// Statuses that may be stored.
+    pub statuses: Vec<StatusCode>,
+    /// Families an entry belongs to.
+    pub families: Vec<Template>,
+    /// How to read members out of a body.
+    pub members: Option<Members>,
+}
+
+/// Validated `[route.cache.members]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Members {
+    /// Dotted path to the member array; empty: the body is one member.
+    pub items: String,
+    /// Entity template over `{item.x}`.
+    pub entity: Template,
+    /// Family templates over `{item.x}`.
+    pub member_of: Vec<Template>,
+}
+
+/// Validated `[route.invalidate]`.
+#[derive(Debug, Clone)]
+pub struct InvalidateRule {
+    /// Family templates.
+    pub families: Vec<Template>,
+    /// Entity template.
+    pub entity: Option<Template>,
+    /// Groups invalidated whole when the entity's families are unknown.
+    pub fallback: Vec<String>,
+    /// Success statuses; empty means any 2xx.
+    pub statuses: Vec<StatusCode>,
+    /// Body buffering cap.
+    pub max_body: usize,
+    /// Longest wait for the refresh of the entries the write makes wrong; zero: off.
+    pub refresh: Duration,
+}
+
+impl InvalidateRule {
+    /// Whether an answer with `status` counts as a successful write.
+    pub fn applies_to(&self, status: StatusCode) -> bool {
+        if self.statuses.is_empty() {
+            status.is_success()
+        } else {
+            self.statuses.contains(&status)
+        }
+    }
+}
+
+pub(super) fn describe_route(r: &Route) -> String {
+    let methods: Vec<&str> = r.methods.iter().map(Method::as_str).collect();
+    let head = format!(
+        "  {:<18} {:<10} {:<30}",
+        r.name,
+        methods.join(","),
+        r.path.as_str()
+    );
+    if let Some(c) = &r.cache {
+        return format!("{head} cache {}\n", describe_cache(c));
+    }
+    match &r.invalidate {
+        Some(i) => format!(
+            "{head} forward, invalidate families=[{}] entity={} fallback=[{}]\n",
+            join_templates(&i.families),
+            i.entity.as_ref().map_or("-", Template::as_str),
+            i.fallback.join(","),
+        ),
+        None => format!("{head} forward\n"),
+    }
+}
+
+fn join_templates(t: &[Template]) -> String {
+    t.iter().map(Template::as_str).collect::<Vec<_>>().join(",")
+}
+
+fn describe_cache(c: &CachePolicy) -> String {
+    let query: Vec<String> = c
+        .query
+        .iter()
+        .map(|q| match &q.default {
+            Some(d) => format!("{}={d}", q.name),
+            None => q.name.clone(),
+        })
+        .collect();
+    format!(
+        "l1={:?} l2={:?} stale_if_error={:?} query=[{}] unknown={:?} families=[{}] members={} credentials={:?}",
+        c.ttl_l1,
+        c.ttl_l2,
+        c.stale_if_error,
+        query.join(","),
+        c.unknown_query,
+        join_templates(&c.families),
+        c.members.as_ref().map_or("-", |m| m.entity.as_str()),
+        c.credentials,
+    )
+}

@@ -1,0 +1,167 @@
+//! The config's tests: whole documents parsed through [`Config`] (defaults, the field path
+//! every rejection names, overrides) and the size parser. How the gateway uses a config
+//! is tested where it is used, not here.
+
+use std::time::Duration;
+
+use http::Method;
+
+use super::*;
+
+const MINIMAL: &str = r#"
+upstream = "http://127.0.0.1:9090"
+[[route]]
+name = "order-list"
+path = "/api/orders"
+[route.cache]
+query = ["status", "page=1", "size=50"]
+"#;
+
+fn err(text: &str) -> String {
+    text.parse::<Config>().unwrap_err().to_string()
+}
+
+#[test]
+fn refresh_on_write_defaults_off_and_is_bounded() {
+    let off = |c: &Config| c.routes.routes()[1].invalidate.as_ref().unwrap().refresh;
+    let base = "upstream = \"http://127.0.0.1:9090\"\n[[route]]\nname = \"l\"\npath = \"/o\"\n[route.cache]\nfamilies = [\"s:{query.s|all}\"]\nquery = [\"s\"]\n[[route]]\nname = \"w\"\nmethods = [\"POST\"]\npath = \"/o\"\n[route.invalidate]\nfamilies = [\"s:all\"]\n";
+    let c: Config = base.parse().unwrap();
+    assert_eq!(off(&c), Duration::ZERO);
+    let c: Config = format!("{base}refresh = \"250ms\"\n").parse().unwrap();
+    assert_eq!(off(&c), Duration::from_millis(250));
+    let e = err(&format!("{base}refresh = \"soon\"\n"));
+    assert!(e.contains("route[1].invalidate.refresh"), "{e}");
+    let e = err(&format!("{base}refresh = \"1m\"\n"));
+    assert!(
+        e.contains("route[1].invalidate.refresh") && e.contains("10s"),
+        "{e}"
+    );
+}
+
+#[test]
+fn minimal_config_gets_defaults() {
+    let c: Config = MINIMAL.parse().unwrap();
+    assert_eq!(c.listen, "127.0.0.1:8080".parse().unwrap());
+    assert!(c.redis.is_none());
+    let r = &c.routes.routes()[0];
+    let p = r.cache.as_ref().unwrap();
+    assert_eq!(p.ttl_l1, Duration::from_secs(5));
+    assert_eq!(p.max_body, 1 << 20);
+    assert_eq!(p.query[0].name, "page");
+    assert_eq!(p.query[0].default.as_deref(), Some("1"));
+    assert_eq!(r.methods, vec![Method::GET, Method::HEAD]);
+}
+
+#[test]
+fn unknown_field_names_its_path() {
+    let e = err(&MINIMAL.replace("query =", "ttl_l3 = \"1s\"\nquery ="));
+    assert!(e.starts_with("route[0].cache.ttl_l3"), "{e}");
+    assert!(e.contains("unknown field"), "{e}");
+}
+
+#[test]
+fn bad_duration_names_its_path() {
+    let e = err(&format!("{MINIMAL}ttl_l1 = \"5 parsecs\"\n"));
+    assert!(e.starts_with("route[0].cache.ttl_l1: bad duration"), "{e}");
+}
+
+#[test]
+fn bad_template_names_its_path() {
+    let e = err(&MINIMAL.replace("/api/orders", "/api/{id"));
+    assert!(e.starts_with("route[0].path:"), "{e}");
+}
+
+#[test]
+fn wrong_type_names_its_path() {
+    let e = err(&format!("{MINIMAL}statuses = \"200\"\n"));
+    assert!(e.starts_with("route[0].cache.statuses"), "{e}");
+}
+
+#[test]
+fn contradictions_are_rejected() {
+    let cases = [
+        (
+            MINIMAL.replace("path =", "methods = [\"GET\", \"POST\"]\npath ="),
+            "route[0].methods",
+        ),
+        (
+            format!("{MINIMAL}ttl_l1 = \"0s\"\nttl_l2 = \"0s\"\n"),
+            "route[0].cache.ttl_l1",
+        ),
+        (
+            format!("{MINIMAL}vary = [\"Authorization\"]\n"),
+            "route[0].cache.vary[0]",
+        ),
+        (
+            format!("{MINIMAL}statuses = [500]\n"),
+            "route[0].cache.statuses[0]",
+        ),
+        (
+            MINIMAL.replace("\"size=50\"", "\"size=50\", \"page\""),
+            "route[0].cache.query[3]",
+        ),
+        (
+            format!("{MINIMAL}[timeouts]\ntotal = \"1s\"\n"),
+            "timeouts.total",
+        ),
+    ];
+    for (text, path) in cases {
+        let e = err(&text);
+        assert!(e.starts_with(path), "want {path}, got {e}");
+    }
+}
+
+#[test]
+fn duplicate_routes_are_rejected() {
+    let dup = format!("{MINIMAL}[[route]]\nname = \"again\"\npath = \"/api/orders\"\n");
+    assert!(err(&dup).starts_with("route[1].path"), "{}", err(&dup));
+    let same_name = format!("{MINIMAL}[[route]]\nname = \"order-list\"\npath = \"/x\"\n");
+    assert!(err(&same_name).starts_with("route[1].name"));
+}
+
+#[test]
+fn bad_upstream_and_addresses() {
+    assert!(err(&MINIMAL.replace("http://127.0.0.1:9090", "https://mes")).starts_with("upstream"));
+    assert!(
+        err(&MINIMAL.replace("http://127.0.0.1:9090", "http://mes/api")).starts_with("upstream")
+    );
+    assert!(err(&format!("listen = \"nope\"\n{MINIMAL}")).starts_with("listen: bad address"));
+    let e = err(&format!("{MINIMAL}[redis]\nurl = \"ftp://x\"\n"));
+    assert!(
+        e.starts_with("route[0].cache.redis") || e.starts_with("redis.url"),
+        "{e}"
+    );
+}
+
+#[test]
+fn sizes_parse_with_units() {
+    let s = |t: &str| parse_size("x", &RawSize::Text(t.into()));
+    assert_eq!(s("1MiB").unwrap(), 1 << 20);
+    assert_eq!(s("2 KB").unwrap(), 2000);
+    assert_eq!(s("17").unwrap(), 17);
+    assert!(s("1 parsec").is_err());
+    assert!(s("MiB").is_err());
+}
+
+#[test]
+fn overrides_win_over_the_file() {
+    let o = Overrides {
+        listen: Some("127.0.0.1:1".into()),
+        redis_url: Some("redis://127.0.0.1:2".into()),
+        ..Overrides::default()
+    };
+    let c = Config::from_str_with(MINIMAL, o).unwrap();
+    assert_eq!(c.listen.port(), 1);
+    assert_eq!(c.redis.unwrap().url, "redis://127.0.0.1:2");
+    let with_redis = format!("{MINIMAL}[redis]\nurl = \"redis://127.0.0.1:3\"\n");
+    let off = Overrides {
+        redis_url: Some("off".into()),
+        ..Overrides::default()
+    };
+    assert!(
+        Config::from_str_with(&with_redis, off)
+            .unwrap()
+            .redis
+            .is_none()
+    );
+}

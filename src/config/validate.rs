@@ -1,0 +1,210 @@
+//! Validation of the document and its scalar sections: raw structs in, runtime types out,
+//! every rejection naming its field path.
+//!
+//! It owns `listen`, `upstream`, `[admin]`, `[redis]`, `[l1]`, `[timeouts]`, `[limits]`,
+//! `[log]` and the duration, size and address parsers; the `[[route]]` rules are
+//! [`validate_route`](super::validate_route)'s. It does not open sockets or talk to Redis.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Uri;
+
+use super::validate_route::validate_routes;
+use super::{
+    Config, ConfigError, Limits, LogConfig, RawConfig, RawL1, RawLimits, RawRedis, RawSize,
+    RawTimeouts, RedisConfig, Timeouts, UpstreamTarget, invalid,
+};
+
+/// Parses a humantime duration, naming the field on error.
+pub fn parse_duration(path: &str, value: &str) -> Result<Duration, ConfigError> {
+    humantime::parse_duration(value.trim()).map_err(|e| {
+        invalid(
+            path,
+            format!("bad duration {value:?}: {e} (try \"250ms\", \"5s\")"),
+        )
+    })
+}
+
+/// Parses a byte size, naming the field on error.
+pub fn parse_size(path: &str, value: &RawSize) -> Result<u64, ConfigError> {
+    let text = match value {
+        RawSize::Bytes(n) => return Ok(*n),
+        RawSize::Text(t) => t.trim(),
+    };
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (num, unit) = text.split_at(split);
+    let factor: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KB" | "kB" => 1_000,
+        "KiB" => 1 << 10,
+        "MB" => 1_000_000,
+        "MiB" => 1 << 20,
+        "GB" => 1_000_000_000,
+        "GiB" => 1 << 30,
+        _ => {
+            return Err(invalid(
+                path,
+                format!("bad size {text:?}: unknown unit (try \"1MiB\")"),
+            ));
+        }
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(factor))
+        .ok_or_else(|| invalid(path, format!("bad size {text:?}: not a number")))
+}
+
+fn parse_addr(path: &str, value: &str) -> Result<SocketAddr, ConfigError> {
+    value.parse().map_err(|_| {
+        invalid(
+            path,
+            format!("bad address {value:?} (want host-ip:port, e.g. 127.0.0.1:8080)"),
+        )
+    })
+}
+
+impl RawConfig {
+    pub(super) fn validate(self) -> Result<Config, ConfigError> {
+        let admin_listen = match self.admin.listen.trim() {
+            "" => None,
+            a => Some(parse_addr("admin.listen", a)?),
+        };
+        Ok(Config {
+            listen: parse_addr("listen", &self.listen)?,
+            upstream: parse_upstream(&self.upstream)?,
+            admin_listen,
+            admin_token: self.admin.token.filter(|t| !t.is_empty()),
+            redis: self.redis.map(RawRedis::validate).transpose()?,
+            l1_max_bytes: validate_l1(&self.l1)?,
+            timeouts: self.timeouts.validate()?,
+            limits: self.limits.validate()?,
+            routes: Arc::new(validate_routes(self.routes)?),
+            log: validate_log(self.log)?,
+        })
+    }
+}
+
+fn validate_log(log: LogConfig) -> Result<LogConfig, ConfigError> {
+    tracing_subscriber::EnvFilter::try_new(&log.level)
+        .map_err(|e| invalid("log.level", format!("{:?}: {e}", log.level)))?;
+    Ok(log)
+}
+
+fn validate_l1(l1: &RawL1) -> Result<u64, ConfigError> {
+    let n = parse_size("l1.max_bytes", &l1.max_bytes)?;
+    if n == 0 {
+        return Err(invalid("l1.max_bytes", "must be more than 0"));
+    }
+    Ok(n)
+}
+
+fn parse_upstream(value: &str) -> Result<UpstreamTarget, ConfigError> {
+    let uri: Uri = value
+        .parse()
+        .map_err(|e| invalid("upstream", format!("bad URL {value:?}: {e}")))?;
+    let scheme = uri.scheme().cloned();
+    if scheme.as_ref() != Some(&http::uri::Scheme::HTTP) {
+        return Err(invalid(
+            "upstream",
+            format!(
+                "{value:?}: only http:// upstreams are supported (TLS to the MES is not built yet)"
+            ),
+        ));
+    }
+    let Some(authority) = uri.authority().cloned() else {
+        return Err(invalid("upstream", format!("{value:?}: needs a host")));
+    };
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return Err(invalid(
+            "upstream",
+            format!(
+                "{value:?}: must be scheme://host:port only; paths are forwarded as the client sent them"
+            ),
+        ));
+    }
+    Ok(UpstreamTarget {
+        scheme: http::uri::Scheme::HTTP,
+        authority,
+    })
+}
+
+impl RawRedis {
+    fn validate(self) -> Result<RedisConfig, ConfigError> {
+        redis::Client::open(self.url.as_str())
+            .map_err(|e| invalid("redis.url", format!("bad Redis URL {:?}: {e}", self.url)))?;
+        if self.prefix.is_empty() || self.prefix.contains(['{', '}', ' ']) {
+            return Err(invalid(
+                "redis.prefix",
+                "must be non-empty, without spaces or braces",
+            ));
+        }
+        if self.breaker_failures == 0 {
+            return Err(invalid("redis.breaker_failures", "must be at least 1"));
+        }
+        let op_timeout = parse_duration("redis.op_timeout", &self.op_timeout)?;
+        if op_timeout.is_zero() {
+            return Err(invalid("redis.op_timeout", "must be more than 0"));
+        }
+        Ok(RedisConfig {
+            op_timeout,
+            connect_timeout: parse_duration("redis.connect_timeout", &self.connect_timeout)?,
+            breaker_cooldown: parse_duration("redis.breaker_cooldown", &self.breaker_cooldown)?,
+            breaker_failures: self.breaker_failures,
+            prefix: self.prefix,
+            url: self.url,
+        })
+    }
+}
+
+impl RawTimeouts {
+    fn validate(self) -> Result<Timeouts, ConfigError> {
+        let nonzero = |path: &str, v: &str| {
+            let d = parse_duration(path, v)?;
+            if d.is_zero() {
+                return Err(invalid(path, "must be more than 0"));
+            }
+            Ok(d)
+        };
+        let t = Timeouts {
+            connect: nonzero("timeouts.connect", &self.connect)?,
+            response_header: nonzero("timeouts.response_header", &self.response_header)?,
+            total: nonzero("timeouts.total", &self.total)?,
+            client_header: nonzero("timeouts.client_header", &self.client_header)?,
+            pool_idle: nonzero("timeouts.pool_idle", &self.pool_idle)?,
+            drain: parse_duration("timeouts.drain", &self.drain)?,
+        };
+        if t.total < t.response_header {
+            return Err(invalid(
+                "timeouts.total",
+                format!(
+                    "{:?} is shorter than timeouts.response_header ({:?})",
+                    t.total, t.response_header
+                ),
+            ));
+        }
+        Ok(t)
+    }
+}
+
+impl RawLimits {
+    fn validate(self) -> Result<Limits, ConfigError> {
+        let bytes = parse_size("limits.max_header_bytes", &self.max_header_bytes)?;
+        if !(8192..=1 << 20).contains(&bytes) {
+            return Err(invalid(
+                "limits.max_header_bytes",
+                "must be between 8KiB and 1MiB",
+            ));
+        }
+        if self.max_headers == 0 {
+            return Err(invalid("limits.max_headers", "must be at least 1"));
+        }
+        Ok(Limits {
+            max_header_bytes: bytes as usize,
+            max_headers: self.max_headers,
+        })
+    }
+}
