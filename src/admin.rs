@@ -20,7 +20,7 @@ use tokio::net::TcpListener;
 use tracing::{debug, info};
 
 use crate::breaker::BreakerState;
-use crate::proxy::Gateway;
+use crate::gateway::Gateway;
 
 /// Serves the admin endpoints until `shutdown` resolves.
 pub async fn run(
@@ -58,7 +58,7 @@ pub async fn route(gateway: &Gateway, req: Request<Incoming>) -> Response<Full<B
         (_, "/readyz") => readiness(gateway).await,
         (&Method::GET, "/metrics") => {
             let mut resp = Response::new(Full::new(Bytes::from(
-                gateway.metrics().render(gateway).await,
+                gateway.metrics().render(&gateway.snapshot()),
             )));
             resp.headers_mut().insert(
                 header::CONTENT_TYPE,

@@ -11,7 +11,7 @@ use tokio::net::TcpListener;
 use tracing::{info, warn};
 
 use crate::config::{Config, ConfigError, Overrides};
-use crate::proxy::{BuildError, Gateway};
+use crate::gateway::{BuildError, Gateway};
 use crate::sim::{self, SimConfig};
 
 /// The demo config shipped in the binary, used when `config/demo.toml` is not on disk.

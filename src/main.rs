@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use mesgate::config::{Config, LogConfig, LogFormat, Overrides};
 use mesgate::demo::{self, DemoError, DemoOptions};
-use mesgate::proxy::Gateway;
+use mesgate::gateway::Gateway;
 use tokio::net::TcpListener;
 use tracing::info;
 

@@ -15,7 +15,9 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::breaker::BreakerState;
-use crate::proxy::Gateway;
+use crate::consistency::InvalidationStats;
+use crate::l1::L1;
+use crate::l2::L2;
 
 /// The route label of requests no rule matched.
 pub fn unmatched() -> Arc<String> {
@@ -95,6 +97,21 @@ const OUTCOMES: [&str; 7] = [
 fn latency_histogram() -> Histogram {
     // 50 µs … ~26 s.
     Histogram::new(exponential_buckets(0.000_05, 2.0, 20))
+}
+
+/// The state kept outside the registry, read when the metrics are rendered (the
+/// gateway hands it over; this module knows nothing of the gateway).
+pub struct Snapshot<'a> {
+    /// The local tier (bytes, entries, evictions).
+    pub l1: &'a L1,
+    /// The shared tier, when configured (errors, fenced stores, breaker).
+    pub l2: Option<&'a L2>,
+    /// The consistency counters.
+    pub invalidation: &'a InvalidationStats,
+    /// Name cells in use.
+    pub epoch_counters: usize,
+    /// Requests waiting on single-flight fetches.
+    pub flights_waiting: usize,
 }
 
 /// All metrics of one gateway.
@@ -298,12 +315,11 @@ impl Metrics {
     }
 
     /// Copies the state kept elsewhere into the registry and renders the text format.
-    pub async fn render(&self, gw: &Gateway) -> String {
-        self.l1_bytes.set(gw.l1().weighted_size() as i64);
-        self.l1_entries.set(gw.l1().entry_count() as i64);
-        self.epoch_counters
-            .set(gw.invalidator().epoch_counters() as i64);
-        let ev = gw.l1().evictions();
+    pub fn render(&self, gw: &Snapshot<'_>) -> String {
+        self.l1_bytes.set(gw.l1.weighted_size() as i64);
+        self.l1_entries.set(gw.l1.entry_count() as i64);
+        self.epoch_counters.set(gw.epoch_counters as i64);
+        let ev = gw.l1.evictions();
         for (cause, v) in [
             ("expired", &ev.expired),
             ("size", &ev.size),
@@ -315,7 +331,7 @@ impl Metrics {
                 v.load(Ordering::Relaxed),
             );
         }
-        if let Some(l2) = gw.l2() {
+        if let Some(l2) = gw.l2 {
             let s = l2.stats();
             for (kind, v) in [("failed", &s.errors), ("skipped", &s.skipped)] {
                 sync(
@@ -327,7 +343,7 @@ impl Metrics {
             self.breaker_open
                 .set(i64::from(l2.breaker_state() != BreakerState::Closed));
         }
-        let s = gw.invalidator().stats();
+        let s = gw.invalidation;
         for (reason, v) in [
             ("write", &s.applied),
             ("fallback", &s.fallbacks),
@@ -347,7 +363,7 @@ impl Metrics {
                 v.load(Ordering::Relaxed),
             );
         }
-        self.singleflight_waiting.set(gw.flights_waiting() as i64);
+        self.singleflight_waiting.set(gw.flights_waiting as i64);
         let mut out = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out

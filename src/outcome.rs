@@ -107,20 +107,11 @@ impl CacheOutcome {
     }
 }
 
-/// The outcome name (`as_str`) of an `X-Cache` header value, if it is one of ours.
-pub fn label_for_x_cache(value: Option<&http::HeaderValue>) -> Option<&'static str> {
-    const ALL: [CacheOutcome; 5] = [
-        CacheOutcome::HitLocal,
-        CacheOutcome::HitShared,
-        CacheOutcome::Miss,
-        CacheOutcome::Stale,
-        CacheOutcome::Bypass(BypassReason::Credentials),
-    ];
-    let v = value?.as_bytes();
-    ALL.iter()
-        .find(|o| o.x_cache().as_bytes() == v)
-        .map(|o| o.as_str())
-}
+/// `X-Cache`, parsed once (a `&str` name is parsed on every use).
+pub const X_CACHE: http::HeaderName = http::HeaderName::from_static("x-cache");
+
+/// `Cache-Status` (RFC 9211).
+pub const CACHE_STATUS: http::HeaderName = http::HeaderName::from_static("cache-status");
 
 /// Extra facts for the `Cache-Status` header of a miss.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

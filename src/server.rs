@@ -1,7 +1,7 @@
 //! The accept loop: connection settings (HTTP/1.1 and h2c, header limits and timeouts)
 //! and graceful shutdown.
 //!
-//! It knows nothing of caching; every request goes to [`crate::proxy::Gateway::handle`].
+//! It knows nothing of caching; every request goes to [`crate::gateway::Gateway::handle`].
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -16,7 +16,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
-use crate::proxy::Gateway;
+use crate::gateway::Gateway;
 
 /// Serves `gateway` on `listener` until `shutdown` resolves, then drains open connections
 /// for at most `timeouts.drain`.

@@ -15,10 +15,11 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::route::RouteTable;
+use crate::config::route::RouteTable;
 use runtime::describe_route;
 
 mod raw;
+pub mod route;
 mod runtime;
 mod validate;
 mod validate_route;

@@ -9,8 +9,8 @@ use std::time::Duration;
 use http::{HeaderName, Method, StatusCode};
 
 use super::{CredentialPolicy, UnknownQuery};
+use crate::config::route::Route;
 use crate::family::Template;
-use crate::route::Route;
 
 /// The MES as a base URI.
 #[derive(Debug, Clone)]

@@ -16,8 +16,8 @@ use super::{
     CachePolicy, ConfigError, CredentialPolicy, InvalidateRule, Members, QueryParam, RawCache,
     RawInvalidate, RawMembers, RawRoute, invalid,
 };
+use crate::config::route::{PathTemplate, Route, RouteTable};
 use crate::family::{Source, Template};
-use crate::route::{PathTemplate, Route, RouteTable};
 
 pub(super) fn validate_routes(raw: Vec<RawRoute>) -> Result<RouteTable, ConfigError> {
     let mut routes: Vec<Route> = Vec::with_capacity(raw.len());

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 
 use mesgate::clock::Clock;
 use mesgate::config::{Config, Overrides};
-use mesgate::proxy::Gateway;
+use mesgate::gateway::Gateway;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 

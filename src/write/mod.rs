@@ -1,7 +1,9 @@
 //! The write path: forward a write detached from the client, then plan its invalidation
 //! from the rule and apply it before the answer leaves.
 //!
-//! It plans; applying (L1, Redis, bus, retries) is [`crate::invalidate`]'s.
+//! It plans; applying (L1, Redis, bus, retries) is [`crate::consistency`]'s.
+
+pub mod refresh;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,12 +17,24 @@ use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
 use crate::config::InvalidateRule;
+use crate::consistency::Invalidator;
 use crate::consistency::names::push_unique;
 use crate::consistency::{Name, Point, WriteMark};
 use crate::error::GatewayError;
 use crate::family::{Source, json_field};
-use crate::proxy::{Body, Gateway};
+use crate::pass::{Body, Pass};
+use crate::read::Reader;
 use crate::upstream::error_chain;
+use refresh::Refresher;
+
+/// The write path of one gateway. Cheap to clone.
+#[derive(Clone)]
+pub struct Writer {
+    pass: Pass,
+    invalidator: Invalidator,
+    reader: Reader,
+    refresher: Refresher,
+}
 
 /// What one successful write invalidates.
 #[derive(Default)]
@@ -55,10 +69,21 @@ impl WriteFacts<'_> {
     }
 }
 
-impl Gateway {
+impl Writer {
+    /// A write path forwarding through `pass`, invalidating through `invalidator`, and
+    /// refreshing through `reader`.
+    pub fn new(pass: Pass, invalidator: Invalidator, reader: Reader) -> Self {
+        Self {
+            pass,
+            invalidator,
+            refresher: Refresher::new(reader.clone()),
+            reader,
+        }
+    }
+
     /// Buffers the write's body (to read its fields), then forwards and invalidates in a
     /// task of its own: a client that goes away cannot cancel either.
-    pub(crate) async fn write(
+    pub async fn write(
         &self,
         req: Request<Incoming>,
         remote: SocketAddr,
@@ -92,7 +117,7 @@ impl Gateway {
     ) -> Response<Body> {
         let request = serde_json::from_slice(req.body()).ok();
         let req = req.map(|b| Either::Right(Full::new(b)));
-        let resp = match self.forward(req, remote).await {
+        let resp = match self.pass.forward(req, remote).await {
             Ok(r) => r,
             Err(e) => {
                 warn!(error = %e, kind = e.as_str(), "write forward failed");
@@ -110,7 +135,7 @@ impl Gateway {
             request,
             response: bytes.as_ref().and_then(|b| serde_json::from_slice(b).ok()),
         };
-        let inv = &self.inner.invalidator;
+        let inv = &self.invalidator;
         // Ticked before anything is looked up: every fetch that starts from here on sees
         // this write, and what it gives outlives this write's bump (promise 2b).
         let ack = inv.acknowledge();
@@ -122,9 +147,9 @@ impl Gateway {
         } else {
             // Fetched before the invalidation, so the old entries are served meanwhile
             // (the write is not answered yet), and stored after it (see refresh.rs).
-            let fetched = self.refresh_fetch(&plan.names, rule.refresh).await;
+            let fetched = self.refresher.fetch(&plan.names, rule.refresh).await;
             inv.apply_acked(plan.names, plan.mark, ack, |moved| {
-                self.refresh_install(fetched, moved)
+                self.refresher.install(fetched, moved)
             })
             .await;
         }
@@ -156,7 +181,7 @@ impl Gateway {
             push_unique(&mut plan.names, name);
         }
         let entity = rule.entity.as_ref().and_then(|t| t.render(&lookup));
-        let inv = &self.inner.invalidator;
+        let inv = &self.invalidator;
         // Opened before the families are looked up (promise 2a).
         plan.mark = entity.as_deref().map(|e| inv.begin_write(e, ack));
         let known = match &entity {
@@ -168,7 +193,7 @@ impl Gateway {
             // Where the entity is now (its new status among the rule's families): the
             // next write of it must find that family even when no fill listed it there
             // yet. (The other families only widen that write's invalidation.)
-            self.remember(&[(e, rendered)]).await;
+            self.reader.remember(&[(e, rendered)]).await;
         }
         if known.is_empty() && inv.previous_lookup() && !rule.fallback.is_empty() {
             plan.fallback = true;

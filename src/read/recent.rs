@@ -53,7 +53,7 @@ pub struct Target {
 
 /// Keys by the epoch names they were filled under.
 #[derive(Default)]
-pub struct RefreshIndex {
+pub struct RecentFills {
     inner: Mutex<Index>,
 }
 
@@ -63,7 +63,7 @@ struct Index {
     prune_at: usize,
 }
 
-impl RefreshIndex {
+impl RecentFills {
     /// Remembers a key whose fill just got a storable answer. `live` says whether a key
     /// is still worth refreshing (used when the index is pruned).
     pub fn register(&self, target: Target, live: impl Fn(&Target) -> bool) {
@@ -149,7 +149,7 @@ mod tests {
 
     #[test]
     fn targets_are_found_by_family_or_group_once_each_while_cached() {
-        let idx = RefreshIndex::default();
+        let idx = RecentFills::default();
         idx.register(target("/a?p=1", "status:A"), |_: &Target| true);
         idx.register(target("/a?p=2", "status:A"), |_: &Target| true);
         idx.register(target("/b?p=1", "status:B"), |_: &Target| true);
@@ -184,7 +184,7 @@ mod tests {
 
     #[test]
     fn the_index_keeps_the_newest_keys_per_name_and_prunes_what_l1_dropped() {
-        let idx = RefreshIndex::default();
+        let idx = RecentFills::default();
         for i in 0..PER_NAME + 5 {
             idx.register(target(&format!("/a?p={i}"), "status:A"), |_: &Target| true);
         }

@@ -1,0 +1,396 @@
+//! The gateway handle: builds the read and write paths and what they share, puts a config
+//! in force (and a reload), and dispatches each request to its path.
+//!
+//! The paths' decisions are theirs ([`crate::read`], [`crate::write`], [`crate::pass`]);
+//! this module only wires and routes.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use http::{Method, Request, Response};
+use hyper::body::Incoming;
+use tracing::info;
+
+use crate::clock::Clock;
+use crate::config::route::RouteTable;
+use crate::config::{Config, Overrides};
+use crate::consistency::{Invalidator, Name};
+use crate::l1::L1;
+use crate::l2::L2;
+use crate::metrics::{self, Metrics, RouteLabel, RouteRequests, Snapshot};
+use crate::outcome::CacheOutcome;
+use crate::pass::{Body, Pass, RouteTimeout};
+use crate::read::Reader;
+use crate::upstream::Upstream;
+use crate::write::Writer;
+
+/// The outcome label of a request that was forwarded (or failed) without a cache outcome.
+const FORWARD: &str = "forward";
+
+/// The route table in force, with each route's request counters resolved against it.
+struct Routing {
+    table: Arc<RouteTable>,
+    /// By route index in `table`.
+    requests: Vec<Arc<RouteRequests>>,
+    unmatched: Arc<RouteRequests>,
+    /// Whether some write rule refreshes on write: fills only remember their keys then.
+    refresh_on: bool,
+}
+
+impl Routing {
+    fn new(table: Arc<RouteTable>, metrics: &Metrics) -> Self {
+        let requests = table
+            .routes()
+            .iter()
+            .map(|r| Arc::new(metrics.route_requests(&r.name)))
+            .collect();
+        let unmatched = Arc::new(metrics.route_requests(&metrics::unmatched()));
+        let refresh_on = table
+            .routes()
+            .iter()
+            .filter_map(|r| r.invalidate.as_ref())
+            .any(|rule| !rule.refresh.is_zero());
+        Self {
+            table,
+            requests,
+            unmatched,
+            refresh_on,
+        }
+    }
+}
+
+/// The gateway: the config, the read and write paths, pass-through and the route table in
+/// force. Cheap to clone (one `Arc`).
+#[derive(Clone)]
+pub struct Gateway {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: Config,
+    reader: Reader,
+    writer: Writer,
+    pass: Pass,
+    invalidator: Invalidator,
+    metrics: Arc<Metrics>,
+    draining: std::sync::atomic::AtomicBool,
+    /// The route table in force; swapped whole by a reload.
+    routes: ArcSwap<Routing>,
+    access_log: std::sync::atomic::AtomicBool,
+    /// Where a reload reads the config from.
+    source: std::sync::Mutex<Option<(std::path::PathBuf, Overrides)>>,
+}
+
+/// What a reload changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ReloadReport {
+    /// Routes now in force.
+    pub routes: usize,
+    /// Cached routes whose policy changed or that went away: their entries were dropped.
+    pub flushed: Vec<String>,
+    /// Settings that changed in the file but need a restart to apply.
+    pub need_restart: Vec<&'static str>,
+}
+
+/// Why a reload did not happen (the old rules keep serving).
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The gateway was not started from a file.
+    #[error("no config file to reload from")]
+    NoSource,
+    /// The new file is invalid.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+}
+
+/// Why a gateway could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The Redis URL was accepted by validation but not by the client.
+    #[error("redis.url: {0}")]
+    Redis(#[from] redis::RedisError),
+}
+
+impl Gateway {
+    /// Builds the gateway; connects to nothing yet (Redis connects lazily).
+    pub fn new(config: Config) -> Result<Self, BuildError> {
+        Self::with_clock(config, Clock::system())
+    }
+
+    /// Builds the gateway with an injected clock (tests control freshness with it).
+    ///
+    /// Starts the invalidation bus listener and retry loop when Redis is configured, so
+    /// it must be called inside a tokio runtime.
+    pub fn with_clock(config: Config, clock: Clock) -> Result<Self, BuildError> {
+        let l2 = config.redis.as_ref().map(L2::new).transpose()?;
+        let l1 = L1::new(config.l1_max_bytes);
+        let fill_ttl = config.timeouts.total * 2 + Duration::from_secs(10);
+        let metrics = Arc::new(Metrics::new());
+        let invalidator = Invalidator::new(
+            l1.clone(),
+            l2.clone(),
+            clock.clone(),
+            index_ttl(&config),
+            fill_ttl,
+        );
+        invalidator.start_background(metrics.bus_latency.clone());
+        let upstream = Upstream::new(config.upstream.clone(), &config.timeouts, metrics.clone());
+        let pass = Pass::new(upstream);
+        let reader = Reader::new(
+            (l1, l2),
+            clock,
+            invalidator.clone(),
+            pass.clone(),
+            config.timeouts.total,
+            index_ttl(&config),
+        );
+        let writer = Writer::new(pass.clone(), invalidator.clone(), reader.clone());
+        Ok(Self {
+            inner: Arc::new(Inner {
+                routes: ArcSwap::from_pointee(Routing::new(config.routes.clone(), &metrics)),
+                metrics,
+                draining: Default::default(),
+                access_log: config.log.access.into(),
+                source: Default::default(),
+                reader,
+                writer,
+                pass,
+                invalidator,
+                config,
+            }),
+        })
+    }
+
+    /// Remembers where the config came from, so `reload` (SIGHUP, `POST /admin/reload`)
+    /// can read it again.
+    pub fn set_config_source(&self, path: std::path::PathBuf, overrides: Overrides) {
+        *self.inner.source.lock().unwrap_or_else(|e| e.into_inner()) = Some((path, overrides));
+    }
+
+    /// Reads the config file again. An invalid file changes nothing (the error names the
+    /// field); a valid one swaps the route table, keeping the entries of unchanged routes.
+    pub fn reload(&self) -> Result<ReloadReport, ReloadError> {
+        let source = self
+            .inner
+            .source
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let (path, overrides) = source.ok_or(ReloadError::NoSource)?;
+        let new = Config::load(&path, overrides)?;
+        Ok(self.apply_config(&new))
+    }
+
+    /// Puts the routes (and the access-log switch) of `new` in force.
+    pub fn apply_config(&self, new: &Config) -> ReloadReport {
+        let old = self.inner.routes.load_full();
+        let flushed: Vec<String> = old
+            .table
+            .routes()
+            .iter()
+            .filter(|r| r.cache.is_some())
+            .filter(|r| {
+                let same = new.routes.routes().iter().find(|n| n.name == r.name);
+                same.is_none_or(|n| n.cache != r.cache)
+            })
+            .map(|r| r.name.to_string())
+            .collect();
+        let names: Vec<Name> = flushed.iter().map(|n| Name::Route(n.clone())).collect();
+        self.inner.routes.store(Arc::new(Routing::new(
+            new.routes.clone(),
+            &self.inner.metrics,
+        )));
+        self.inner.invalidator.bump_local(&names);
+        // Refresh targets carry their route's policy: the next fills register them anew.
+        self.inner.reader.inner.recent.clear();
+        let access = new.log.access;
+        self.inner
+            .access_log
+            .store(access, std::sync::atomic::Ordering::Relaxed);
+        ReloadReport {
+            routes: new.routes.routes().len(),
+            flushed,
+            need_restart: need_restart(&self.inner.config, new),
+        }
+    }
+
+    /// Marks the instance as draining: `/readyz` answers 503 so load balancers move away.
+    pub fn start_draining(&self) {
+        self.inner
+            .draining
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether shutdown has begun.
+    pub fn is_draining(&self) -> bool {
+        self.inner
+            .draining
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The metrics (rendered by the admin listener).
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// The invalidation state (admin, tests).
+    pub fn invalidator(&self) -> &Invalidator {
+        &self.inner.invalidator
+    }
+
+    /// The runtime config.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// The local tier (admin and tests flush it).
+    pub fn l1(&self) -> &L1 {
+        &self.inner.reader.inner.l1
+    }
+
+    /// The shared tier, when configured.
+    pub fn l2(&self) -> Option<&L2> {
+        self.inner.reader.inner.l2.as_ref()
+    }
+
+    /// Requests waiting on single-flight fetches right now, leaders included.
+    pub fn flights_waiting(&self) -> usize {
+        self.inner.reader.flights_waiting()
+    }
+
+    /// Handles one request from `remote`. Never fails: errors become problem responses.
+    pub async fn handle(&self, req: Request<Incoming>, remote: SocketAddr) -> Response<Body> {
+        let started = Instant::now();
+        let access = self
+            .inner
+            .access_log
+            .load(std::sync::atomic::Ordering::Relaxed);
+        // Copied only when an access line will be written.
+        let request_line = access.then(|| (req.method().clone(), req.uri().clone()));
+        let (resp, counted, outcome) = self.dispatch(req, remote).await;
+        let secs = started.elapsed().as_secs_f64();
+        self.inner.metrics.observe_request(&counted, outcome, secs);
+        let route = &counted.name;
+        let Some((method, uri)) = request_line else {
+            return resp;
+        };
+        info!(
+            target: "mesgate::access",
+            %method,
+            path = uri.path(),
+            route = route.as_str(),
+            outcome,
+            status = resp.status().as_u16(),
+            ms = secs * 1000.0,
+            "request"
+        );
+        resp
+    }
+
+    /// Matches the route and runs the path for it; also says which route label and which
+    /// outcome the request counts under.
+    async fn dispatch(
+        &self,
+        mut req: Request<Incoming>,
+        remote: SocketAddr,
+    ) -> (Response<Body>, Arc<RouteRequests>, &'static str) {
+        let pass = &self.inner.pass;
+        let routing = self.inner.routes.load();
+        let Some(m) = routing.table.find(req.method(), req.uri().path()) else {
+            req.extensions_mut()
+                .insert(RouteLabel(metrics::unmatched()));
+            let counted = routing.unmatched.clone();
+            return (pass.pass(req, remote).await, counted, FORWARD);
+        };
+        let route = m.route;
+        let name = routing.requests[m.index].clone();
+        let params: Vec<(String, String)> = route
+            .path
+            .params()
+            .zip(m.params)
+            .map(|(n, v)| (n.to_owned(), v.to_owned()))
+            .collect();
+        let cached_read = route.cache.is_some() && is_read(req.method());
+        if !cached_read {
+            // The read path adds it only past a hit: the hit path allocates no extensions.
+            req.extensions_mut().insert(RouteLabel(route.name.clone()));
+        }
+        if let Some(t) = route.response_timeout {
+            req.extensions_mut().insert(RouteTimeout(t));
+        }
+        if cached_read {
+            let reader = &self.inner.reader;
+            let (resp, outcome) = reader
+                .read(req, remote, route, &params, routing.refresh_on)
+                .await;
+            return (resp, name, outcome.map_or(FORWARD, CacheOutcome::as_str));
+        }
+        match &route.invalidate {
+            Some(rule) => {
+                let writer = &self.inner.writer;
+                let resp = writer.write(req, remote, rule.clone(), params).await;
+                (resp, name, "write")
+            }
+            None => (pass.pass(req, remote).await, name, FORWARD),
+        }
+    }
+
+    /// What the metrics render from.
+    pub fn snapshot(&self) -> Snapshot<'_> {
+        Snapshot {
+            l1: self.l1(),
+            l2: self.l2(),
+            invalidation: self.inner.invalidator.stats(),
+            epoch_counters: self.inner.invalidator.epoch_counters(),
+            flights_waiting: self.flights_waiting(),
+        }
+    }
+}
+
+/// Settings a reload cannot apply to a running instance.
+fn need_restart(old: &Config, new: &Config) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    let checks = [
+        ("listen", old.listen != new.listen),
+        ("upstream", old.upstream.authority != new.upstream.authority),
+        (
+            "admin",
+            old.admin_listen != new.admin_listen || old.admin_token != new.admin_token,
+        ),
+        (
+            "redis",
+            old.redis.as_ref().map(|r| &r.url) != new.redis.as_ref().map(|r| &r.url),
+        ),
+        ("l1", old.l1_max_bytes != new.l1_max_bytes),
+        (
+            "log.format",
+            old.log.format != new.log.format || old.log.level != new.log.level,
+        ),
+    ];
+    for (name, changed) in checks {
+        if changed {
+            out.push(name);
+        }
+    }
+    out
+}
+
+/// How long entity memberships must be remembered: as long as any entry listing them can
+/// live in either tier, plus a margin.
+fn index_ttl(config: &Config) -> Duration {
+    let longest = config
+        .routes
+        .routes()
+        .iter()
+        .filter_map(|r| r.cache.as_ref())
+        .map(|c| c.ttl_l1.max(c.ttl_l2) + c.stale_if_error)
+        .max()
+        .unwrap_or_default();
+    longest + Duration::from_secs(60)
+}
+
+fn is_read(m: &Method) -> bool {
+    *m == Method::GET || *m == Method::HEAD
+}
