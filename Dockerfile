@@ -49,16 +49,19 @@
 FROM rust:1-bookworm AS builder
 WORKDIR /build
 
-# Only what the two binaries need: the manifest and lock (built with --locked), the
-# sources, and config/ (src/demo.rs embeds config/demo.toml with include_str!). examples/
-# and tests/ are left out: Cargo discovers them only when they exist, and building the
-# two binaries by name never needs them.
+# Only what the two binaries need: the workspace manifest and lock (built with --locked),
+# the gateway's sources, the simulator crate (mes-sim/: its manifest and sources; mesgate
+# depends on it and it builds the `mes-sim` binary), and config/ (src/demo.rs embeds
+# config/demo.toml with include_str!). examples/ and tests/ are left out: Cargo discovers
+# them only when they exist, and building the two binaries by name never needs them.
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
+COPY mes-sim ./mes-sim
 COPY config ./config
 
 # The cache mounts keep the registry and target/ between builds (BuildKit), so target/
-# is not in any layer: the binaries are copied out of it in the same step.
+# is not in any layer: the binaries are copied out of it in the same step. Both packages
+# are default members of the workspace, so `--bin` finds each in its own package.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/usr/local/cargo/git \
     --mount=type=cache,target=/build/target \

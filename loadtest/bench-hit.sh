@@ -246,7 +246,7 @@ REQ_HEADERS=(-H 'accept: */*' -H 'accept-encoding: gzip, compress, deflate, br' 
 # --- build -------------------------------------------------------------------------------
 # The commit is taken before building: others may commit while the benchmark runs.
 COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
-if [[ -n "$(git status --porcelain --untracked-files=no -- src Cargo.toml Cargo.lock 2>/dev/null)" ]]; then
+if [[ -n "$(git status --porcelain --untracked-files=no -- src mes-sim Cargo.toml Cargo.lock 2>/dev/null)" ]]; then
     COMMIT="$COMMIT+dirty"
 fi
 if [[ "$BUILD" != 1 ]]; then

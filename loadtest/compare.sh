@@ -105,8 +105,8 @@ fi
 # ---------------------------------------------------------------- binaries
 COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo -)
 TREE="clean"
-if [[ -n "$(git status --porcelain --untracked-files=no -- src Cargo.toml Cargo.lock config examples 2>/dev/null)" ]]; then
-  TREE="src/Cargo/config/examples modified in the working tree at the start"
+if [[ -n "$(git status --porcelain --untracked-files=no -- src mes-sim Cargo.toml Cargo.lock config examples 2>/dev/null)" ]]; then
+  TREE="src/mes-sim/Cargo/config/examples modified in the working tree at the start"
 fi
 if [[ "$BUILD" == 1 ]]; then
   note "building (release): mesgate, mes-sim, examples/bare_hyper"

@@ -109,7 +109,7 @@ run_storm() {
   stop "$p"
 }
 
-echo "## storm: $(date -u +%FT%TZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo -)$([[ -n "$(git status --porcelain --untracked-files=no -- src Cargo.toml Cargo.lock examples 2>/dev/null)" ]] && echo +dirty), $(nproc) cores, $(lscpu 2>/dev/null | sed -n 's/^Model name: *//p')"
+echo "## storm: $(date -u +%FT%TZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo -)$([[ -n "$(git status --porcelain --untracked-files=no -- src mes-sim Cargo.toml Cargo.lock examples 2>/dev/null)" ]] && echo +dirty), $(nproc) cores, $(lscpu 2>/dev/null | sed -n 's/^Model name: *//p')"
 echo "DURATION=$DURATION READERS=$READERS CHANGES=$CHANGES/s CREATES=$CREATES/s; mes-sim default latencies (list 20ms + 20us/row, detail 5ms, counts 150ms), MVCC on; a fresh simulator per target"
 if [[ -z "$NGINX_SKIPPED" ]]; then
   echo "nginx: $NGINX_VERSION, loadtest/nginx/storm.conf: proxy_cache_valid 200 $NGINX_VALID, proxy_cache_lock on, worker_processes auto"

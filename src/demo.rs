@@ -7,12 +7,12 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use mes_sim::{self as sim, SimConfig};
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
 use crate::config::{Config, ConfigError, Overrides};
 use crate::gateway::{BuildError, Gateway};
-use crate::sim::{self, SimConfig};
 
 /// The demo config shipped in the binary, used when `config/demo.toml` is not on disk.
 pub const EMBEDDED_DEMO_CONFIG: &str = include_str!("../config/demo.toml");

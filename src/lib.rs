@@ -22,8 +22,10 @@
 //! - [`server`]: accept loop, connection settings, graceful shutdown.
 //! - [`admin`]: the admin listener (health, readiness).
 //! - [`error`]: the top-level error and its one mapping to a problem response.
-//! - [`sim`]: the MES simulator used by the demo, the tests and the load tests.
 //! - [`demo`]: `mesgate demo`, the simulator with the gateway in front of it.
+//!
+//! The MES simulator used by the demo, the tests and the load tests is its own crate in
+//! this workspace: `mes-sim` (`mes-sim/`, the [`mes_sim`] library and the `mes-sim` binary).
 //!
 //! # Request flow
 //!
@@ -54,6 +56,5 @@ pub mod outcome;
 pub mod pass;
 pub mod read;
 pub mod server;
-pub mod sim;
 pub mod upstream;
 pub mod write;

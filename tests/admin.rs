@@ -4,7 +4,7 @@ mod support;
 
 use bytes::Bytes;
 use http::Method;
-use mesgate::sim::{self, SimConfig};
+use mes_sim::{self as sim, SimConfig};
 use support::client::{Resp, get, send};
 use support::gateway::spawn_gateway;
 

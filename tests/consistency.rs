@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::Method;
-use mesgate::sim::{self, SimConfig, SimHandle};
+use mes_sim::{self as sim, SimConfig, SimHandle};
 use support::client::{Resp, get, send};
 use support::gateway::{TestGateway, spawn_gateway};
 use support::redis::RedisServer;

@@ -1,4 +1,5 @@
-//! The container and dashboard files agree with the crate, checked without Docker:
+//! The container and dashboard files agree with the workspace (the `mesgate` package at the
+//! root and the `mes-sim` simulator in `mes-sim/`), checked without Docker:
 //! `Dockerfile`, `.dockerignore`, `docker-compose.yml`, `deploy/nginx-lb.conf`,
 //! `config/docker.toml` and `deploy/grafana/mesgate-dashboard.json`.
 //!
@@ -21,22 +22,64 @@ fn read(rel: &str) -> String {
 }
 
 // ---------------------------------------------------------------------------------------
-// The crate: binaries, the compose config.
+// The workspace: its packages, their binaries, the compose config.
 // ---------------------------------------------------------------------------------------
 
-/// The `[[bin]]` names of Cargo.toml.
-fn bins() -> BTreeSet<String> {
-    let manifest: toml::Value = toml::from_str(&read("Cargo.toml")).expect("Cargo.toml parses");
-    let names: BTreeSet<String> = manifest
-        .get("bin")
-        .and_then(|b| b.as_array())
-        .expect("Cargo.toml has [[bin]] tables")
+fn manifest(rel: &str) -> toml::Value {
+    toml::from_str(&read(rel)).unwrap_or_else(|e| panic!("{rel} does not parse: {e}"))
+}
+
+/// The `[workspace] members` of Cargo.toml other than the root package (`.`), as clean
+/// relative directories (`mes-sim`).
+fn members() -> Vec<String> {
+    let root_manifest = manifest("Cargo.toml");
+    let members: Vec<String> = root_manifest
+        .get("workspace")
+        .and_then(|w| w.get("members"))
+        .and_then(|m| m.as_array())
+        .expect("Cargo.toml has [workspace] members")
         .iter()
-        .map(|b| b["name"].as_str().expect("[[bin]] name").to_owned())
+        .map(|m| clean(m.as_str().expect("a member is a path")))
+        .filter(|m| m != ".")
         .collect();
+    for m in &members {
+        assert!(
+            !m.contains(['*', '?', '[']),
+            "list workspace members by path, not glob: {m}"
+        );
+        assert!(
+            root().join(m).join("Cargo.toml").is_file(),
+            "workspace member {m} has no Cargo.toml"
+        );
+    }
+    assert!(members.iter().any(|m| m == "mes-sim"), "{members:?}");
+    members
+}
+
+/// The `[[bin]]` names of the workspace's packages: Cargo.toml's and every member's.
+fn bins() -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for rel in std::iter::once("Cargo.toml".to_owned())
+        .chain(members().into_iter().map(|m| format!("{m}/Cargo.toml")))
+    {
+        let Some(tables) = manifest(&rel)
+            .get("bin")
+            .and_then(|b| b.as_array())
+            .cloned()
+        else {
+            continue;
+        };
+        for b in &tables {
+            let name = b["name"].as_str().expect("[[bin]] name").to_owned();
+            assert!(
+                names.insert(name.clone()),
+                "two packages build a {name} binary"
+            );
+        }
+    }
     assert!(
         names.contains("mesgate") && names.contains("mes-sim"),
-        "{names:?}"
+        "the [[bin]] tables of Cargo.toml and its members: {names:?}"
     );
     names
 }
@@ -364,6 +407,15 @@ fn dockerfile_copies_sources_that_exist_and_are_not_ignored() {
             "builder lacks {needed}: {builder:?}"
         );
     }
+    // And every workspace member's manifest and sources (the member itself, or both).
+    for member in members() {
+        for needed in [format!("{member}/Cargo.toml"), format!("{member}/src")] {
+            assert!(
+                builder.contains(&needed) || builder.contains(&member),
+                "builder lacks {needed} (workspace member {member}): {builder:?}"
+            );
+        }
+    }
 }
 
 /// Lexically resolves `..` and `.` (the file need not exist).
@@ -390,10 +442,10 @@ fn builder_copies_every_file_the_sources_embed() {
         .flat_map(|c| c.sources.into_iter().map(|s| clean(&s)))
         .collect();
     let mut embedded = Vec::new();
-    for file in files_under("src")
-        .into_iter()
-        .filter(|f| f.ends_with(".rs"))
-    {
+    let sources = std::iter::once("src".to_owned())
+        .chain(members().into_iter().map(|m| format!("{m}/src")))
+        .flat_map(|dir| files_under(&dir));
+    for file in sources.filter(|f| f.ends_with(".rs")) {
         let text = read(&file);
         for marker in ["include_str!(\"", "include_bytes!(\""] {
             for (at, _) in text.match_indices(marker) {
@@ -451,7 +503,10 @@ fn dockerfile_builds_and_runs_the_crates_binaries() {
         .collect();
     assert!(!built.is_empty(), "cargo build names its --bin targets");
     for b in &built {
-        assert!(bins.contains(b), "--bin {b} is not a [[bin]] of Cargo.toml");
+        assert!(
+            bins.contains(b),
+            "--bin {b} is not a [[bin]] of the workspace"
+        );
     }
 
     // What the runtime stage takes from the builder are binaries that were built.
@@ -480,7 +535,10 @@ fn dockerfile_builds_and_runs_the_crates_binaries() {
         }
         assert_eq!(c.dest.trim_end_matches('/'), "/usr/local/bin", "on PATH");
     }
-    assert_eq!(shipped, bins, "the image ships every binary of the crate");
+    assert_eq!(
+        shipped, bins,
+        "the image ships every binary of the workspace"
+    );
 
     let entrypoint = exec_form(instructions(&all, "ENTRYPOINT").last().expect("ENTRYPOINT"));
     assert_eq!(entrypoint, ["mesgate"]);

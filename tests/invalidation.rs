@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::Method;
+use mes_sim::{self as sim, SimConfig, SimHandle};
 use mesgate::consistency::Name;
-use mesgate::sim::{self, SimConfig, SimHandle};
 use serde_json::Value;
 use support::client::{Resp, get, send};
 use support::gateway::{TestGateway, spawn_gateway};

@@ -2,7 +2,7 @@
 
 mod support;
 
-use mesgate::sim::{self, SimConfig};
+use mes_sim::{self as sim, SimConfig};
 use support::client::get;
 use support::gateway::spawn_gateway;
 use support::redis::RedisServer;

@@ -3,7 +3,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use mesgate::sim::{self, SimConfig};
+use mes_sim::{self as sim, SimConfig};
 
 mod support;
 

@@ -269,7 +269,7 @@ wait_k6() {
 # ---------------------------------------------------------------- the header
 commit=$(git rev-parse --short HEAD 2>/dev/null || echo -)
 dirty=
-if [[ -n "$(git status --porcelain --untracked-files=no -- src Cargo.toml Cargo.lock config 2>/dev/null)" ]]; then
+if [[ -n "$(git status --porcelain --untracked-files=no -- src mes-sim Cargo.toml Cargo.lock config 2>/dev/null)" ]]; then
   dirty="+dirty"
 fi
 [[ "$BUILD" == 1 ]] || dirty="$dirty (BUILD=0: $BIN/mesgate built $(date -u -r "$BIN/mesgate" +%FT%TZ))"

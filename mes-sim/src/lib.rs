@@ -1,6 +1,6 @@
-//! The MES simulator: a deterministic, latency-modelled fake of the legacy MES HTTP API,
-//! served in-process for integration tests and `mesgate demo`, and by the `mes-sim` binary
-//! for load tests.
+//! `mes_sim`, the MES simulator: a deterministic, latency-modelled fake of the legacy MES
+//! HTTP API, served in-process for integration tests and `mesgate demo`, and by the
+//! `mes-sim` binary (this crate's `src/main.rs`) for load tests.
 //!
 //! # Endpoints
 //!
@@ -21,6 +21,7 @@
 //!
 //! Layout: [`data`] (statuses, orders, generator, prices), [`store`] (the indexed order
 //! book), [`state`] (what connections share), [`routes`] (the HTTP surface).
+#![forbid(unsafe_code)]
 
 mod data;
 mod routes;

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use mesgate::sim::{self, SimConfig};
+use mes_sim::{self as sim, SimConfig};
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
