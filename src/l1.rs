@@ -11,7 +11,7 @@ use moka::Expiry;
 use moka::notification::RemovalCause;
 use moka::sync::Cache;
 
-use crate::consistency::{Check, Fence};
+use crate::consistency::clock::{Check, Fence};
 use crate::entry::Entry;
 
 /// An entry in the local tier.

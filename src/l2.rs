@@ -17,7 +17,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use crate::breaker::{Breaker, BreakerState};
 use crate::config::RedisConfig;
-use crate::consistency::Name;
+use crate::consistency::names::Name;
 use crate::entry::{CodecError, Entry};
 
 /// Epoch keys live far longer than any entry, so an expired epoch (read as 0) can never

@@ -18,12 +18,14 @@ use std::sync::Arc;
 use crate::config::route::RouteTable;
 use runtime::describe_route;
 
+mod parse;
 mod raw;
 pub mod route;
 mod runtime;
 mod validate;
 mod validate_route;
 
+pub use parse::{parse_duration, parse_size};
 pub use raw::{
     CredentialPolicy, LogConfig, LogFormat, RawAdmin, RawCache, RawConfig, RawInvalidate, RawL1,
     RawLimits, RawMembers, RawRedis, RawRoute, RawSize, RawTimeouts, UnknownQuery,
@@ -31,7 +33,6 @@ pub use raw::{
 pub use runtime::{
     CachePolicy, InvalidateRule, Limits, Members, QueryParam, RedisConfig, Timeouts, UpstreamTarget,
 };
-pub use validate::{parse_duration, parse_size};
 
 /// Why a config was rejected. Every variant names where.
 #[derive(Debug, thiserror::Error)]

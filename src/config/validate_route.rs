@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use http::{HeaderName, Method, StatusCode};
 
-use super::validate::{parse_duration, parse_size};
+use super::parse::{parse_duration, parse_size};
 use super::{
     CachePolicy, ConfigError, CredentialPolicy, InvalidateRule, Members, QueryParam, RawCache,
     RawInvalidate, RawMembers, RawRoute, invalid,
