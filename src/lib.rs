@@ -2,25 +2,45 @@
 //!
 //! # Layout
 //!
-//! - [`config`]: raw TOML structs (`raw`), validation with field paths (`validate`,
-//!   `validate_route`), the typed runtime config (`runtime`).
-//! - [`route`]: path templates and the route table (which rule a request falls under).
+//! The handle and the three paths a request can take:
+//!
+//! - [`gateway`]: builds the paths and what they share, puts a config (and a reload) in
+//!   force, dispatches each request and counts its outcome.
+//! - [`read`]: the read path (GET/HEAD on a cached route): phases in `read`, the flight's
+//!   fetch and store in `read::fill`, the security defaults and member extraction in
+//!   `read::cacheable`, responses in `read::response`, keys filled lately in `read::recent`.
+//! - [`write`]: the write path: forward detached, plan the invalidation, apply it; refresh
+//!   on write in `write::refresh` (handed the read path).
+//! - [`pass`]: pass-through to the MES, and answers marked as a bypass.
+//!
+//! Keeping answers true:
+//!
+//! - [`consistency`]: the numbered promises and their mechanisms: the write clock and
+//!   fences (`clock`), invalidation names (`names`), the entity index and write marks
+//!   (`entities`), the outbox to Redis (`outbox`), the bus (`bus`), test hooks (`hooks`).
+//!
+//! The cache itself:
+//!
 //! - [`key`]: cache keys (query normalization, vary headers, credential policy).
 //! - [`family`]: family templates (`status:{query.status|all}`) and JSON field access.
-//! - [`consistency`]: the promises and their mechanisms: the write clock and fences,
-//!   invalidation names, the entity index and write marks, the outbox to Redis, the bus.
 //! - [`entry`]: a cached response and its versioned wire codec for the shared tier.
-//! - [`outcome`]: the decisions (`CacheOutcome`, `BypassReason`, `NoStoreReason`) and their names.
 //! - [`l1`]: the in-process tier (moka, bounded in bytes).
 //! - [`l2`]: the shared tier (Redis, op timeout, circuit breaker in [`breaker`]).
 //! - [`flight`]: single-flight of concurrent misses for one key.
+//! - [`outcome`]: the decisions (`CacheOutcome`, `BypassReason`, `NoStoreReason`), their
+//!   names and the header names they are reported in.
+//!
+//! Around it:
+//!
+//! - [`config`]: raw TOML structs (`raw`), scalar parsers (`parse`), validation with field
+//!   paths (`validate`, `validate_route`), the typed runtime config (`runtime`), path
+//!   templates and the route table (`route`).
 //! - [`upstream`]: the pooled client to the MES and its timeouts.
 //! - [`forward`]: what crosses the proxy: hop-by-hop removal, `X-Forwarded-*`, `Via`.
-//! - [`proxy`]: the request phases, read path and pass-through.
-//! - [`write`]: the write path: forward detached, plan the invalidation, apply it.
-//! - [`metrics`]: Prometheus metrics, rendered on the admin listener.
+//! - [`clock`]: wall-clock time, injectable for tests.
+//! - [`metrics`]: Prometheus metrics, rendered on the admin listener from a snapshot.
 //! - [`server`]: accept loop, connection settings, graceful shutdown.
-//! - [`admin`]: the admin listener (health, readiness).
+//! - [`admin`]: the admin listener (health, readiness, purge, reload).
 //! - [`error`]: the top-level error and its one mapping to a problem response.
 //! - [`demo`]: `mesgate demo`, the simulator with the gateway in front of it.
 //!
