@@ -859,7 +859,8 @@ async fn a_shared_tier_hit_taken_during_a_writes_refresh_ends_at_its_bump() {
 
 /// The race the write marks are for: a slow fill of list A began before a write of x (its
 /// snapshot lists x in A), and the write does not know x is in A (the gateway saw x in an
-/// older status, then x moved to A through it), so its plan leaves A out. A write marks x
+/// older status, then x moved to A behind it, directly in the MES), so its plan leaves A
+/// out. (Moved through the gateway, the write would have recorded x in A: promise 5.) A write marks x
 /// before it looks up x's families, and a fill records what it lists before it checks the
 /// marks, so one of the two always sees the other. Returns the read of list A while the
 /// write is held after its plan (when `hold` is true), and the read after the write's 200.
@@ -869,7 +870,7 @@ async fn fill_racing_a_write_that_missed_its_family(hold: bool) -> (Env, u64, Op
     let a = other_status(&first);
     let b = other_status(a);
     warm(&e.gw, &format!("/api/orders/{x}")).await;
-    assert_eq!(patch_status(&e.gw.url(""), x, a).await.status, 200);
+    assert_eq!(patch_status(&e.sim.base_url(), x, a).await.status, 200);
     let list = format!("/api/orders?status={a}");
 
     let reader = while_lists_are_slow(
@@ -1060,4 +1061,40 @@ async fn a_family_only_this_instance_knew_is_passed_on_to_the_others() {
     assert!(!ids(&r).contains(&x), "{}", r.x_cache());
     let stats = e.gw.gateway.invalidator().stats();
     assert_eq!(stats.forwarded.load(Ordering::Relaxed), 1);
+}
+
+/// A read that arrives after a write's 200 never joins a fill that began before the write
+/// (the single-flight key carries the last bump of the entry's names, promise 2): it asks
+/// the MES on its own. The test can fail: keyed by the cache key alone, the read joins the
+/// slow pre-write fill and lists the moved order after the 200.
+#[tokio::test]
+async fn a_read_after_a_write_never_joins_a_fill_that_began_before_it() {
+    let e = env(SimConfig::instant()).await;
+    let (x, from) = newest(&e.sim).await;
+    let to = other_status(&from);
+    let list = format!("/api/orders?status={from}");
+    let base = e.sim.stats().list;
+    let before = while_lists_are_slow(
+        &e.sim,
+        600,
+        || spawn_get(e.gw.url(&list)),
+        "the first read never reached the MES",
+    )
+    .await;
+    assert_eq!(patch_status(&e.gw.url(""), x, to).await.status, 200);
+    e.sim.set_list_latency(Duration::ZERO, Duration::ZERO);
+    let after = get(&e.gw.url(&list)).await;
+    assert!(
+        !ids(&after).contains(&x),
+        "the read after the 200 lists the moved order ({})",
+        after.header("cache-status")
+    );
+    assert!(!after.header("cache-status").contains("collapsed"));
+    let first = before.await.unwrap();
+    assert_eq!(
+        ids(&first)[0],
+        x,
+        "the first fill's snapshot predates the write"
+    );
+    assert_eq!(e.sim.stats().list - base, 2, "each read asked the MES once");
 }

@@ -23,15 +23,17 @@ mod raw;
 pub mod route;
 mod runtime;
 mod validate;
+mod validate_index;
 mod validate_route;
 
 pub use parse::{parse_duration, parse_size};
 pub use raw::{
-    CredentialPolicy, LogConfig, LogFormat, RawAdmin, RawCache, RawConfig, RawInvalidate, RawL1,
-    RawLimits, RawMembers, RawRedis, RawRoute, RawSize, RawTimeouts, UnknownQuery,
+    CredentialPolicy, LogConfig, LogFormat, RawAdmin, RawCache, RawConfig, RawIndex, RawInvalidate,
+    RawL1, RawLimits, RawMembers, RawRedis, RawRoute, RawSize, RawTimeouts, UnknownQuery,
 };
 pub use runtime::{
-    CachePolicy, InvalidateRule, Limits, Members, QueryParam, RedisConfig, Timeouts, UpstreamTarget,
+    CachePolicy, IndexRule, InvalidateRule, Limits, Members, QueryParam, RedisConfig, Timeouts,
+    UpstreamTarget,
 };
 
 /// Why a config was rejected. Every variant names where.

@@ -141,7 +141,7 @@ pub struct RawTimeouts {
     pub response_header: String,
     /// Whole exchange (headers and body) of a fetch for the cache. Default `30s`.
     /// Pass-through streams are bounded by `response_header` only, so long downloads pass.
-    #[serde(default = "default_total")]
+    #[serde(default = "default_total_field")]
     pub total: String,
     /// A client must send its request headers within this. Default `10s`.
     #[serde(default = "default_client_header")]
@@ -283,6 +283,10 @@ pub struct RawRoute {
     /// What a successful write on this route makes wrong. Absent: nothing is invalidated.
     #[serde(default)]
     pub invalidate: Option<RawInvalidate>,
+    /// Serve this cached list route from a status index kept true by the writes (needs
+    /// `[route.cache]`). Absent: the ordinary read path only.
+    #[serde(default)]
+    pub index: Option<RawIndex>,
     /// Wait for the MES's response headers on this route instead of
     /// `timeouts.response_header` (e.g. `"30m"` for the price calculation).
     #[serde(default)]
@@ -330,6 +334,100 @@ pub struct RawInvalidate {
     /// instead of dropped and no read has to wait for the MES. `"0s"` (the default): off.
     #[serde(default)]
     pub refresh: Option<String>,
+    /// The route (by name) whose `[route.index]` this write's answer updates: the answer is
+    /// the entity's new state (a status change, a create), applied to the index at once.
+    #[serde(default)]
+    pub index: Option<String>,
+}
+
+/// `[route.index]`: a newest-first index per partition (status) of a list route, with the
+/// rows beside it, kept true by the writes' answers and served as composed pages.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIndex {
+    /// The query parameter and the item field that name a partition. Default `"status"`.
+    #[serde(default = "default_partition")]
+    pub partition: String,
+    /// The item field that identifies an entity (a number). Default `"id"`.
+    #[serde(default = "default_id")]
+    pub id: String,
+    /// The item field the MES sorts by, newest first (a fixed-width timestamp string); ties
+    /// are broken by the id, highest first, as the MES does. Default `"created_at"`.
+    #[serde(default = "default_sort")]
+    pub sort: String,
+    /// The item field that orders two states of one entity (a number, +1 per change): a
+    /// row is applied only if it is not older than the one held. Default `"version"`.
+    #[serde(default = "default_version")]
+    pub version: String,
+    /// The list body's fields: the items array and the page, size and total numbers.
+    /// Defaults `"items"`, `"page"`, `"size"`, `"total"`; also the query parameters for
+    /// page and size.
+    #[serde(default = "default_items")]
+    pub items: String,
+    /// See `items`.
+    #[serde(default = "default_page")]
+    pub page: String,
+    /// See `items`.
+    #[serde(default = "default_size_field")]
+    pub size: String,
+    /// See `items`.
+    #[serde(default = "default_total_field")]
+    pub total: String,
+    /// Page size when the request gives none. Default 50.
+    #[serde(default = "default_page_size")]
+    pub default_size: usize,
+    /// Largest page size the MES accepts (larger requests take the ordinary path and get
+    /// the MES's own answer). The preload reads with it. Default 200.
+    #[serde(default = "default_max_size")]
+    pub max_size: usize,
+    /// The partitions kept, hottest first (preloaded in this order), e.g.
+    /// `["MANUFACTURING_APPROVED", "SUBMITTED"]`. Others take the ordinary path.
+    pub preload: Vec<String>,
+    /// Most entities held (rows and tombstones); a partition that does not fit is refused
+    /// with a log line and stays on the ordinary path. Default 200000.
+    #[serde(default = "default_max_entities")]
+    pub max_entities: usize,
+    /// Pause between two page requests of the preload, so it is not itself a storm.
+    /// Default `"20ms"`.
+    #[serde(default = "default_preload_pause")]
+    pub preload_pause: String,
+}
+
+fn default_partition() -> String {
+    "status".into()
+}
+fn default_id() -> String {
+    "id".into()
+}
+fn default_sort() -> String {
+    "created_at".into()
+}
+fn default_version() -> String {
+    "version".into()
+}
+fn default_items() -> String {
+    "items".into()
+}
+fn default_page() -> String {
+    "page".into()
+}
+fn default_size_field() -> String {
+    "size".into()
+}
+fn default_total_field() -> String {
+    "total".into()
+}
+fn default_page_size() -> usize {
+    50
+}
+fn default_max_size() -> usize {
+    200
+}
+fn default_max_entities() -> usize {
+    200_000
+}
+fn default_preload_pause() -> String {
+    "20ms".into()
 }
 
 fn default_methods() -> Vec<String> {

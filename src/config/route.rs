@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use http::Method;
 
-use crate::config::{CachePolicy, InvalidateRule};
+use crate::config::{CachePolicy, IndexRule, InvalidateRule};
 
 /// One segment of a path template.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -136,6 +136,8 @@ pub struct Route {
     pub cache: Option<Arc<CachePolicy>>,
     /// What a successful write invalidates; `None` means nothing.
     pub invalidate: Option<Arc<InvalidateRule>>,
+    /// The status index serving this list route; `None` means the ordinary read path.
+    pub index: Option<Arc<IndexRule>>,
     /// Wait for the MES's response headers on this route, over `timeouts.response_header`.
     pub response_timeout: Option<std::time::Duration>,
 }
@@ -243,6 +245,7 @@ mod tests {
             path: t(path),
             cache: None,
             invalidate: None,
+            index: None,
             response_timeout: None,
         }
     }

@@ -4,6 +4,7 @@
 //! It owns no parsing and no rejection: values get here only through
 //! [`validate`](super::validate) and [`validate_route`](super::validate_route).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderName, Method, StatusCode};
@@ -126,6 +127,39 @@ pub struct InvalidateRule {
     pub max_body: usize,
     /// Longest wait for the refresh of the entries the write makes wrong; zero: off.
     pub refresh: Duration,
+    /// The indexed route whose index this write's answer updates.
+    pub index: Option<Arc<String>>,
+}
+
+/// Validated `[route.index]` (see `RawIndex` for each field's meaning).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexRule {
+    /// Query parameter and item field naming a partition.
+    pub partition: String,
+    /// Item fields: id, sort, version.
+    pub id: String,
+    /// See `id`.
+    pub sort: String,
+    /// See `id`.
+    pub version: String,
+    /// Body fields (and page/size query parameters).
+    pub items: String,
+    /// See `items`.
+    pub page: String,
+    /// See `items`.
+    pub size: String,
+    /// See `items`.
+    pub total: String,
+    /// Page size when none is given.
+    pub default_size: usize,
+    /// Largest page size the MES accepts.
+    pub max_size: usize,
+    /// Partitions kept, hottest first.
+    pub preload: Vec<String>,
+    /// Most entities held.
+    pub max_entities: usize,
+    /// Pause between two preload page requests.
+    pub preload_pause: Duration,
 }
 
 impl InvalidateRule {

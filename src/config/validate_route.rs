@@ -28,6 +28,7 @@ pub(super) fn validate_routes(raw: Vec<RawRoute>) -> Result<RouteTable, ConfigEr
         routes.push(route);
     }
     check_families_used(&routes)?;
+    check_index_refs(&routes)?;
     Ok(RouteTable::new(routes))
 }
 
@@ -104,6 +105,18 @@ impl RawRoute {
             }
             None => None,
         };
+        let index = match (self.index, &cache) {
+            (None, _) => None,
+            (Some(ix), Some(policy)) => {
+                Some(Arc::new(ix.validate(&format!("{at}.index"), policy)?))
+            }
+            (Some(_), None) => {
+                return Err(invalid(
+                    format!("{at}.index"),
+                    "an index serves a cached list route: add [route.cache]",
+                ));
+            }
+        };
         let response_timeout = self
             .response_timeout
             .as_deref()
@@ -115,6 +128,7 @@ impl RawRoute {
             path,
             cache,
             invalidate,
+            index,
             response_timeout,
         })
     }
@@ -403,12 +417,29 @@ impl RawInvalidate {
                     d
                 }
             },
+            index: self.index.map(Arc::new),
         })
     }
 }
 
 /// A write may only name families (by group) that some cached route's entries belong to,
 /// so a typo cannot silently invalidate nothing.
+/// A write's `index` names a route that has one.
+fn check_index_refs(routes: &[Route]) -> Result<(), ConfigError> {
+    for (i, r) in routes.iter().enumerate() {
+        let Some(name) = r.invalidate.as_ref().and_then(|w| w.index.as_ref()) else {
+            continue;
+        };
+        if !routes.iter().any(|o| o.name == *name && o.index.is_some()) {
+            return Err(invalid(
+                format!("route[{i}].invalidate.index"),
+                format!("{name:?}: no route of that name has a [route.index]"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn check_families_used(routes: &[Route]) -> Result<(), ConfigError> {
     let mut groups: HashSet<String> = HashSet::new();
     let mut entity_groups: HashSet<String> = HashSet::new();

@@ -52,11 +52,13 @@ pub async fn listen(inv: Invalidator, l2: L2, bus_latency: Histogram) {
                     flush_after_gap(&inv);
                 }
                 first = false;
+                inv.inner.subscribed.send_replace(true);
                 while let Some(msg) = stream.next().await {
                     if let Some(ms) = on_message(&inv, &msg) {
                         bus_latency.observe(ms as f64 / 1000.0);
                     }
                 }
+                inv.inner.subscribed.send_replace(false);
                 warn!("invalidation bus subscription dropped");
             }
             Err(e) => debug!(error = %e, "invalidation bus subscribe failed"),

@@ -54,7 +54,7 @@
 //!    families it rendered; nothing known falls back to whole groups. Tests:
 //!    `unknown_previous_status_invalidates_every_status_family`, `a_write_records_its_
 //!    entity_in_the_new_status_for_the_next_write`, the randomized `tests/consistency.rs`
-//!    (dozens of violations with the lookup switched off).
+//!    (violations, a few per run, with the lookup switched off).
 //! 6. **Caches degrade** (the tiers' business, not this module's): `redis_outage_
 //!    degrades_to_l1_and_mes_then_recovers`, `stale_if_error_serves_a_marked_stale_entry_
 //!    within_the_window`.
@@ -142,6 +142,8 @@ struct Inner {
     hooks: Mutex<Arc<dyn Hooks>>,
     // Set when a test first asks for the switches (they are then the hooks).
     switches: Mutex<Option<Arc<TestSwitches>>>,
+    /// Whether the bus subscription is up (the listener says so).
+    subscribed: tokio::sync::watch::Sender<bool>,
 }
 
 impl Invalidator {
@@ -169,6 +171,7 @@ impl Invalidator {
                 stats: InvalidationStats::default(),
                 hooks: Mutex::new(Arc::new(hooks::NoHooks)),
                 switches: Mutex::default(),
+                subscribed: tokio::sync::watch::Sender::new(false),
             }),
         }
     }
@@ -374,6 +377,20 @@ impl Invalidator {
         let switches = installed.get_or_insert_with(Default::default).clone();
         *self.inner.hooks.lock().unwrap_or_else(|e| e.into_inner()) = switches.clone();
         switches
+    }
+
+    /// Whether the bus subscription is up now.
+    pub fn bus_subscribed(&self) -> bool {
+        *self.inner.subscribed.borrow()
+    }
+
+    /// Waits, at most `within`, for the bus subscription to be up; whether it is. (Until
+    /// it is, this instance does not hear of other instances' writes.)
+    pub async fn wait_subscribed(&self, within: Duration) -> bool {
+        let mut rx = self.inner.subscribed.subscribe();
+        tokio::time::timeout(within, rx.wait_for(|up| *up))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 
     /// Whether no write is open (tests).

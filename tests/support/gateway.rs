@@ -69,7 +69,14 @@ pub async fn spawn_config(config: Config) -> TestGateway {
 
 /// Serves a config on port 0 with an injected clock.
 pub async fn spawn_with_clock(config: Config, clock: Clock) -> TestGateway {
+    let shared = config.redis.is_some();
     let gateway = Gateway::with_clock(config, clock).expect("gateway");
+    if shared {
+        // Until the bus subscription is up, the instance hears nothing of other
+        // instances' writes: tests that count on that wait for it.
+        let inv = gateway.invalidator();
+        let _ = inv.wait_subscribed(std::time::Duration::from_secs(5)).await;
+    }
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind gateway");
