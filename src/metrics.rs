@@ -46,7 +46,7 @@ pub struct RouteLabel(pub Arc<String>);
 pub struct RequestLabels {
     /// Route name.
     pub route: Arc<String>,
-    /// `hit_l1`, `hit_l2`, `miss`, `stale`, `bypass`, `forward` or `write`.
+    /// `hit_l1`, `hit_l2`, `hit_index`, `miss`, `stale`, `bypass`, `forward` or `write`.
     pub outcome: &'static str,
 }
 
@@ -90,8 +90,15 @@ pub struct CauseLabels {
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// Every request outcome label (see [`RequestLabels`]).
-const OUTCOMES: [&str; 7] = [
-    "hit_l1", "hit_l2", "miss", "stale", "bypass", "forward", "write",
+const OUTCOMES: [&str; 8] = [
+    "hit_l1",
+    "hit_l2",
+    "hit_index",
+    "miss",
+    "stale",
+    "bypass",
+    "forward",
+    "write",
 ];
 
 fn latency_histogram() -> Histogram {

@@ -75,6 +75,8 @@ pub enum CacheOutcome {
     HitLocal,
     /// Served from Redis (and copied into the local tier).
     HitShared,
+    /// Composed from the status index (a ready partition), no tier or MES asked.
+    HitIndex,
     /// Fetched from the MES (by this request or a single-flight it joined).
     Miss,
     /// The MES failed; served a stale entry within `stale_if_error`.
@@ -89,6 +91,7 @@ impl CacheOutcome {
         match self {
             Self::HitLocal => "hit_l1",
             Self::HitShared => "hit_l2",
+            Self::HitIndex => "hit_index",
             Self::Miss => "miss",
             Self::Stale => "stale",
             Self::Bypass(_) => "bypass",
@@ -100,6 +103,7 @@ impl CacheOutcome {
         match self {
             Self::HitLocal => "HIT-L1",
             Self::HitShared => "HIT-L2",
+            Self::HitIndex => "HIT-INDEX",
             Self::Miss => "MISS",
             Self::Stale => "STALE",
             Self::Bypass(_) => "BYPASS",
@@ -129,6 +133,7 @@ pub fn cache_status(outcome: CacheOutcome, miss: MissDetail, fwd_status: Option<
     match outcome {
         CacheOutcome::HitLocal => "mesgate; hit; detail=l1".into(),
         CacheOutcome::HitShared => "mesgate; hit; detail=l2".into(),
+        CacheOutcome::HitIndex => "mesgate; hit; detail=index".into(),
         CacheOutcome::Stale => match fwd_status {
             Some(s) => format!("mesgate; fwd=stale; fwd-status={s}; detail=stale-if-error"),
             None => "mesgate; fwd=stale; detail=stale-if-error".into(),
