@@ -14,6 +14,8 @@
 //! - [`l1`]: the in-process tier (moka, bounded in bytes).
 //! - [`l2`]: the shared tier (Redis, op timeout, circuit breaker in [`breaker`]).
 //! - [`flight`]: single-flight of concurrent misses for one key.
+//! - [`index`]: the status index (pure): rows, the mirror of kept statuses under the
+//!   version rule, list pages composed byte for byte, the preload scan's verdict.
 //! - [`upstream`]: the pooled client to the MES and its timeouts.
 //! - [`forward`]: what crosses the proxy: hop-by-hop removal, `X-Forwarded-*`, `Via`.
 //! - [`proxy`]: the request phases, read path and pass-through.
@@ -45,6 +47,7 @@ pub mod error;
 pub mod family;
 pub mod flight;
 pub mod forward;
+pub mod index;
 pub mod key;
 pub mod l1;
 pub mod l2;
