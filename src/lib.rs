@@ -29,6 +29,9 @@
 //! - [`flight`]: single-flight of concurrent misses for one key.
 //! - [`outcome`]: the decisions (`CacheOutcome`, `BypassReason`, `NoStoreReason`), their
 //!   names and the header names they are reported in.
+//! - [`index`]: the status index: rows, the mirror of kept statuses under the version
+//!   rule, list pages composed byte for byte, the preload scan's verdict (the pure core),
+//!   and the live service that preloads, serves and applies writes (`index::service`).
 //!
 //! Around it:
 //!
@@ -68,6 +71,7 @@ pub mod family;
 pub mod flight;
 pub mod forward;
 pub mod gateway;
+pub mod index;
 pub mod key;
 pub mod l1;
 pub mod l2;
