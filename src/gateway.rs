@@ -17,6 +17,7 @@ use crate::clock::Clock;
 use crate::config::route::RouteTable;
 use crate::config::{Config, Overrides};
 use crate::consistency::{Invalidator, Name};
+use crate::index::service::Indexes;
 use crate::l1::L1;
 use crate::l2::L2;
 use crate::metrics::{self, Metrics, RouteLabel, RouteRequests, Snapshot};
@@ -74,6 +75,7 @@ struct Inner {
     writer: Writer,
     pass: Pass,
     invalidator: Invalidator,
+    indexes: Indexes,
     metrics: Arc<Metrics>,
     draining: std::sync::atomic::AtomicBool,
     /// The route table in force; swapped whole by a reload.
@@ -138,6 +140,9 @@ impl Gateway {
         invalidator.start_background(metrics.bus_latency.clone());
         let upstream = Upstream::new(config.upstream.clone(), &config.timeouts, metrics.clone());
         let pass = Pass::new(upstream);
+        let indexes = Indexes::new(&config.routes);
+        invalidator.set_sink(Arc::new(indexes.clone()));
+        indexes.start(&pass);
         let reader = Reader::new(
             (l1, l2),
             clock,
@@ -145,8 +150,14 @@ impl Gateway {
             pass.clone(),
             config.timeouts.total,
             index_ttl(&config),
+            indexes.clone(),
         );
-        let writer = Writer::new(pass.clone(), invalidator.clone(), reader.clone());
+        let writer = Writer::new(
+            pass.clone(),
+            invalidator.clone(),
+            reader.clone(),
+            indexes.clone(),
+        );
         Ok(Self {
             inner: Arc::new(Inner {
                 routes: ArcSwap::from_pointee(Routing::new(config.routes.clone(), &metrics)),
@@ -158,6 +169,7 @@ impl Gateway {
                 writer,
                 pass,
                 invalidator,
+                indexes,
                 config,
             }),
         })
@@ -248,6 +260,11 @@ impl Gateway {
     /// The local tier (admin and tests flush it).
     pub fn l1(&self) -> &L1 {
         &self.inner.reader.inner.l1
+    }
+
+    /// The status indexes (admin, tests).
+    pub fn indexes(&self) -> &Indexes {
+        &self.inner.indexes
     }
 
     /// The shared tier, when configured.
@@ -350,6 +367,16 @@ impl Gateway {
 }
 
 /// Settings a reload cannot apply to a running instance.
+/// Each indexed route with its rule (the live indexes are built once, at start).
+fn index_rules(config: &Config) -> Vec<(&str, &crate::config::IndexRule)> {
+    config
+        .routes
+        .routes()
+        .iter()
+        .filter_map(|r| Some((r.name.as_str(), r.index.as_deref()?)))
+        .collect()
+}
+
 fn need_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     let mut out = Vec::new();
     let checks = [
@@ -364,6 +391,7 @@ fn need_restart(old: &Config, new: &Config) -> Vec<&'static str> {
             old.redis.as_ref().map(|r| &r.url) != new.redis.as_ref().map(|r| &r.url),
         ),
         ("l1", old.l1_max_bytes != new.l1_max_bytes),
+        ("route.index", index_rules(old) != index_rules(new)),
         (
             "log.format",
             old.log.format != new.log.format || old.log.level != new.log.level,

@@ -6,7 +6,7 @@ use bytes::Bytes;
 use http::Method;
 use mes_sim::{self as sim, SimConfig};
 use support::client::{Resp, get, send};
-use support::gateway::spawn_gateway;
+use support::gateway::{spawn_gateway, without_index};
 
 async fn post(url: &str, token: Option<&str>) -> Resp {
     let auth = token.map(|t| format!("Bearer {t}"));
@@ -15,7 +15,7 @@ async fn post(url: &str, token: Option<&str>) -> Resp {
 }
 
 fn config(token: Option<&str>) -> String {
-    let shipped = std::fs::read_to_string("config/mesgate.toml").unwrap();
+    let shipped = without_index(&std::fs::read_to_string("config/mesgate.toml").unwrap());
     match token {
         Some(t) => shipped.replace("[admin]\n", &format!("[admin]\ntoken = \"{t}\"\n")),
         None => shipped,

@@ -7,10 +7,10 @@ mod support;
 
 use bytes::Bytes;
 use http::Method;
+use mes_sim::{self as sim, SimConfig, SimHandle};
 use mesgate::index::{
     Applied, BodyShape, Mirror, Rescan, Row, RowShape, Scan, ScanRequest, Verdict, compose,
 };
-use mes_sim::{self as sim, SimConfig, SimHandle};
 use support::client::{get, send};
 
 const STATUSES: [&str; 8] = [

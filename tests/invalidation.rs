@@ -12,7 +12,7 @@ use mes_sim::{self as sim, SimConfig, SimHandle};
 use mesgate::consistency::Name;
 use serde_json::Value;
 use support::client::{Resp, get, send};
-use support::gateway::{TestGateway, spawn_gateway};
+use support::gateway::{TestGateway, spawn_gateway, without_index};
 use support::redis::RedisServer;
 use tokio::io::AsyncWriteExt;
 
@@ -37,7 +37,7 @@ fn shipped_config() -> String {
 }
 
 fn shipped_config_with_refresh() -> String {
-    std::fs::read_to_string("config/mesgate.toml").expect("config/mesgate.toml")
+    without_index(&std::fs::read_to_string("config/mesgate.toml").expect("config/mesgate.toml"))
 }
 
 async fn start_sim(config: SimConfig) -> SimHandle {

@@ -4,7 +4,7 @@ mod support;
 
 use mes_sim::{self as sim, SimConfig};
 use support::client::get;
-use support::gateway::spawn_gateway;
+use support::gateway::{spawn_gateway, without_index};
 use support::redis::RedisServer;
 
 /// The value of one sample line (`name{labels} value`), 0 when absent.
@@ -20,7 +20,7 @@ fn sample(text: &str, name_and_labels: &str) -> f64 {
 async fn counters_move_by_the_traffic_sent() {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let mes = sim::spawn(l, SimConfig::instant());
-    let config = std::fs::read_to_string("config/mesgate.toml").unwrap();
+    let config = without_index(&std::fs::read_to_string("config/mesgate.toml").unwrap());
     let gw = spawn_gateway(&config, &mes.base_url(), None).await;
     let admin = gw.admin().await;
     let list = gw.url("/api/orders?status=SUBMITTED");
@@ -73,7 +73,7 @@ async fn readiness_reports_redis_trouble_as_degraded_not_unready() {
     let mut redis = RedisServer::start().await;
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let mes = sim::spawn(l, SimConfig::instant());
-    let config = std::fs::read_to_string("config/mesgate.toml").unwrap();
+    let config = without_index(&std::fs::read_to_string("config/mesgate.toml").unwrap());
     let gw = spawn_gateway(&config, &mes.base_url(), Some(&redis.url())).await;
     let admin = gw.admin().await;
     get(&gw.url("/api/orders")).await;
@@ -107,7 +107,7 @@ async fn readiness_needs_the_mes() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let dead = format!("http://{}", closed.local_addr().unwrap());
     drop(closed);
-    let config = std::fs::read_to_string("config/mesgate.toml").unwrap();
+    let config = without_index(&std::fs::read_to_string("config/mesgate.toml").unwrap());
     let gw = spawn_gateway(&config, &dead, None).await;
     let admin = gw.admin().await;
     let r = get(&format!("{admin}/readyz")).await;

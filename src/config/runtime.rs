@@ -182,14 +182,21 @@ pub(super) fn describe_route(r: &Route) -> String {
         r.path.as_str()
     );
     if let Some(c) = &r.cache {
-        return format!("{head} cache {}\n", describe_cache(c));
+        let index = match &r.index {
+            Some(ix) => format!(" index preload=[{}]", ix.preload.join(",")),
+            None => String::new(),
+        };
+        return format!("{head} cache {}{index}\n", describe_cache(c));
     }
     match &r.invalidate {
         Some(i) => format!(
-            "{head} forward, invalidate families=[{}] entity={} fallback=[{}]\n",
+            "{head} forward, invalidate families=[{}] entity={} fallback=[{}]{}\n",
             join_templates(&i.families),
             i.entity.as_ref().map_or("-", Template::as_str),
             i.fallback.join(","),
+            i.index
+                .as_ref()
+                .map_or(String::new(), |n| format!(" index={n}")),
         ),
         None => format!("{head} forward\n"),
     }

@@ -36,6 +36,12 @@ impl RawIndex {
                 ));
             }
         }
+        if !cache.vary.is_empty() {
+            return Err(invalid(
+                at,
+                "an index answers every caller alike: the route cannot vary on headers",
+            ));
+        }
         if self.max_size == 0 || self.default_size == 0 || self.default_size > self.max_size {
             return Err(invalid(
                 format!("{at}.default_size"),

@@ -107,6 +107,12 @@ impl RawRoute {
         };
         let index = match (self.index, &cache) {
             (None, _) => None,
+            (Some(_), Some(_)) if path.params().next().is_some() => {
+                return Err(invalid(
+                    format!("{at}.index"),
+                    "an index serves one list: the route's path takes no parameters",
+                ));
+            }
             (Some(ix), Some(policy)) => {
                 Some(Arc::new(ix.validate(&format!("{at}.index"), policy)?))
             }

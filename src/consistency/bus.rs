@@ -27,15 +27,46 @@ pub struct BusMessage {
     pub entity: Option<String>,
     /// When it was applied at the origin, ms since the epoch.
     pub at_ms: u64,
+    /// The status index the write's answer updates, and the answer (the entity's new
+    /// state): other instances apply it to their mirrors under the version rule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delta: Option<Delta>,
+}
+
+/// A write's answer for other instances' status indexes.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Delta {
+    /// The indexed route's name.
+    pub index: String,
+    /// The answer's JSON, as the MES sent it.
+    pub row: String,
+}
+
+/// Where the deltas on the bus go (the status indexes), and who is told when the bus
+/// goes down and comes back (deltas may have been missed).
+pub trait DeltaSink: Send + Sync {
+    /// Another instance's write answer for `index`.
+    fn delta(&self, index: &str, row: &[u8]);
+    /// The subscription dropped: deltas may be missed from now on.
+    fn paused(&self);
+    /// The subscription is back after a gap.
+    fn resumed(&self);
 }
 
 /// The JSON of a message from `origin`.
-pub fn message(origin: &str, names: &[Name], entity: Option<String>, at_ms: u64) -> String {
+pub fn message(
+    origin: &str,
+    names: &[Name],
+    entity: Option<String>,
+    delta: Option<Delta>,
+    at_ms: u64,
+) -> String {
     let m = BusMessage {
         origin: origin.to_owned(),
         names: spelled(names),
         entity,
         at_ms,
+        delta,
     };
     serde_json::to_string(&m).unwrap_or_default()
 }
@@ -50,6 +81,9 @@ pub async fn listen(inv: Invalidator, l2: L2, bus_latency: Histogram) {
             Ok(mut stream) => {
                 if !first {
                     flush_after_gap(&inv);
+                    if let Some(sink) = inv.sink() {
+                        sink.resumed();
+                    }
                 }
                 first = false;
                 inv.inner.subscribed.send_replace(true);
@@ -59,6 +93,9 @@ pub async fn listen(inv: Invalidator, l2: L2, bus_latency: Histogram) {
                     }
                 }
                 inv.inner.subscribed.send_replace(false);
+                if let Some(sink) = inv.sink() {
+                    sink.paused();
+                }
                 warn!("invalidation bus subscription dropped");
             }
             Err(e) => debug!(error = %e, "invalidation bus subscribe failed"),
@@ -110,6 +147,9 @@ pub fn on_message(inv: &Invalidator, payload: &[u8]) -> Option<u64> {
         }
     }
     inner.names.bump(&names, tick);
+    if let (Some(d), Some(sink)) = (&m.delta, inv.sink()) {
+        sink.delta(&d.index, d.row.as_bytes());
+    }
     let lat = inner.wall.now_ms().saturating_sub(m.at_ms);
     let s = &inner.stats;
     s.received.fetch_add(1, Ordering::Relaxed);
@@ -141,6 +181,7 @@ mod tests {
             names: vec!["status:B".into()],
             entity: Some("order:1".into()),
             at_ms: 0,
+            delta: None,
         };
         assert!(on_message(&inv, &serde_json::to_vec(&msg).unwrap()).is_some());
         assert!(!a.is_valid(), "status:A, known here only, is ended too");

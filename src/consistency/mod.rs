@@ -144,6 +144,8 @@ struct Inner {
     switches: Mutex<Option<Arc<TestSwitches>>>,
     /// Whether the bus subscription is up (the listener says so).
     subscribed: tokio::sync::watch::Sender<bool>,
+    // A std Mutex: set once at build, cloned out per message, never held across `.await`.
+    sink: Mutex<Option<Arc<dyn bus::DeltaSink>>>,
 }
 
 impl Invalidator {
@@ -172,6 +174,7 @@ impl Invalidator {
                 hooks: Mutex::new(Arc::new(hooks::NoHooks)),
                 switches: Mutex::default(),
                 subscribed: tokio::sync::watch::Sender::new(false),
+                sink: Mutex::default(),
             }),
         }
     }
@@ -279,7 +282,8 @@ impl Invalidator {
     pub async fn apply(&self, names: Vec<Name>, entity: Option<String>) {
         let tick = self.acknowledge();
         let mark = entity.map(|e| self.begin_write(&e, tick));
-        self.apply_acked(names, mark, tick, |_| Vec::new()).await;
+        self.apply_acked(names, mark, tick, None, |_| Vec::new())
+            .await;
     }
 
     /// Everything: bump the global name (all entries, all fills in flight).
@@ -299,6 +303,7 @@ impl Invalidator {
         mut names: Vec<Name>,
         mut mark: Option<WriteMark>,
         tick: u64,
+        delta: Option<bus::Delta>,
         after_local: impl FnOnce(&[Name]) -> Vec<SharedStore>,
     ) {
         let inner = &self.inner;
@@ -321,7 +326,7 @@ impl Invalidator {
             return;
         };
         hooks.reached(Point::BumpGap).await;
-        let msg = bus::message(&inner.origin, &names, entity, inner.wall.now_ms());
+        let msg = bus::message(&inner.origin, &names, entity, delta, inner.wall.now_ms());
         let result = l2.invalidate(&names, &msg, &stores).await;
         match &result {
             Ok(stored) => {
@@ -379,6 +384,19 @@ impl Invalidator {
         switches
     }
 
+    /// Sends the bus's deltas (and its gaps) to `sink` (the status indexes).
+    pub fn set_sink(&self, sink: Arc<dyn bus::DeltaSink>) {
+        *self.inner.sink.lock().unwrap_or_else(|e| e.into_inner()) = Some(sink);
+    }
+
+    pub(crate) fn sink(&self) -> Option<Arc<dyn bus::DeltaSink>> {
+        self.inner
+            .sink
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// Whether the bus subscription is up now.
     pub fn bus_subscribed(&self) -> bool {
         *self.inner.subscribed.borrow()
@@ -408,8 +426,9 @@ impl Invalidator {
         let retry_l2 = l2.clone();
         tokio::spawn(async move {
             let inner = &inv.inner;
-            let message =
-                |names: &[Name]| bus::message(&inner.origin, names, None, inner.wall.now_ms());
+            let message = |names: &[Name]| {
+                bus::message(&inner.origin, names, None, None, inner.wall.now_ms())
+            };
             inner
                 .outbox
                 .retry_loop(retry_l2, message, &inner.stats.retried)

@@ -8,13 +8,15 @@
 //! version rule, tombstones, bounds, change counters), `ranked` (the ordered set with
 //! positional access the pages are sliced from), [`compose`](mod@compose) (the list body
 //! out of a page, and back), `split` (where each item lies inside a body, so it is kept
-//! as received), [`scan`] (when a preload has made a partition exact).
+//! as received), [`scan`] (when a preload has made a partition exact); and [`service`],
+//! the live index that does the I/O and holds the locks: preload, serve, apply.
 
 pub mod compose;
 pub mod mirror;
 mod ranked;
 pub mod row;
 pub mod scan;
+pub mod service;
 mod split;
 
 pub use compose::{BodyError, BodyShape, ListBody, compose};

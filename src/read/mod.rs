@@ -32,6 +32,7 @@ use crate::error::GatewayError;
 use crate::family::Source;
 use crate::flight::{Flights, Role};
 use crate::forward;
+use crate::index::service::Indexes;
 use crate::key::{self, CacheKey};
 use crate::l1::{L1, L1Entry};
 use crate::l2::L2;
@@ -65,6 +66,8 @@ pub(crate) struct ReaderParts {
     total: Duration,
     /// How long entity memberships are remembered in Redis.
     pub(crate) member_ttl: Duration,
+    /// The status indexes, which answer the pages of their ready partitions.
+    indexes: Indexes,
 }
 
 impl Reader {
@@ -77,6 +80,7 @@ impl Reader {
         pass: Pass,
         total: Duration,
         member_ttl: Duration,
+        indexes: Indexes,
     ) -> Self {
         let (l1, l2) = tiers;
         Self {
@@ -90,6 +94,7 @@ impl Reader {
                 pass,
                 total,
                 member_ttl,
+                indexes,
             }),
         }
     }
@@ -111,6 +116,12 @@ impl Reader {
             return (self.inner.pass.pass(req, remote).await, None);
         };
         let head = req.method() == Method::HEAD;
+        if route.index.is_some()
+            && let Some(ix) = self.inner.indexes.get(&route.name)
+            && let Some(resp) = ix.serve(req.uri().query(), req.headers(), head)
+        {
+            return (resp, Some(CacheOutcome::HitIndex));
+        }
         let now = self.inner.clock.now_ms();
         // The key is built in a per-thread buffer and looked up synchronously: a hit
         // allocates nothing for it; a miss takes its own copy.

@@ -18,10 +18,12 @@ use tracing::{debug, warn};
 
 use crate::config::InvalidateRule;
 use crate::consistency::Invalidator;
+use crate::consistency::bus::Delta;
 use crate::consistency::names::push_unique;
 use crate::consistency::{Name, Point, WriteMark};
 use crate::error::GatewayError;
 use crate::family::{Source, json_field};
+use crate::index::service::Indexes;
 use crate::pass::{Body, Pass};
 use crate::read::Reader;
 use crate::upstream::error_chain;
@@ -34,6 +36,7 @@ pub struct Writer {
     invalidator: Invalidator,
     reader: Reader,
     refresher: Refresher,
+    indexes: Indexes,
 }
 
 /// What one successful write invalidates.
@@ -72,12 +75,13 @@ impl WriteFacts<'_> {
 impl Writer {
     /// A write path forwarding through `pass`, invalidating through `invalidator`, and
     /// refreshing through `reader`.
-    pub fn new(pass: Pass, invalidator: Invalidator, reader: Reader) -> Self {
+    pub fn new(pass: Pass, invalidator: Invalidator, reader: Reader, indexes: Indexes) -> Self {
         Self {
             pass,
             invalidator,
             refresher: Refresher::new(reader.clone()),
             reader,
+            indexes,
         }
     }
 
@@ -117,6 +121,13 @@ impl Writer {
     ) -> Response<Body> {
         let request = serde_json::from_slice(req.body()).ok();
         let req = req.map(|b| Either::Right(Full::new(b)));
+        let index = rule
+            .index
+            .as_ref()
+            .and_then(|n| self.indexes.get(n))
+            .cloned();
+        // Held until the answer is applied: a preload's verdict waits for it (A2, index::scan).
+        let ticket = index.as_ref().map(|ix| ix.write_sent());
         let resp = match self.pass.forward(req, remote).await {
             Ok(r) => r,
             Err(e) => {
@@ -139,16 +150,26 @@ impl Writer {
         // Ticked before anything is looked up: every fetch that starts from here on sees
         // this write, and what it gives outlives this write's bump (promise 2b).
         let ack = inv.acknowledge();
+        // The answer is the entity's new state: the index moves it now (the write is not
+        // answered yet, so either state may be read until the 200 leaves).
+        let delta = match (&index, &bytes) {
+            (Some(ix), Some(b)) => ix.apply(b).map(|_| Delta {
+                index: ix.route().to_string(),
+                row: String::from_utf8_lossy(b).into_owned(),
+            }),
+            _ => None,
+        };
+        drop(ticket);
         let plan = self.plan(rule, &facts, ack).await;
         debug!(names = ?plan.names, fallback = plan.fallback, "invalidating");
         if rule.refresh.is_zero() {
-            inv.apply_acked(plan.names, plan.mark, ack, |_| Vec::new())
+            inv.apply_acked(plan.names, plan.mark, ack, delta, |_| Vec::new())
                 .await;
         } else {
             // Fetched before the invalidation, so the old entries are served meanwhile
             // (the write is not answered yet), and stored after it (see refresh.rs).
             let fetched = self.refresher.fetch(&plan.names, rule.refresh).await;
-            inv.apply_acked(plan.names, plan.mark, ack, |moved| {
+            inv.apply_acked(plan.names, plan.mark, ack, delta, |moved| {
                 self.refresher.install(fetched, moved)
             })
             .await;

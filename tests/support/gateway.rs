@@ -136,3 +136,47 @@ fn rand_suffix() -> u64 {
         .unwrap_or(0);
     t ^ (u64::from(std::process::id()) << 32) ^ N.fetch_add(1, Ordering::Relaxed)
 }
+
+/// `config` without its status indexes (`[route.index]` tables and write rules' `index =`
+/// lines): the ordinary read path only, for the tests of path 1 (end it and ask again).
+pub fn without_index(config: &str) -> String {
+    let mut out = Vec::new();
+    let mut in_index = false;
+    for line in config.lines() {
+        let t = line.trim_start();
+        if t.starts_with('[') {
+            in_index = t.starts_with("[route.index]");
+        }
+        if in_index || t.starts_with("index = ") {
+            continue;
+        }
+        out.push(line);
+    }
+    out.join("\n")
+}
+
+/// Waits (bounded) until every partition of every status index of `gw` is ready.
+pub async fn wait_indexed(gw: &TestGateway) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let indexes = gw.gateway.indexes();
+        let ready = indexes.all().iter().all(|ix| {
+            ix.states()
+                .iter()
+                .all(|(_, s)| *s == mesgate::index::service::PartitionState::Ready)
+        });
+        if ready {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the status index never became ready: {:?}",
+            indexes
+                .all()
+                .iter()
+                .map(|ix| ix.states())
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}

@@ -1,0 +1,614 @@
+//! The status index at run time: one live index per indexed list route, holding the mirror
+//! behind a lock, each kept partition's readiness, the composed pages (bytes until the
+//! partition changes), the preload from the MES, and what the writes' answers and other
+//! instances' deltas apply to it.
+//!
+//! It decides nothing about the ordinary read path: a request it cannot answer exactly
+//! (a partition not ready, a parameter it does not know, credentials) is left to it. The
+//! pure parts (version rule, composition, the scan's verdict) are [`super`]'s.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Either, Full, Limited};
+use tokio::sync::Notify;
+use tracing::{debug, info, warn};
+
+use super::{Applied, BodyShape, Mirror, RowShape, Scan, Verdict};
+use crate::config::IndexRule;
+use crate::forward;
+use crate::metrics::RouteLabel;
+use crate::outcome::{CACHE_STATUS, CacheOutcome, X_CACHE};
+use crate::pass::{Body, Pass};
+
+/// A partition's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum PartitionState {
+    /// Being preloaded (or waiting to be): its pages take the ordinary read path.
+    Loading = 0,
+    /// Exact: its pages are composed from the mirror.
+    Ready = 1,
+    /// Given up on (too large, or the MES kept disagreeing): the ordinary read path.
+    Refused = 2,
+}
+
+impl PartitionState {
+    fn from_u8(v: u8) -> Self {
+        match v {
+            1 => Self::Ready,
+            2 => Self::Refused,
+            _ => Self::Loading,
+        }
+    }
+
+    /// The name in logs, `/readyz` and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Loading => "loading",
+            Self::Ready => "ready",
+            Self::Refused => "refused",
+        }
+    }
+}
+
+/// Counters of one index.
+#[derive(Debug, Default)]
+pub struct IndexStats {
+    /// Pages answered from the index.
+    pub hits: AtomicU64,
+    /// Rows from writes' answers (this instance's and the bus's) that changed the mirror.
+    pub applied: AtomicU64,
+    /// Rows from writes' answers that were older than what was held, or unchanged.
+    pub ignored: AtomicU64,
+    /// Pages the preload asked the MES for.
+    pub preload_pages: AtomicU64,
+    /// Scans that had to start again (an order skipped at a page boundary, a count that
+    /// moved under the scan).
+    pub rescans: AtomicU64,
+}
+
+/// Composed pages kept at most (then the cache starts afresh).
+const PAGE_CACHE: usize = 4096;
+/// Attempts per partition before it is refused.
+const ATTEMPTS: usize = 6;
+/// Probes after a scan whose count could not be compared or came out short.
+const PROBES: usize = 3;
+/// Largest list body read by the preload.
+const MAX_LIST_BODY: usize = 64 << 20;
+
+/// A composed page, with the headers of its answer built once.
+struct Composed {
+    generation: u64,
+    body: Bytes,
+    headers: HeaderMap,
+}
+
+/// The live index of one list route. Cheap to share (`Arc`).
+pub struct LiveIndex {
+    route: Arc<String>,
+    /// The MES path of the list (the route's literal path).
+    path: String,
+    rule: Arc<IndexRule>,
+    rows: RowShape,
+    body: BodyShape,
+    // A std RwLock: reads compose pages, writes apply one row; never held across `.await`.
+    mirror: RwLock<Mirror>,
+    /// By position in `rule.preload`.
+    states: Vec<AtomicU8>,
+    // A std Mutex: a map lookup or insert, never held across `.await`.
+    pages: Mutex<HashMap<(usize, usize, usize), Arc<Composed>>>,
+    /// The headers of the MES's list answers (content type and the like), learned from
+    /// the preload; until then nothing is served.
+    answer_headers: RwLock<Option<HeaderMap>>,
+    writes: WritesInFlight,
+    /// Bumped to make the preload start again (a gap on the bus).
+    reload: Notify,
+    stats: IndexStats,
+}
+
+impl LiveIndex {
+    /// An index for route `route` at MES path `path`, nothing loaded yet.
+    pub fn new(route: Arc<String>, path: &str, rule: Arc<IndexRule>) -> Self {
+        let rows = RowShape {
+            id: rule.id.clone(),
+            partition: rule.partition.clone(),
+            sort: rule.sort.clone(),
+            version: rule.version.clone(),
+        };
+        let body = BodyShape {
+            items: rule.items.clone(),
+            page: rule.page.clone(),
+            size: rule.size.clone(),
+            total: rule.total.clone(),
+        };
+        Self {
+            route,
+            path: path.to_owned(),
+            mirror: RwLock::new(Mirror::new(&rule.preload, rule.max_entities)),
+            states: rule.preload.iter().map(|_| AtomicU8::new(0)).collect(),
+            rule,
+            rows,
+            body,
+            pages: Mutex::default(),
+            answer_headers: RwLock::new(None),
+            writes: WritesInFlight::default(),
+            reload: Notify::new(),
+            stats: IndexStats::default(),
+        }
+    }
+
+    /// The route this index serves.
+    pub fn route(&self) -> &Arc<String> {
+        &self.route
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &IndexStats {
+        &self.stats
+    }
+
+    /// Each kept partition with its state, hottest first.
+    pub fn states(&self) -> Vec<(&str, PartitionState)> {
+        self.rule
+            .preload
+            .iter()
+            .zip(&self.states)
+            .map(|(p, s)| {
+                (
+                    p.as_str(),
+                    PartitionState::from_u8(s.load(Ordering::Acquire)),
+                )
+            })
+            .collect()
+    }
+
+    /// Rows and tombstones held.
+    pub fn entities(&self) -> usize {
+        self.read_mirror().entities()
+    }
+
+    fn state(&self, at: usize) -> PartitionState {
+        PartitionState::from_u8(self.states[at].load(Ordering::Acquire))
+    }
+
+    fn set_state(&self, at: usize, state: PartitionState) {
+        self.states[at].store(state as u8, Ordering::Release);
+    }
+
+    fn read_mirror(&self) -> std::sync::RwLockReadGuard<'_, Mirror> {
+        self.mirror.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write_mirror(&self) -> std::sync::RwLockWriteGuard<'_, Mirror> {
+        self.mirror.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The answer to a list request from a ready partition, exactly the MES's; `None`
+    /// when the index cannot vouch for it (the ordinary read path takes it then).
+    pub fn serve(
+        &self,
+        query: Option<&str>,
+        headers: &HeaderMap,
+        head: bool,
+    ) -> Option<Response<Body>> {
+        // Shared answers only: credentials take the route's own policy.
+        if headers.contains_key(header::AUTHORIZATION) || headers.contains_key(header::COOKIE) {
+            return None;
+        }
+        let (at, page, size) = self.parse_query(query?)?;
+        if self.state(at) != PartitionState::Ready {
+            return None;
+        }
+        let composed = self.composed(at, page, size)?;
+        self.stats.hits.fetch_add(1, Ordering::Relaxed);
+        let mut resp = Response::new(Either::Left(Full::new(if head {
+            Bytes::new()
+        } else {
+            composed.body.clone()
+        })));
+        *resp.headers_mut() = composed.headers.clone();
+        if head {
+            resp.headers_mut().insert(
+                header::CONTENT_LENGTH,
+                HeaderValue::from(composed.body.len()),
+            );
+        }
+        Some(resp)
+    }
+
+    /// `partition=P[&page=N][&size=M]` and nothing else, values within the MES's bounds.
+    fn parse_query(&self, query: &str) -> Option<(usize, usize, usize)> {
+        let (mut partition, mut page, mut size) = (None, None, None);
+        for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+            let slot = if k == self.rule.partition.as_str() {
+                let at = self.rule.preload.iter().position(|p| *p == v)?;
+                partition.replace(at).is_none()
+            } else if k == self.rule.page.as_str() {
+                page.replace(v.parse::<usize>().ok().filter(|&n| n >= 1)?)
+                    .is_none()
+            } else if k == self.rule.size.as_str() {
+                let n = v.parse::<usize>().ok();
+                size.replace(n.filter(|&n| (1..=self.rule.max_size).contains(&n))?)
+                    .is_none()
+            } else {
+                false
+            };
+            if !slot {
+                return None;
+            }
+        }
+        Some((
+            partition?,
+            page.unwrap_or(1),
+            size.unwrap_or(self.rule.default_size),
+        ))
+    }
+
+    fn composed(&self, at: usize, page: usize, size: usize) -> Option<Arc<Composed>> {
+        let mirror = self.read_mirror();
+        let partition = &self.rule.preload[at];
+        let generation = mirror.generation(partition)?;
+        let key = (at, page, size);
+        let mut pages = self.pages.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = pages.get(&key).filter(|c| c.generation == generation) {
+            return Some(c.clone());
+        }
+        let rows = mirror.page(partition, page, size)?;
+        let body = self.body.compose(&rows, page, size);
+        drop(mirror);
+        let headers = self.hit_headers()?;
+        let composed = Arc::new(Composed {
+            generation,
+            body,
+            headers,
+        });
+        if pages.len() >= PAGE_CACHE {
+            pages.clear();
+        }
+        pages.insert(key, composed.clone());
+        Some(composed)
+    }
+
+    fn hit_headers(&self) -> Option<HeaderMap> {
+        let learned = self
+            .answer_headers
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        let mut h = learned.as_ref()?.clone();
+        let outcome = CacheOutcome::HitIndex;
+        h.insert(
+            CACHE_STATUS,
+            HeaderValue::from_static("mesgate; hit; detail=index"),
+        );
+        h.insert(X_CACHE, HeaderValue::from_static(outcome.x_cache()));
+        h.append(header::VIA, forward::via(http::Version::HTTP_11));
+        h.insert(header::AGE, HeaderValue::from_static("0"));
+        Some(h)
+    }
+
+    /// Applies a write's answer (the entity's new state) or another instance's delta.
+    /// Returns what the mirror did; `None` when the body is not a row of this index.
+    pub fn apply(&self, row_json: &Bytes) -> Option<Applied> {
+        let row = match super::Row::parse(&self.rows, row_json.clone()) {
+            Ok(row) => row,
+            Err(e) => {
+                debug!(route = %self.route, error = %e, "write answer is not an index row");
+                return None;
+            }
+        };
+        let applied = self.write_mirror().apply(row);
+        let counter = match applied.changed() {
+            true => &self.stats.applied,
+            false => &self.stats.ignored,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        if applied == Applied::Full {
+            warn!(route = %self.route, max_entities = self.rule.max_entities,
+                "index full: every partition goes back to the ordinary read path");
+            self.refuse_all();
+        }
+        Some(applied)
+    }
+
+    fn refuse_all(&self) {
+        for at in 0..self.states.len() {
+            self.set_state(at, PartitionState::Refused);
+        }
+    }
+
+    /// Marks a write of this index's entities as sent to the MES: the preload's verdict
+    /// waits for it to be answered and applied (the scan's assumption A2). Drop the ticket
+    /// when it is.
+    pub fn write_sent(self: &Arc<Self>) -> WriteTicket {
+        self.writes.begin(self.clone())
+    }
+
+    /// Deltas may be missed from now on (the bus is down): nothing is served until the
+    /// bus is back and the partitions are loaded again.
+    pub fn pause(&self) {
+        for at in 0..self.states.len() {
+            if self.state(at) == PartitionState::Ready {
+                self.set_state(at, PartitionState::Loading);
+            }
+        }
+    }
+
+    /// Deltas may have been missed (the bus was down and is back): the partitions are
+    /// loaded again, nothing served meanwhile.
+    pub fn gap(&self) {
+        for at in 0..self.states.len() {
+            if self.state(at) == PartitionState::Ready {
+                self.set_state(at, PartitionState::Loading);
+            }
+        }
+        info!(route = %self.route, "index reloads: messages may have been missed");
+        self.reload.notify_one();
+    }
+
+    /// Preloads every kept partition, hottest first, then waits for a reload request.
+    pub async fn run(self: Arc<Self>, pass: Pass) {
+        loop {
+            for at in 0..self.rule.preload.len() {
+                if self.state(at) == PartitionState::Loading {
+                    self.preload(at, &pass).await;
+                }
+            }
+            self.reload.notified().await;
+        }
+    }
+
+    async fn preload(&self, at: usize, pass: &Pass) {
+        let partition = self.rule.preload[at].clone();
+        for attempt in 1..=ATTEMPTS {
+            match self.scan_once(&partition, pass).await {
+                Ok(true) => {
+                    let held = self.read_mirror().len(&partition).unwrap_or(0);
+                    info!(route = %self.route, %partition, held, attempt, "index partition ready");
+                    self.set_state(at, PartitionState::Ready);
+                    return;
+                }
+                Ok(false) => {
+                    self.stats.rescans.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    warn!(route = %self.route, %partition, attempt, error = %e, "index preload failed");
+                    tokio::time::sleep(Duration::from_millis(200 * attempt as u64)).await;
+                }
+            }
+            if self.read_mirror().is_overflowed() {
+                break;
+            }
+        }
+        warn!(route = %self.route, %partition, "index partition refused: it stays on the ordinary read path");
+        self.set_state(at, PartitionState::Refused);
+    }
+
+    /// One scan of `partition`, then up to [`PROBES`] probes; whether it ended exact.
+    async fn scan_once(&self, partition: &str, pass: &Pass) -> Result<bool, String> {
+        let max_pages = self.rule.max_entities / self.rule.max_size + 2;
+        let mut scan = Scan::new(partition, self.rule.max_size, max_pages);
+        loop {
+            let Some(req) = scan.request(&self.read_mirror()) else {
+                break;
+            };
+            let watermark = self.writes.sent();
+            let body = self.fetch(partition, req.page, req.size, pass).await?;
+            self.stats.preload_pages.fetch_add(1, Ordering::Relaxed);
+            let received = scan
+                .receive(&mut self.write_mirror(), &self.rows, &body)
+                .map_err(|e| e.to_string())?;
+            if received.last {
+                self.writes.settled(watermark).await;
+                break;
+            }
+            tokio::time::sleep(self.rule.preload_pause).await;
+        }
+        for _ in 0..=PROBES {
+            match scan.verdict(&self.read_mirror()) {
+                Verdict::Exact => return Ok(true),
+                Verdict::Recheck { .. } | Verdict::Rescan(super::Rescan::Missing { .. }) => {}
+                other => {
+                    debug!(route = %self.route, %partition, verdict = ?other, "index scan again");
+                    return Ok(false);
+                }
+            }
+            tokio::time::sleep(self.rule.preload_pause).await;
+            let req = scan.probe(&self.read_mirror());
+            let watermark = self.writes.sent();
+            let body = self.fetch(partition, req.page, req.size, pass).await?;
+            scan.receive(&mut self.write_mirror(), &self.rows, &body)
+                .map_err(|e| e.to_string())?;
+            self.writes.settled(watermark).await;
+        }
+        Ok(false)
+    }
+
+    /// One list page from the MES, parsed; learns the answer headers from the first.
+    async fn fetch(
+        &self,
+        partition: &str,
+        page: usize,
+        size: usize,
+        pass: &Pass,
+    ) -> Result<super::ListBody, String> {
+        let query: String = form_urlencoded::Serializer::new(String::new())
+            .append_pair(&self.rule.partition, partition)
+            .append_pair(&self.rule.page, &page.to_string())
+            .append_pair(&self.rule.size, &size.to_string())
+            .finish();
+        let upstream = pass.upstream();
+        let mut req = Request::new(Either::Right(Full::new(Bytes::new())));
+        *req.uri_mut() = upstream
+            .uri(&format!("{}?{query}", self.path))
+            .map_err(|e| e.to_string())?;
+        req.extensions_mut().insert(RouteLabel(self.route.clone()));
+        let resp = upstream
+            .send(req, Some(upstream.response_header()))
+            .await
+            .map_err(|e| e.to_string())?;
+        if resp.status() != StatusCode::OK {
+            return Err(format!("the MES answered {}", resp.status()));
+        }
+        let (mut parts, body) = resp.into_parts();
+        let bytes = Limited::new(body, MAX_LIST_BODY)
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        self.learn_headers(&mut parts.headers);
+        self.body.parse(&bytes).map_err(|e| e.to_string())
+    }
+
+    fn learn_headers(&self, headers: &mut HeaderMap) {
+        let mut learned = self
+            .answer_headers
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        if learned.is_some() {
+            return;
+        }
+        forward::strip_hop_by_hop(headers);
+        for h in [
+            header::CONTENT_LENGTH,
+            header::AGE,
+            header::DATE,
+            header::SET_COOKIE,
+        ] {
+            headers.remove(h);
+        }
+        *learned = Some(std::mem::take(headers));
+    }
+}
+
+/// Writes sent to the MES and not yet answered and applied, numbered in sending order.
+#[derive(Default)]
+struct WritesInFlight {
+    // A std Mutex: inserts and removes, never held across `.await`.
+    open: Mutex<BTreeSet<u64>>,
+    next: AtomicU64,
+    done: Notify,
+}
+
+impl WritesInFlight {
+    fn begin(&self, index: Arc<LiveIndex>) -> WriteTicket {
+        let n = self.next.fetch_add(1, Ordering::AcqRel);
+        self.open
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(n);
+        WriteTicket { index, n }
+    }
+
+    /// The number the next write sent will get.
+    fn sent(&self) -> u64 {
+        self.next.load(Ordering::Acquire)
+    }
+
+    /// Waits (at most 10 s) until every write numbered below `watermark` is done.
+    async fn settled(&self, watermark: u64) {
+        let wait = async {
+            loop {
+                let notified = self.done.notified();
+                let pending = {
+                    let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+                    open.first().is_some_and(|&n| n < watermark)
+                };
+                if !pending {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(10), wait).await;
+    }
+}
+
+/// A write of an indexed entity in flight (see [`LiveIndex::write_sent`]).
+pub struct WriteTicket {
+    index: Arc<LiveIndex>,
+    n: u64,
+}
+
+impl Drop for WriteTicket {
+    fn drop(&mut self) {
+        let w = &self.index.writes;
+        w.open
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.n);
+        w.done.notify_waiters();
+    }
+}
+
+/// The live indexes of a gateway, by route name. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct Indexes {
+    all: Arc<Vec<Arc<LiveIndex>>>,
+}
+
+impl Indexes {
+    /// One live index per route with a `[route.index]`.
+    pub fn new(routes: &crate::config::route::RouteTable) -> Self {
+        let all = routes
+            .routes()
+            .iter()
+            .filter_map(|r| {
+                let rule = r.index.clone()?;
+                Some(Arc::new(LiveIndex::new(
+                    r.name.clone(),
+                    r.path.as_str(),
+                    rule,
+                )))
+            })
+            .collect();
+        Self { all: Arc::new(all) }
+    }
+
+    /// The index of route `name`.
+    pub fn get(&self, name: &str) -> Option<&Arc<LiveIndex>> {
+        self.all.iter().find(|i| i.route.as_str() == name)
+    }
+
+    /// Every index.
+    pub fn all(&self) -> &[Arc<LiveIndex>] {
+        &self.all
+    }
+
+    /// Starts every index's preload.
+    pub fn start(&self, pass: &Pass) {
+        for ix in self.all.iter() {
+            tokio::spawn(ix.clone().run(pass.clone()));
+        }
+    }
+
+    /// Another instance's delta for index `name`.
+    pub fn apply_delta(&self, name: &str, row: &[u8]) {
+        if let Some(ix) = self.get(name) {
+            ix.apply(&Bytes::copy_from_slice(row));
+        }
+    }
+}
+
+impl crate::consistency::bus::DeltaSink for Indexes {
+    fn delta(&self, index: &str, row: &[u8]) {
+        self.apply_delta(index, row);
+    }
+
+    fn paused(&self) {
+        for ix in self.all.iter() {
+            ix.pause();
+        }
+    }
+
+    fn resumed(&self) {
+        for ix in self.all.iter() {
+            ix.gap();
+        }
+    }
+}
