@@ -200,7 +200,31 @@ async fn readiness(gateway: &Gateway) -> Response<Full<Bytes>> {
     } else {
         "ready"
     };
-    json_response(StatusCode::OK, json!({"status": status, "redis": redis}))
+    let mut body = json!({"status": status, "redis": redis});
+    if let Some(progress) = index_progress(gateway) {
+        body["index"] = progress;
+    }
+    json_response(StatusCode::OK, body)
+}
+
+/// Each status index's partitions by state (`{"order-list": {"SUBMITTED": "ready", …}}`):
+/// a partition still loading is served by the ordinary read path, so it does not make the
+/// instance unready.
+fn index_progress(gateway: &Gateway) -> Option<serde_json::Value> {
+    let all = gateway.indexes().all();
+    if all.is_empty() {
+        return None;
+    }
+    let mut out = serde_json::Map::new();
+    for ix in all {
+        let states: serde_json::Map<String, serde_json::Value> = ix
+            .states()
+            .into_iter()
+            .map(|(p, s)| (p.to_owned(), json!(s.as_str())))
+            .collect();
+        out.insert(ix.route().to_string(), states.into());
+    }
+    Some(out.into())
 }
 
 fn json_response(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {

@@ -362,6 +362,7 @@ impl Gateway {
             invalidation: self.inner.invalidator.stats(),
             epoch_counters: self.inner.invalidator.epoch_counters(),
             flights_waiting: self.flights_waiting(),
+            indexes: self.inner.indexes.reports(),
         }
     }
 }

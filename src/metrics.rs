@@ -119,6 +119,39 @@ pub struct Snapshot<'a> {
     pub epoch_counters: usize,
     /// Requests waiting on single-flight fetches.
     pub flights_waiting: usize,
+    /// The status indexes.
+    pub indexes: Vec<IndexReport>,
+}
+
+/// What one status index reports to the metrics.
+#[derive(Debug, Clone)]
+pub struct IndexReport {
+    /// The indexed route.
+    pub route: Arc<String>,
+    /// Partitions by state: `loading`, `ready`, `refused`.
+    pub partitions: [(&'static str, usize); 3],
+    /// Rows and tombstones held.
+    pub entities: usize,
+    /// Counters by kind: `applied`, `ignored`, `preload_page`, `rescan`.
+    pub events: [(&'static str, u64); 4],
+}
+
+/// `{route, state}` of an index partition.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PartitionLabels {
+    /// The indexed route.
+    pub route: Arc<String>,
+    /// `loading`, `ready` or `refused`.
+    pub state: &'static str,
+}
+
+/// `{route, kind}` of an index counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct IndexLabels {
+    /// The indexed route.
+    pub route: Arc<String>,
+    /// What was counted.
+    pub kind: &'static str,
 }
 
 /// All metrics of one gateway.
@@ -145,6 +178,16 @@ pub struct Metrics {
     l1_evictions: Family<CauseLabels, Counter>,
     l2_fenced: Counter,
     singleflight_waiting: Gauge,
+    index_partitions: Family<PartitionLabels, Gauge>,
+    index_entities: Family<RouteOnly, Gauge>,
+    index_events: Family<IndexLabels, Counter>,
+}
+
+/// `{route}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteOnly {
+    /// The route.
+    pub route: Arc<String>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -185,6 +228,9 @@ impl Metrics {
             l1_evictions: Family::default(),
             l2_fenced: Counter::default(),
             singleflight_waiting: Gauge::default(),
+            index_partitions: Family::default(),
+            index_entities: Family::default(),
+            index_events: Family::default(),
         };
         m.register();
         m
@@ -196,6 +242,21 @@ impl Metrics {
             "requests",
             "Requests by route and cache outcome",
             self.requests.clone(),
+        );
+        r.register(
+            "index_partitions",
+            "Status index partitions by state (ready ones answer their pages)",
+            self.index_partitions.clone(),
+        );
+        r.register(
+            "index_entities",
+            "Rows and tombstones held by a status index",
+            self.index_entities.clone(),
+        );
+        r.register(
+            "index_events",
+            "Status index: rows applied or ignored (older), preload pages, rescans",
+            self.index_events.clone(),
         );
         r.register(
             "request_duration_seconds",
@@ -371,9 +432,38 @@ impl Metrics {
             );
         }
         self.singleflight_waiting.set(gw.flights_waiting as i64);
+        self.render_indexes(&gw.indexes);
         let mut out = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+impl Metrics {
+    fn render_indexes(&self, indexes: &[IndexReport]) {
+        for ix in indexes {
+            let route = ix.route.clone();
+            for (state, n) in ix.partitions {
+                let labels = PartitionLabels {
+                    route: route.clone(),
+                    state,
+                };
+                self.index_partitions.get_or_create(&labels).set(n as i64);
+            }
+            let only = RouteOnly {
+                route: route.clone(),
+            };
+            self.index_entities
+                .get_or_create(&only)
+                .set(ix.entities as i64);
+            for (kind, v) in ix.events {
+                let labels = IndexLabels {
+                    route: route.clone(),
+                    kind,
+                };
+                sync(&self.index_events.get_or_create(&labels), v);
+            }
+        }
     }
 }
 

@@ -22,7 +22,7 @@ use tracing::{debug, info, warn};
 use super::{Applied, BodyShape, Mirror, RowShape, Scan, Verdict};
 use crate::config::IndexRule;
 use crate::forward;
-use crate::metrics::RouteLabel;
+use crate::metrics::{IndexReport, RouteLabel};
 use crate::outcome::{CACHE_STATUS, CacheOutcome, X_CACHE};
 use crate::pass::{Body, Pass};
 
@@ -578,6 +578,34 @@ impl Indexes {
     /// Every index.
     pub fn all(&self) -> &[Arc<LiveIndex>] {
         &self.all
+    }
+
+    /// What each index reports to the metrics.
+    pub fn reports(&self) -> Vec<IndexReport> {
+        self.all
+            .iter()
+            .map(|ix| {
+                let states = ix.states();
+                let count = |s: PartitionState| states.iter().filter(|(_, x)| *x == s).count();
+                let st = &ix.stats;
+                let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+                IndexReport {
+                    route: ix.route.clone(),
+                    partitions: [
+                        ("loading", count(PartitionState::Loading)),
+                        ("ready", count(PartitionState::Ready)),
+                        ("refused", count(PartitionState::Refused)),
+                    ],
+                    entities: ix.entities(),
+                    events: [
+                        ("applied", load(&st.applied)),
+                        ("ignored", load(&st.ignored)),
+                        ("preload_page", load(&st.preload_pages)),
+                        ("rescan", load(&st.rescans)),
+                    ],
+                }
+            })
+            .collect()
     }
 
     /// Starts every index's preload.
