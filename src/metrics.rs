@@ -132,8 +132,8 @@ pub struct IndexReport {
     pub partitions: [(&'static str, usize); 3],
     /// Rows and tombstones held.
     pub entities: usize,
-    /// Counters by kind: `applied`, `ignored`, `preload_page`, `rescan`.
-    pub events: [(&'static str, u64); 4],
+    /// Counters by kind: `applied`, `ignored`, `preload_page`, `rescan`, `audit_repair`.
+    pub events: [(&'static str, u64); 5],
 }
 
 /// `{route, state}` of an index partition.
@@ -255,7 +255,7 @@ impl Metrics {
         );
         r.register(
             "index_events",
-            "Status index: rows applied or ignored (older), preload pages, rescans",
+            "Status index: rows applied or ignored (older), preload pages, rescans, audit repairs",
             self.index_events.clone(),
         );
         r.register(

@@ -391,6 +391,19 @@ pub struct RawIndex {
     /// Default `"20ms"`.
     #[serde(default = "default_preload_pause")]
     pub preload_pause: String,
+    /// How often page 1 of each ready partition is compared with the MES's, to find
+    /// writes made behind mesgate's back (an ERP job, a DBA) and repair them. `"0s"`:
+    /// never. Default `"5s"`.
+    #[serde(default = "default_audit")]
+    pub audit: String,
+    /// The MES path of one entity, `{id}` standing for its id: the audit asks it where an
+    /// order that left a page behind mesgate's back went. Default: the list path + `/{id}`.
+    #[serde(default)]
+    pub detail: Option<String>,
+}
+
+fn default_audit() -> String {
+    "5s".into()
 }
 
 fn default_partition() -> String {

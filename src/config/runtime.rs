@@ -160,6 +160,10 @@ pub struct IndexRule {
     pub max_entities: usize,
     /// Pause between two preload page requests.
     pub preload_pause: Duration,
+    /// Period of the audit against the MES; zero: off.
+    pub audit: Duration,
+    /// The MES path of one entity, with `{id}`; `None`: the list path + `/{id}`.
+    pub detail: Option<String>,
 }
 
 impl InvalidateRule {

@@ -70,6 +70,15 @@ impl RawIndex {
             return Err(invalid(format!("{at}.max_entities"), "must be at least 1"));
         }
         let preload_pause = parse_duration(&format!("{at}.preload_pause"), &self.preload_pause)?;
+        let audit = parse_duration(&format!("{at}.audit"), &self.audit)?;
+        if let Some(d) = &self.detail
+            && (!d.starts_with('/') || !d.contains("{id}"))
+        {
+            return Err(invalid(
+                format!("{at}.detail"),
+                format!("{d:?}: a path starting with '/' with {{id}} in it"),
+            ));
+        }
         Ok(IndexRule {
             partition: self.partition,
             id: self.id,
@@ -84,6 +93,8 @@ impl RawIndex {
             preload: self.preload,
             max_entities: self.max_entities,
             preload_pause,
+            audit,
+            detail: self.detail,
         })
     }
 }

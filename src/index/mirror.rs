@@ -314,6 +314,23 @@ impl Mirror {
         self.parts.values().map(|p| p.keys.len()).sum()
     }
 
+    /// Drops every member of `partition`, with no tombstone (their states are not known
+    /// any more): the start of a rebuild after the MES disagreed with it (a write past
+    /// mesgate, found by the audit). Raises its generation; returns how many were dropped.
+    pub fn forget(&mut self, partition: &str) -> usize {
+        let Some(part) = self.parts.get_mut(partition) else {
+            return 0;
+        };
+        part.keys = Ranked::default();
+        part.generation += 1;
+        self.seq += 1;
+        let before = self.rows.len();
+        self.rows.retain(|_, h| {
+            !(matches!(h.place, Place::Member { .. }) && &*h.partition == partition)
+        });
+        before - self.rows.len()
+    }
+
     /// Page `page` (1-based; 0 is taken as 1, as the simulator's store does) of `size`
     /// members of `partition`, newest first, empty past the end; O(log n + size). `None` if
     /// the partition is not kept or the mirror is overflowed: answer from the MES then.

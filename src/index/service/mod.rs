@@ -5,26 +5,31 @@
 //!
 //! It decides nothing about the ordinary read path: a request it cannot answer exactly
 //! (a partition not ready, a parameter it does not know, credentials) is left to it. The
-//! pure parts (version rule, composition, the scan's verdict) are [`super`]'s.
+//! pure parts (version rule, composition, the scan's verdict) are [`crate::index`]'s; the
+//! preload and the audit are in [`sync`], the set of indexes in [`set`].
 
-use std::collections::{BTreeSet, HashMap};
+mod set;
+mod sync;
+
+use set::WritesInFlight;
+pub use set::{Indexes, WriteTicket};
+
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
 
 use bytes::Bytes;
+use http::Response;
 use http::header::{self, HeaderMap, HeaderValue};
-use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Either, Full, Limited};
+use http_body_util::{Either, Full};
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
-use super::{Applied, BodyShape, Mirror, RowShape, Scan, Verdict};
+use super::{Applied, BodyShape, Mirror, RowShape};
 use crate::config::IndexRule;
 use crate::forward;
-use crate::metrics::{IndexReport, RouteLabel};
 use crate::outcome::{CACHE_STATUS, CacheOutcome, X_CACHE};
-use crate::pass::{Body, Pass};
+use crate::pass::Body;
 
 /// A partition's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,16 +76,23 @@ pub struct IndexStats {
     /// Scans that had to start again (an order skipped at a page boundary, a count that
     /// moved under the scan).
     pub rescans: AtomicU64,
+    /// Differences the audit found with the MES (writes behind mesgate's back) and
+    /// repaired: rows applied, orders relocated, partitions rebuilt.
+    pub audit_repairs: AtomicU64,
 }
+
+/// Orders the audit relocates per partition and round, at most (each costs a detail
+/// request to the MES).
+pub(super) const AUDIT_RELOCATE: usize = 20;
 
 /// Composed pages kept at most (then the cache starts afresh).
 const PAGE_CACHE: usize = 4096;
 /// Attempts per partition before it is refused.
-const ATTEMPTS: usize = 6;
+pub(super) const ATTEMPTS: usize = 6;
 /// Probes after a scan whose count could not be compared or came out short.
-const PROBES: usize = 3;
+pub(super) const PROBES: usize = 3;
 /// Largest list body read by the preload.
-const MAX_LIST_BODY: usize = 64 << 20;
+pub(super) const MAX_LIST_BODY: usize = 64 << 20;
 
 /// A composed page, with the headers of its answer built once.
 struct Composed {
@@ -349,294 +361,5 @@ impl LiveIndex {
         }
         info!(route = %self.route, "index reloads: messages may have been missed");
         self.reload.notify_one();
-    }
-
-    /// Preloads every kept partition, hottest first, then waits for a reload request.
-    pub async fn run(self: Arc<Self>, pass: Pass) {
-        loop {
-            for at in 0..self.rule.preload.len() {
-                if self.state(at) == PartitionState::Loading {
-                    self.preload(at, &pass).await;
-                }
-            }
-            self.reload.notified().await;
-        }
-    }
-
-    async fn preload(&self, at: usize, pass: &Pass) {
-        let partition = self.rule.preload[at].clone();
-        for attempt in 1..=ATTEMPTS {
-            match self.scan_once(&partition, pass).await {
-                Ok(true) => {
-                    let held = self.read_mirror().len(&partition).unwrap_or(0);
-                    info!(route = %self.route, %partition, held, attempt, "index partition ready");
-                    self.set_state(at, PartitionState::Ready);
-                    return;
-                }
-                Ok(false) => {
-                    self.stats.rescans.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(e) => {
-                    warn!(route = %self.route, %partition, attempt, error = %e, "index preload failed");
-                    tokio::time::sleep(Duration::from_millis(200 * attempt as u64)).await;
-                }
-            }
-            if self.read_mirror().is_overflowed() {
-                break;
-            }
-        }
-        warn!(route = %self.route, %partition, "index partition refused: it stays on the ordinary read path");
-        self.set_state(at, PartitionState::Refused);
-    }
-
-    /// One scan of `partition`, then up to [`PROBES`] probes; whether it ended exact.
-    async fn scan_once(&self, partition: &str, pass: &Pass) -> Result<bool, String> {
-        let max_pages = self.rule.max_entities / self.rule.max_size + 2;
-        let mut scan = Scan::new(partition, self.rule.max_size, max_pages);
-        loop {
-            let Some(req) = scan.request(&self.read_mirror()) else {
-                break;
-            };
-            let watermark = self.writes.sent();
-            let body = self.fetch(partition, req.page, req.size, pass).await?;
-            self.stats.preload_pages.fetch_add(1, Ordering::Relaxed);
-            let received = scan
-                .receive(&mut self.write_mirror(), &self.rows, &body)
-                .map_err(|e| e.to_string())?;
-            if received.last {
-                self.writes.settled(watermark).await;
-                break;
-            }
-            tokio::time::sleep(self.rule.preload_pause).await;
-        }
-        for _ in 0..=PROBES {
-            match scan.verdict(&self.read_mirror()) {
-                Verdict::Exact => return Ok(true),
-                Verdict::Recheck { .. } | Verdict::Rescan(super::Rescan::Missing { .. }) => {}
-                other => {
-                    debug!(route = %self.route, %partition, verdict = ?other, "index scan again");
-                    return Ok(false);
-                }
-            }
-            tokio::time::sleep(self.rule.preload_pause).await;
-            let req = scan.probe(&self.read_mirror());
-            let watermark = self.writes.sent();
-            let body = self.fetch(partition, req.page, req.size, pass).await?;
-            scan.receive(&mut self.write_mirror(), &self.rows, &body)
-                .map_err(|e| e.to_string())?;
-            self.writes.settled(watermark).await;
-        }
-        Ok(false)
-    }
-
-    /// One list page from the MES, parsed; learns the answer headers from the first.
-    async fn fetch(
-        &self,
-        partition: &str,
-        page: usize,
-        size: usize,
-        pass: &Pass,
-    ) -> Result<super::ListBody, String> {
-        let query: String = form_urlencoded::Serializer::new(String::new())
-            .append_pair(&self.rule.partition, partition)
-            .append_pair(&self.rule.page, &page.to_string())
-            .append_pair(&self.rule.size, &size.to_string())
-            .finish();
-        let upstream = pass.upstream();
-        let mut req = Request::new(Either::Right(Full::new(Bytes::new())));
-        *req.uri_mut() = upstream
-            .uri(&format!("{}?{query}", self.path))
-            .map_err(|e| e.to_string())?;
-        req.extensions_mut().insert(RouteLabel(self.route.clone()));
-        let resp = upstream
-            .send(req, Some(upstream.response_header()))
-            .await
-            .map_err(|e| e.to_string())?;
-        if resp.status() != StatusCode::OK {
-            return Err(format!("the MES answered {}", resp.status()));
-        }
-        let (mut parts, body) = resp.into_parts();
-        let bytes = Limited::new(body, MAX_LIST_BODY)
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?
-            .to_bytes();
-        self.learn_headers(&mut parts.headers);
-        self.body.parse(&bytes).map_err(|e| e.to_string())
-    }
-
-    fn learn_headers(&self, headers: &mut HeaderMap) {
-        let mut learned = self
-            .answer_headers
-            .write()
-            .unwrap_or_else(|e| e.into_inner());
-        if learned.is_some() {
-            return;
-        }
-        forward::strip_hop_by_hop(headers);
-        for h in [
-            header::CONTENT_LENGTH,
-            header::AGE,
-            header::DATE,
-            header::SET_COOKIE,
-        ] {
-            headers.remove(h);
-        }
-        *learned = Some(std::mem::take(headers));
-    }
-}
-
-/// Writes sent to the MES and not yet answered and applied, numbered in sending order.
-#[derive(Default)]
-struct WritesInFlight {
-    // A std Mutex: inserts and removes, never held across `.await`.
-    open: Mutex<BTreeSet<u64>>,
-    next: AtomicU64,
-    done: Notify,
-}
-
-impl WritesInFlight {
-    fn begin(&self, index: Arc<LiveIndex>) -> WriteTicket {
-        let n = self.next.fetch_add(1, Ordering::AcqRel);
-        self.open
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(n);
-        WriteTicket { index, n }
-    }
-
-    /// The number the next write sent will get.
-    fn sent(&self) -> u64 {
-        self.next.load(Ordering::Acquire)
-    }
-
-    /// Waits (at most 10 s) until every write numbered below `watermark` is done.
-    async fn settled(&self, watermark: u64) {
-        let wait = async {
-            loop {
-                let notified = self.done.notified();
-                let pending = {
-                    let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-                    open.first().is_some_and(|&n| n < watermark)
-                };
-                if !pending {
-                    return;
-                }
-                notified.await;
-            }
-        };
-        let _ = tokio::time::timeout(Duration::from_secs(10), wait).await;
-    }
-}
-
-/// A write of an indexed entity in flight (see [`LiveIndex::write_sent`]).
-pub struct WriteTicket {
-    index: Arc<LiveIndex>,
-    n: u64,
-}
-
-impl Drop for WriteTicket {
-    fn drop(&mut self) {
-        let w = &self.index.writes;
-        w.open
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&self.n);
-        w.done.notify_waiters();
-    }
-}
-
-/// The live indexes of a gateway, by route name. Cheap to clone.
-#[derive(Clone, Default)]
-pub struct Indexes {
-    all: Arc<Vec<Arc<LiveIndex>>>,
-}
-
-impl Indexes {
-    /// One live index per route with a `[route.index]`.
-    pub fn new(routes: &crate::config::route::RouteTable) -> Self {
-        let all = routes
-            .routes()
-            .iter()
-            .filter_map(|r| {
-                let rule = r.index.clone()?;
-                Some(Arc::new(LiveIndex::new(
-                    r.name.clone(),
-                    r.path.as_str(),
-                    rule,
-                )))
-            })
-            .collect();
-        Self { all: Arc::new(all) }
-    }
-
-    /// The index of route `name`.
-    pub fn get(&self, name: &str) -> Option<&Arc<LiveIndex>> {
-        self.all.iter().find(|i| i.route.as_str() == name)
-    }
-
-    /// Every index.
-    pub fn all(&self) -> &[Arc<LiveIndex>] {
-        &self.all
-    }
-
-    /// What each index reports to the metrics.
-    pub fn reports(&self) -> Vec<IndexReport> {
-        self.all
-            .iter()
-            .map(|ix| {
-                let states = ix.states();
-                let count = |s: PartitionState| states.iter().filter(|(_, x)| *x == s).count();
-                let st = &ix.stats;
-                let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
-                IndexReport {
-                    route: ix.route.clone(),
-                    partitions: [
-                        ("loading", count(PartitionState::Loading)),
-                        ("ready", count(PartitionState::Ready)),
-                        ("refused", count(PartitionState::Refused)),
-                    ],
-                    entities: ix.entities(),
-                    events: [
-                        ("applied", load(&st.applied)),
-                        ("ignored", load(&st.ignored)),
-                        ("preload_page", load(&st.preload_pages)),
-                        ("rescan", load(&st.rescans)),
-                    ],
-                }
-            })
-            .collect()
-    }
-
-    /// Starts every index's preload.
-    pub fn start(&self, pass: &Pass) {
-        for ix in self.all.iter() {
-            tokio::spawn(ix.clone().run(pass.clone()));
-        }
-    }
-
-    /// Another instance's delta for index `name`.
-    pub fn apply_delta(&self, name: &str, row: &[u8]) {
-        if let Some(ix) = self.get(name) {
-            ix.apply(&Bytes::copy_from_slice(row));
-        }
-    }
-}
-
-impl crate::consistency::bus::DeltaSink for Indexes {
-    fn delta(&self, index: &str, row: &[u8]) {
-        self.apply_delta(index, row);
-    }
-
-    fn paused(&self) {
-        for ix in self.all.iter() {
-            ix.pause();
-        }
-    }
-
-    fn resumed(&self) {
-        for ix in self.all.iter() {
-            ix.gap();
-        }
     }
 }

@@ -1,0 +1,253 @@
+//! The index and the MES: the preload of each kept partition (paged, paced, exact by the
+//! scan's verdict) and the audit that finds writes made behind mesgate's back.
+//!
+//! Serving and applying writes are [`super`]'s; the verdict's argument is
+//! [`crate::index::scan`]'s.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap};
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Either, Full, Limited};
+use tracing::{debug, info, warn};
+
+use super::{ATTEMPTS, AUDIT_RELOCATE, LiveIndex, MAX_LIST_BODY, PROBES, PartitionState};
+use crate::forward;
+use crate::index::{Row, Scan, Verdict};
+use crate::metrics::RouteLabel;
+use crate::pass::Pass;
+
+impl LiveIndex {
+    /// Preloads every kept partition, hottest first; then audits the ready ones every
+    /// `audit` (a partition found wrong is rebuilt), until a reload request.
+    pub async fn run(self: Arc<Self>, pass: Pass) {
+        loop {
+            for at in 0..self.rule.preload.len() {
+                if self.state(at) == PartitionState::Loading {
+                    self.preload(at, &pass).await;
+                }
+            }
+            if self.rule.audit.is_zero() {
+                self.reload.notified().await;
+                continue;
+            }
+            tokio::select! {
+                _ = self.reload.notified() => {}
+                _ = tokio::time::sleep(self.rule.audit) => {
+                    for at in 0..self.rule.preload.len() {
+                        if self.state(at) != PartitionState::Ready {
+                            continue;
+                        }
+                        if let Err(e) = self.audit(at, &pass).await {
+                            debug!(route = %self.route, error = %e, "index audit skipped");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Compares page 1 of a ready partition with the MES's (writes behind mesgate's back):
+    /// newer rows the MES shows are applied, orders the mirror lists there and the MES does
+    /// not are looked up one by one and moved to where they are, and a count that still
+    /// disagrees rebuilds the partition. Skipped when a write moved the partition while
+    /// the MES's page was in flight (the two could not be compared).
+    async fn audit(&self, at: usize, pass: &Pass) -> Result<(), String> {
+        let partition = self.rule.preload[at].as_str();
+        let size = self.rule.default_size;
+        let before = self.read_mirror().generation(partition);
+        let watermark = self.writes.sent();
+        let theirs = self.fetch(partition, 1, size, pass).await?;
+        self.writes.settled(watermark).await;
+        let (mut repairs, extra, total) = {
+            let mut mirror = self.write_mirror();
+            if mirror.generation(partition) != before {
+                return Ok(());
+            }
+            let mut listed = Vec::with_capacity(theirs.items.len());
+            let mut repairs = 0;
+            for item in &theirs.items {
+                let Ok(row) = Row::parse(&self.rows, item.clone()) else {
+                    continue;
+                };
+                listed.push(row.id);
+                repairs += u64::from(mirror.apply(row).changed());
+            }
+            let ours = mirror
+                .page(partition, 1, size)
+                .map(|p| p.items)
+                .unwrap_or_default();
+            let extra: Vec<u64> = ours
+                .iter()
+                .filter_map(|b| Row::parse(&self.rows, b.clone()).ok())
+                .map(|r| r.id)
+                .filter(|id| !listed.contains(id))
+                .take(AUDIT_RELOCATE)
+                .collect();
+            (repairs, extra, theirs.total)
+        };
+        for id in &extra {
+            repairs += u64::from(self.relocate(*id, pass).await);
+        }
+        let held = self.read_mirror().len(partition).unwrap_or(0);
+        if held != total && self.read_mirror().generation(partition) == before {
+            warn!(route = %self.route, partition, held, total, "index audit: the MES disagrees, rebuilding the partition");
+            self.write_mirror().forget(partition);
+            self.set_state(at, PartitionState::Loading);
+            repairs += 1;
+            self.reload.notify_one();
+        }
+        if repairs > 0 {
+            info!(route = %self.route, partition, repairs, "index audit repaired writes made behind mesgate's back");
+            self.stats
+                .audit_repairs
+                .fetch_add(repairs, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Asks the MES for one order and applies it; whether the mirror changed.
+    async fn relocate(&self, id: u64, pass: &Pass) -> bool {
+        let path = match &self.rule.detail {
+            Some(t) => t.replace("{id}", &id.to_string()),
+            None => format!("{}/{id}", self.path),
+        };
+        match self.get(&path, pass).await {
+            Ok((_, body)) => self.apply(&body).is_some_and(|a| a.changed()),
+            Err(e) => {
+                debug!(route = %self.route, id, error = %e, "index audit could not look an order up");
+                false
+            }
+        }
+    }
+
+    async fn preload(&self, at: usize, pass: &Pass) {
+        let partition = self.rule.preload[at].clone();
+        for attempt in 1..=ATTEMPTS {
+            match self.scan_once(&partition, pass).await {
+                Ok(true) => {
+                    let held = self.read_mirror().len(&partition).unwrap_or(0);
+                    info!(route = %self.route, %partition, held, attempt, "index partition ready");
+                    self.set_state(at, PartitionState::Ready);
+                    return;
+                }
+                Ok(false) => {
+                    self.stats.rescans.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    warn!(route = %self.route, %partition, attempt, error = %e, "index preload failed");
+                    tokio::time::sleep(Duration::from_millis(200 * attempt as u64)).await;
+                }
+            }
+            if self.read_mirror().is_overflowed() {
+                break;
+            }
+        }
+        warn!(route = %self.route, %partition, "index partition refused: it stays on the ordinary read path");
+        self.set_state(at, PartitionState::Refused);
+    }
+
+    /// One scan of `partition`, then up to [`PROBES`] probes; whether it ended exact.
+    async fn scan_once(&self, partition: &str, pass: &Pass) -> Result<bool, String> {
+        let max_pages = self.rule.max_entities / self.rule.max_size + 2;
+        let mut scan = Scan::new(partition, self.rule.max_size, max_pages);
+        loop {
+            let Some(req) = scan.request(&self.read_mirror()) else {
+                break;
+            };
+            let watermark = self.writes.sent();
+            let body = self.fetch(partition, req.page, req.size, pass).await?;
+            self.stats.preload_pages.fetch_add(1, Ordering::Relaxed);
+            let received = scan
+                .receive(&mut self.write_mirror(), &self.rows, &body)
+                .map_err(|e| e.to_string())?;
+            if received.last {
+                self.writes.settled(watermark).await;
+                break;
+            }
+            tokio::time::sleep(self.rule.preload_pause).await;
+        }
+        for _ in 0..=PROBES {
+            match scan.verdict(&self.read_mirror()) {
+                Verdict::Exact => return Ok(true),
+                Verdict::Recheck { .. } | Verdict::Rescan(crate::index::Rescan::Missing { .. }) => {
+                }
+                other => {
+                    debug!(route = %self.route, %partition, verdict = ?other, "index scan again");
+                    return Ok(false);
+                }
+            }
+            tokio::time::sleep(self.rule.preload_pause).await;
+            let req = scan.probe(&self.read_mirror());
+            let watermark = self.writes.sent();
+            let body = self.fetch(partition, req.page, req.size, pass).await?;
+            scan.receive(&mut self.write_mirror(), &self.rows, &body)
+                .map_err(|e| e.to_string())?;
+            self.writes.settled(watermark).await;
+        }
+        Ok(false)
+    }
+
+    /// One list page from the MES, parsed; learns the answer headers from the first.
+    async fn fetch(
+        &self,
+        partition: &str,
+        page: usize,
+        size: usize,
+        pass: &Pass,
+    ) -> Result<crate::index::ListBody, String> {
+        let query: String = form_urlencoded::Serializer::new(String::new())
+            .append_pair(&self.rule.partition, partition)
+            .append_pair(&self.rule.page, &page.to_string())
+            .append_pair(&self.rule.size, &size.to_string())
+            .finish();
+        let (mut headers, bytes) = self.get(&format!("{}?{query}", self.path), pass).await?;
+        self.learn_headers(&mut headers);
+        self.body.parse(&bytes).map_err(|e| e.to_string())
+    }
+
+    /// A GET of `path_and_query` from the MES: a 200's headers and body, or why not.
+    async fn get(&self, path_and_query: &str, pass: &Pass) -> Result<(HeaderMap, Bytes), String> {
+        let upstream = pass.upstream();
+        let mut req = Request::new(Either::Right(Full::new(Bytes::new())));
+        *req.uri_mut() = upstream.uri(path_and_query).map_err(|e| e.to_string())?;
+        req.extensions_mut().insert(RouteLabel(self.route.clone()));
+        let resp = upstream
+            .send(req, Some(upstream.response_header()))
+            .await
+            .map_err(|e| e.to_string())?;
+        if resp.status() != StatusCode::OK {
+            return Err(format!("the MES answered {}", resp.status()));
+        }
+        let (parts, body) = resp.into_parts();
+        let bytes = Limited::new(body, MAX_LIST_BODY)
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        Ok((parts.headers, bytes))
+    }
+
+    fn learn_headers(&self, headers: &mut HeaderMap) {
+        let mut learned = self
+            .answer_headers
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        if learned.is_some() {
+            return;
+        }
+        forward::strip_hop_by_hop(headers);
+        for h in [
+            header::CONTENT_LENGTH,
+            header::AGE,
+            header::DATE,
+            header::SET_COOKIE,
+        ] {
+            headers.remove(h);
+        }
+        *learned = Some(std::mem::take(headers));
+    }
+}

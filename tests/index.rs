@@ -1,0 +1,695 @@
+//! The status index end to end, with the shipped `config/mesgate.toml`, the MES simulator
+//! and a real Redis: pages of ready partitions are answered from the index (`X-Cache:
+//! HIT-INDEX`) with the MES's own bytes and no MES list request; status changes and creates
+//! move their order in the index before the 200 (and in other instances' over the bus);
+//! the index keeps answering while the MES is down; writes during the preload lose nothing;
+//! requests the index cannot vouch for take the ordinary path.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::Method;
+use mes_sim::{self as sim, SimConfig, SimHandle};
+use mesgate::index::service::{LiveIndex, PartitionState};
+use support::client::{Resp, get, get_with, send};
+use support::gateway::{TestGateway, spawn_gateway, wait_indexed};
+use support::redis::RedisServer;
+
+/// The statuses the shipped config preloads, hottest first.
+const PRELOADED: [&str; 6] = [
+    "MANUFACTURING_APPROVED",
+    "SUBMITTED",
+    "PRICE_CALCULATED",
+    "MANUFACTURING_STARTED",
+    "MANUFACTURING_COMPLETED",
+    "SHIPPED",
+];
+
+/// A status the shipped config does not preload (history): the ordinary cache path.
+const NOT_PRELOADED: &str = "DELIVERED";
+
+const HIT_INDEX: &str = "HIT-INDEX";
+const INDEX_CACHE_STATUS: &str = "mesgate; hit; detail=index";
+
+fn shipped_config() -> String {
+    std::fs::read_to_string("config/mesgate.toml").expect("config/mesgate.toml")
+}
+
+async fn start_sim(config: SimConfig) -> SimHandle {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    sim::spawn(l, config)
+}
+
+/// The live index of the shipped order list.
+fn order_index(gw: &TestGateway) -> Arc<LiveIndex> {
+    gw.gateway
+        .indexes()
+        .get("order-list")
+        .expect("the shipped order-list route has an index")
+        .clone()
+}
+
+fn all_ready(ix: &LiveIndex) -> bool {
+    ix.states().iter().all(|(_, s)| *s == PartitionState::Ready)
+}
+
+/// A gateway with the shipped config in front of `sim`, on `redis`, its index ready.
+async fn ready_gateway(sim: &SimHandle, redis: &RedisServer) -> TestGateway {
+    let gw = spawn_gateway(&shipped_config(), &sim.base_url(), Some(&redis.url())).await;
+    let ix = order_index(&gw);
+    let states: Vec<&str> = ix.states().iter().map(|(p, _)| *p).collect();
+    assert_eq!(
+        states, PRELOADED,
+        "the shipped config preloads these statuses"
+    );
+    wait_indexed(&gw).await;
+    gw
+}
+
+/// `/api/orders?status=S[&page=P][&size=N]`.
+fn list_path(status: &str, page: Option<usize>, size: Option<usize>) -> String {
+    let mut p = format!("/api/orders?status={status}");
+    if let Some(page) = page {
+        p.push_str(&format!("&page={page}"));
+    }
+    if let Some(size) = size {
+        p.push_str(&format!("&size={size}"));
+    }
+    p
+}
+
+/// The simulator's own answer to `path`, asked directly (this counts as a MES request).
+async fn from_sim(sim_base: &str, path: &str) -> Resp {
+    get(&format!("{sim_base}{path}")).await
+}
+
+/// Where two bodies first differ, for a readable failure.
+fn first_difference(ours: &[u8], theirs: &[u8]) -> String {
+    let at = ours
+        .iter()
+        .zip(theirs)
+        .position(|(a, b)| a != b)
+        .unwrap_or(ours.len().min(theirs.len()));
+    let snip = |b: &[u8]| {
+        let from = at.saturating_sub(40);
+        let to = (at + 80).min(b.len());
+        String::from_utf8_lossy(&b[from.min(to)..to]).into_owned()
+    };
+    format!(
+        "lengths {} vs {}, first difference at byte {at}:\n  gateway   …{}…\n  simulator …{}…",
+        ours.len(),
+        theirs.len(),
+        snip(ours),
+        snip(theirs)
+    )
+}
+
+fn assert_same_body(ours: &Resp, theirs: &Resp, what: &str) {
+    assert!(
+        ours.body == theirs.body,
+        "{what}: the gateway's body is not the simulator's: {}",
+        first_difference(&ours.body, &theirs.body)
+    );
+}
+
+/// A 200 from the index, byte for byte the simulator's answer `theirs`.
+fn assert_index_hit(ours: &Resp, theirs: &Resp, what: &str) {
+    assert_eq!(theirs.status, 200, "{what}: the simulator's answer");
+    assert_eq!(ours.status, 200, "{what}");
+    assert_eq!(ours.x_cache(), HIT_INDEX, "{what}");
+    assert_eq!(ours.header("cache-status"), INDEX_CACHE_STATUS, "{what}");
+    assert_same_body(ours, theirs, what);
+}
+
+async fn patch_status(base: &str, id: u64, status: &str) -> Resp {
+    let body = Bytes::from(format!("{{\"status\":\"{status}\"}}"));
+    let url = format!("{base}/api/orders/{id}/status");
+    send(
+        Method::PATCH,
+        &url,
+        &[("content-type", "application/json")],
+        body,
+    )
+    .await
+}
+
+/// The newest order of all and its status, asked of the simulator directly.
+async fn newest(sim: &SimHandle) -> (u64, String) {
+    let r = from_sim(&sim.base_url(), "/api/orders?size=1").await;
+    let o = &r.json()["items"][0];
+    (
+        o["id"].as_u64().unwrap(),
+        o["status"].as_str().unwrap().to_owned(),
+    )
+}
+
+/// An order to move and its preloaded status: the newest order of all when its status is
+/// preloaded (then it is first wherever it goes), else the newest MANUFACTURING_APPROVED.
+async fn order_to_move(sim: &SimHandle) -> (u64, String, bool) {
+    let (id, status) = newest(sim).await;
+    if PRELOADED.contains(&status.as_str()) {
+        return (id, status, true);
+    }
+    let status = "MANUFACTURING_APPROVED";
+    let r = from_sim(&sim.base_url(), &list_path(status, None, Some(1))).await;
+    (r.item_ids()[0], status.to_owned(), false)
+}
+
+/// Another preloaded status.
+fn other_preloaded(s: &str) -> &'static str {
+    if s == "MANUFACTURING_STARTED" {
+        "SHIPPED"
+    } else {
+        "MANUFACTURING_STARTED"
+    }
+}
+
+#[tokio::test]
+async fn composed_pages_equal_the_mes_for_statuses_pages_and_sizes() {
+    let redis = RedisServer::start().await;
+    let sim = start_sim(SimConfig::instant()).await;
+    let base = sim.base_url();
+    let gw = ready_gateway(&sim, &redis).await;
+    let ix = order_index(&gw);
+
+    // What to ask, and the simulator's answers, fetched first (they are MES list requests).
+    let mut cases = Vec::new();
+    for status in ["MANUFACTURING_APPROVED", "SUBMITTED", "SHIPPED"] {
+        let total = from_sim(&base, &list_path(status, None, Some(1)))
+            .await
+            .json()["total"]
+            .as_u64()
+            .unwrap() as usize;
+        assert!(total > 0, "{status} has orders");
+        for size in [None, Some(1), Some(7), Some(200)] {
+            let past_end = total.div_ceil(size.unwrap_or(50)) + 1;
+            let mut pages = vec![None, Some(1), Some(2), Some(past_end)];
+            if size.is_none() {
+                pages.push(Some(past_end + 100));
+            }
+            for page in pages {
+                let path = list_path(status, page, size);
+                let theirs = from_sim(&base, &path).await;
+                let past = page.is_some_and(|p| p >= past_end);
+                cases.push((path, theirs, past));
+            }
+        }
+    }
+    assert!(cases.len() >= 45, "{} pages compared", cases.len());
+
+    let lists = sim.stats().list;
+    let hits = ix.stats().hits.load(std::sync::atomic::Ordering::Relaxed);
+    let mut ours = Vec::new();
+    for (path, _, _) in &cases {
+        ours.push(get(&gw.url(path)).await);
+    }
+    assert_eq!(
+        sim.stats().list,
+        lists,
+        "no MES list request after the preload"
+    );
+    assert_eq!(
+        ix.stats().hits.load(std::sync::atomic::Ordering::Relaxed) - hits,
+        cases.len() as u64,
+        "every page was counted as an index hit"
+    );
+    for ((path, theirs, past), ours) in cases.iter().zip(&ours) {
+        assert_index_hit(ours, theirs, path);
+        assert_eq!(ours.header("content-type"), theirs.header("content-type"));
+        if *past {
+            assert!(ours.item_ids().is_empty(), "{path} is past the end");
+            assert!(ours.json()["total"].as_u64().unwrap() > 0, "{path}");
+        } else {
+            assert!(!ours.item_ids().is_empty(), "{path} lists orders");
+        }
+    }
+
+    // HEAD: the same headers as the GET, no body.
+    for status in ["MANUFACTURING_APPROVED", "SUBMITTED", "SHIPPED"] {
+        for path in [
+            list_path(status, None, None),
+            list_path(status, Some(2), Some(7)),
+        ] {
+            let got = get(&gw.url(&path)).await;
+            let head = send(Method::HEAD, &gw.url(&path), &[], Bytes::new()).await;
+            assert_eq!(head.status, 200, "HEAD {path}");
+            assert_eq!(head.x_cache(), HIT_INDEX, "HEAD {path}");
+            assert_eq!(head.header("cache-status"), INDEX_CACHE_STATUS);
+            assert!(head.body.is_empty(), "HEAD {path} has no body");
+            assert_eq!(
+                head.header("content-length"),
+                got.body.len().to_string(),
+                "HEAD {path}: the GET's length"
+            );
+        }
+    }
+    assert_eq!(sim.stats().list, lists, "HEAD asked the MES nothing either");
+}
+
+#[tokio::test]
+async fn a_status_change_moves_the_order_with_no_list_fetched_again() {
+    let redis = RedisServer::start().await;
+    let sim = start_sim(SimConfig::instant()).await;
+    let base = sim.base_url();
+    let gw = ready_gateway(&sim, &redis).await;
+    let (x, a, x_is_newest) = order_to_move(&sim).await;
+    let b = other_preloaded(&a);
+    let (a1, a2, b1) = (
+        list_path(&a, None, None),
+        list_path(&a, Some(2), None),
+        list_path(b, None, None),
+    );
+    let old_detail = from_sim(&base, &format!("/api/orders/{x}")).await.json();
+
+    // Before: the index's pages are the simulator's, x first on A's page 1.
+    let before_a1 = get(&gw.url(&a1)).await;
+    assert_index_hit(&before_a1, &from_sim(&base, &a1).await, &a1);
+    let before_a2 = get(&gw.url(&a2)).await;
+    assert_index_hit(&before_a2, &from_sim(&base, &a2).await, &a2);
+    let before_b1 = get(&gw.url(&b1)).await;
+    assert_index_hit(&before_b1, &from_sim(&base, &b1).await, &b1);
+    assert_eq!(before_a1.item_ids()[0], x, "x is the newest of {a}");
+    assert!(!before_b1.item_ids().contains(&x));
+    assert_eq!(before_a1.item_ids().len(), 50, "{a} has a full page 1");
+    assert!(before_a2.item_ids().len() >= 2, "{a} has a page 2");
+
+    let stats = sim.stats();
+    let r = patch_status(&gw.url(""), x, b).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["status"], b);
+    assert!(
+        r.json()["version"].as_u64().unwrap() > old_detail["version"].as_u64().unwrap(),
+        "the answer carries a newer version"
+    );
+
+    // Right after the 200, through the index only.
+    let after_a1 = get(&gw.url(&a1)).await;
+    let after_a2 = get(&gw.url(&a2)).await;
+    let after_b1 = get(&gw.url(&b1)).await;
+    let now = sim.stats();
+    assert_eq!(now.status_change - stats.status_change, 1);
+    assert_eq!(
+        now.list, stats.list,
+        "no list page was fetched again for the write or the reads after it"
+    );
+
+    let (ids_a1, ids_a2, ids_b1) = (
+        after_a1.item_ids(),
+        after_a2.item_ids(),
+        after_b1.item_ids(),
+    );
+    assert!(!ids_a1.contains(&x), "{a} page 1 no longer lists x");
+    assert!(ids_b1.contains(&x), "{b} page 1 lists x");
+    if x_is_newest {
+        assert_eq!(ids_b1[0], x, "x, the newest order, is first in {b}");
+    }
+    let mut shifted = before_a1.item_ids()[1..].to_vec();
+    shifted.push(before_a2.item_ids()[0]);
+    assert_eq!(ids_a1, shifted, "{a} page 1 moved up by one");
+    assert_eq!(
+        ids_a2[0],
+        before_a2.item_ids()[1],
+        "{a} page 2 moved up too"
+    );
+    // The moved row is the MES's answer, byte for byte.
+    let row = std::str::from_utf8(&r.body).unwrap();
+    assert!(
+        std::str::from_utf8(&after_b1.body).unwrap().contains(row),
+        "{b} page 1 holds the write's answer as the MES sent it"
+    );
+    // And every page is the simulator's, byte for byte.
+    assert_index_hit(&after_a1, &from_sim(&base, &a1).await, &a1);
+    assert_index_hit(&after_a2, &from_sim(&base, &a2).await, &a2);
+    assert_index_hit(&after_b1, &from_sim(&base, &b1).await, &b1);
+    assert_eq!(
+        after_a1.json()["total"].as_u64().unwrap() + 1,
+        before_a1.json()["total"].as_u64().unwrap()
+    );
+    assert_eq!(
+        after_b1.json()["total"].as_u64().unwrap(),
+        before_b1.json()["total"].as_u64().unwrap() + 1
+    );
+}
+
+#[tokio::test]
+async fn a_create_tops_submitted_page_one() {
+    let redis = RedisServer::start().await;
+    let sim = start_sim(SimConfig::instant()).await;
+    let base = sim.base_url();
+    let gw = ready_gateway(&sim, &redis).await;
+    let page = list_path("SUBMITTED", None, None);
+    let before = get(&gw.url(&page)).await;
+    assert_index_hit(&before, &from_sim(&base, &page).await, &page);
+
+    let stats = sim.stats();
+    let r = send(
+        Method::POST,
+        &gw.url("/api/orders"),
+        &[("content-type", "application/json")],
+        Bytes::from(r#"{"customer":"Index Test GmbH","quantity":3}"#),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let created = r.json();
+    assert_eq!(created["status"], "SUBMITTED");
+    let id = created["id"].as_u64().unwrap();
+
+    let after = get(&gw.url(&page)).await;
+    let now = sim.stats();
+    assert_eq!(now.create - stats.create, 1);
+    assert_eq!(now.list, stats.list, "no list page was fetched again");
+    assert_eq!(after.item_ids()[0], id, "the new order tops SUBMITTED");
+    assert_eq!(after.item_ids()[1..], before.item_ids()[..49]);
+    assert_eq!(
+        after.json()["total"].as_u64().unwrap(),
+        before.json()["total"].as_u64().unwrap() + 1
+    );
+    assert!(
+        std::str::from_utf8(&after.body)
+            .unwrap()
+            .contains(std::str::from_utf8(&r.body).unwrap()),
+        "page 1 holds the create's answer as the MES sent it"
+    );
+    assert_index_hit(&after, &from_sim(&base, &page).await, &page);
+}
+
+#[tokio::test]
+async fn another_instance_applies_the_move_from_the_bus() {
+    let redis = RedisServer::start().await;
+    let sim = start_sim(SimConfig::instant()).await;
+    let base = sim.base_url();
+    let a = ready_gateway(&sim, &redis).await;
+    let b = ready_gateway(&sim, &redis).await;
+    let (x, from, _) = order_to_move(&sim).await;
+    let to = other_preloaded(&from);
+    let (from_page, to_page) = (list_path(&from, None, None), list_path(to, None, None));
+    // B answers the old state from its index.
+    let before = get(&b.url(&from_page)).await;
+    assert_index_hit(&before, &from_sim(&base, &from_page).await, &from_page);
+    assert!(before.item_ids().contains(&x));
+
+    let r = patch_status(&a.url(""), x, to).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let want_to = from_sim(&base, &to_page).await;
+    let want_from = from_sim(&base, &from_page).await;
+    assert!(want_to.item_ids().contains(&x));
+
+    let lists = sim.stats().list;
+    let bx = order_index(&b);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut polls = 0;
+    let got = loop {
+        let got = get(&b.url(&to_page)).await;
+        polls += 1;
+        assert_eq!(got.status, 200);
+        assert_eq!(
+            got.x_cache(),
+            HIT_INDEX,
+            "B keeps answering {to_page} from its index (poll {polls})"
+        );
+        if got.body == want_to.body {
+            break got;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "B never applied the move from the bus within 3 s ({polls} polls): {}",
+            first_difference(&got.body, &want_to.body)
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    assert_index_hit(&got, &want_to, &to_page);
+    let got_from = get(&b.url(&from_page)).await;
+    assert_index_hit(&got_from, &want_from, &from_page);
+    assert!(!got_from.item_ids().contains(&x));
+    // A, the writer, agrees.
+    assert_index_hit(&get(&a.url(&to_page)).await, &want_to, &to_page);
+    assert_eq!(
+        sim.stats().list,
+        lists,
+        "no MES list request while B caught up"
+    );
+    assert!(
+        bx.stats()
+            .applied
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 1,
+        "B applied the delta"
+    );
+}
+
+#[tokio::test]
+async fn the_index_keeps_answering_while_the_mes_is_down() {
+    let redis = RedisServer::start().await;
+    let sim = start_sim(SimConfig::instant()).await;
+    let base = sim.base_url();
+    let addr = sim.addr();
+    let gw = ready_gateway(&sim, &redis).await;
+    let paths = [
+        list_path("MANUFACTURING_APPROVED", None, None),
+        list_path("MANUFACTURING_APPROVED", Some(2), Some(7)),
+        list_path("SHIPPED", Some(3), Some(200)),
+        list_path("SUBMITTED", Some(1), Some(1)),
+    ];
+    let mut before = Vec::new();
+    for p in &paths {
+        before.push(from_sim(&base, p).await);
+    }
+
+    sim.shutdown().await;
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "the simulator is down"
+    );
+
+    for (p, theirs) in paths.iter().zip(&before) {
+        let ours = get(&gw.url(p)).await;
+        assert_index_hit(&ours, theirs, p);
+    }
+    // A page the index does not hold, never cached: the MES's failure, as a problem.
+    let down = get(&gw.url(&list_path(NOT_PRELOADED, None, None))).await;
+    assert_eq!(down.status, 502, "{}", String::from_utf8_lossy(&down.body));
+    assert_eq!(down.header("content-type"), "application/problem+json");
+    let problem = down.json();
+    assert_eq!(problem["type"], "urn:mesgate:problem:upstream-unreachable");
+    assert_eq!(problem["status"], 502);
+    assert_ne!(down.x_cache(), HIT_INDEX);
+    // And the indexed pages still answer after that failure.
+    let again = get(&gw.url(&paths[0])).await;
+    assert_index_hit(&again, &before[0], &paths[0]);
+}
+
+#[tokio::test]
+async fn writes_during_the_preload_lose_nothing() {
+    writes_during_the_preload(false).await;
+    writes_during_the_preload(true).await;
+}
+
+/// ~20 status changes between preloaded statuses through the gateway while it preloads
+/// from a slow MES (`mvcc`: list reads answer from a snapshot taken on arrival); once
+/// ready, every page 1..=3 of every preloaded status is the simulator's.
+async fn writes_during_the_preload(mvcc: bool) {
+    let redis = RedisServer::start().await;
+    let sim = start_sim(SimConfig::instant()).await;
+    sim.set_mvcc(mvcc);
+    let base = sim.base_url();
+
+    // Orders to move, taken from each preloaded status's first two pages of 200.
+    let mut ids_of = Vec::new();
+    for status in PRELOADED {
+        let mut ids = from_sim(&base, &list_path(status, Some(1), Some(200)))
+            .await
+            .item_ids();
+        ids.extend(
+            from_sim(&base, &list_path(status, Some(2), Some(200)))
+                .await
+                .item_ids(),
+        );
+        assert!(ids.len() >= 60, "{status} has orders to move");
+        ids_of.push(ids);
+    }
+    let mut moves = Vec::new();
+    for i in 0..20 {
+        let from = i % PRELOADED.len();
+        let ids = &ids_of[from];
+        // Across the partition: around page boundaries of 50 and 200 too.
+        let id = ids[(i / PRELOADED.len() * 53 + i * 7) % ids.len()];
+        let to = PRELOADED[(from + 1 + i % 4) % PRELOADED.len()];
+        assert!(!moves.iter().any(|(m, _)| *m == id));
+        moves.push((id, to));
+    }
+
+    sim.set_list_latency(Duration::from_millis(30), Duration::ZERO);
+    let started = Instant::now();
+    let gw = spawn_gateway(&shipped_config(), &base, Some(&redis.url())).await;
+    let ix = order_index(&gw);
+    assert!(!all_ready(&ix), "the preload is running");
+    let url = gw.url("");
+    let tasks: Vec<_> = moves
+        .iter()
+        .enumerate()
+        .map(|(k, &(id, to))| {
+            let (url, ix) = (url.clone(), ix.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(25 * k as u64)).await;
+                let r = patch_status(&url, id, to).await;
+                (r, !all_ready(&ix))
+            })
+        })
+        .collect();
+    let results = tokio::time::timeout(
+        Duration::from_secs(20),
+        futures_util::future::join_all(tasks),
+    )
+    .await
+    .expect("the writes were answered within 20 s");
+    let mut during = 0;
+    for (res, &(id, to)) in results.into_iter().zip(&moves) {
+        let (r, loading) = res.expect("write task");
+        assert_eq!(
+            r.status,
+            200,
+            "PATCH {id} -> {to}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        assert_eq!(r.json()["status"], to);
+        assert_eq!(sim.order_status(id).as_deref(), Some(to));
+        during += usize::from(loading);
+    }
+    assert!(
+        during >= moves.len() / 2,
+        "mvcc={mvcc}: only {during} of {} writes were answered while the preload ran",
+        moves.len()
+    );
+    wait_indexed(&gw).await;
+    let took = started.elapsed();
+    sim.set_list_latency(Duration::ZERO, Duration::ZERO);
+
+    let mut compared = 0;
+    for status in PRELOADED {
+        for size in [None, Some(200)] {
+            for page in 1..=3 {
+                let path = list_path(status, Some(page), size);
+                let ours = get(&gw.url(&path)).await;
+                let theirs = from_sim(&base, &path).await;
+                assert_index_hit(&ours, &theirs, &format!("mvcc={mvcc} {path}"));
+                compared += 1;
+            }
+        }
+    }
+    // Every moved order is in its new status's pages, nowhere else.
+    for &(id, to) in &moves {
+        for status in PRELOADED {
+            let path = list_path(status, Some(1), Some(200));
+            let mut listed = get(&gw.url(&path)).await.item_ids();
+            listed.extend(
+                get(&gw.url(&list_path(status, Some(2), Some(200))))
+                    .await
+                    .item_ids(),
+            );
+            listed.extend(
+                get(&gw.url(&list_path(status, Some(3), Some(200))))
+                    .await
+                    .item_ids(),
+            );
+            assert_eq!(
+                listed.contains(&id),
+                status == to,
+                "mvcc={mvcc}: order {id} (moved to {to}) in {status}"
+            );
+        }
+    }
+    println!(
+        "mvcc={mvcc}: preload with writes took {took:?}, {during} of {} writes during it, \
+         {compared} pages compared, {} rescans",
+        moves.len(),
+        ix.stats()
+            .rescans
+            .load(std::sync::atomic::Ordering::Relaxed)
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn requests_the_index_cannot_vouch_for_take_the_ordinary_path() {
+    let redis = RedisServer::start().await;
+    let sim = start_sim(SimConfig::instant()).await;
+    let gw = ready_gateway(&sim, &redis).await;
+    let status = "MANUFACTURING_APPROVED";
+
+    // Each case: the gateway's answer (one MES list request, or none), then the MES's own.
+    async fn case(
+        gw: &TestGateway,
+        sim: &SimHandle,
+        path: &str,
+        headers: &[(&str, &str)],
+        asked: u64,
+    ) -> (Resp, Resp) {
+        let lists = sim.stats().list;
+        let ours = get_with(&gw.url(path), headers).await;
+        assert_eq!(
+            sim.stats().list - lists,
+            asked,
+            "{path} {headers:?}: MES list requests"
+        );
+        let theirs = from_sim(&sim.base_url(), path).await;
+        assert_eq!(ours.status, theirs.status, "{path} {headers:?}");
+        assert_same_body(&ours, &theirs, path);
+        (ours, theirs)
+    }
+
+    // An unknown parameter: the route's unknown_query policy (bypass).
+    let path = format!("{}&foo=1", list_path(status, None, None));
+    let (r, _) = case(&gw, &sim, &path, &[], 1).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.x_cache(), "BYPASS", "{path}");
+    assert_eq!(
+        r.header("cache-status"),
+        "mesgate; fwd=bypass; detail=unknown-query"
+    );
+
+    // Over the MES's largest page, and a page 0: the MES's own 400.
+    for path in [
+        list_path(status, None, Some(500)),
+        list_path(status, Some(0), None),
+    ] {
+        let (r, _) = case(&gw, &sim, &path, &[], 1).await;
+        assert_eq!(r.status, 400, "{path}");
+        assert_ne!(r.x_cache(), HIT_INDEX, "{path}");
+        assert_eq!(r.x_cache(), "MISS", "{path}");
+        assert!(
+            r.json()["error"].is_string(),
+            "{path}: the MES's error body"
+        );
+    }
+
+    // Credentials: the route's credentials policy (bypass), every time.
+    let path = list_path(status, None, None);
+    for headers in [
+        [("authorization", "Bearer operator-7")],
+        [("cookie", "session=abc")],
+    ] {
+        for _ in 0..2 {
+            let (r, _) = case(&gw, &sim, &path, &headers, 1).await;
+            assert_eq!(r.status, 200);
+            assert_eq!(r.x_cache(), "BYPASS", "{headers:?}");
+            assert_eq!(
+                r.header("cache-status"),
+                "mesgate; fwd=bypass; detail=credentials"
+            );
+        }
+    }
+
+    // A status not preloaded: the ordinary cache, a miss then a local hit.
+    let path = list_path(NOT_PRELOADED, None, None);
+    let (r, _) = case(&gw, &sim, &path, &[], 1).await;
+    assert_eq!((r.status.as_u16(), r.x_cache()), (200, "MISS"));
+    let (r, _) = case(&gw, &sim, &path, &[], 0).await;
+    assert_eq!((r.status.as_u16(), r.x_cache()), (200, "HIT-L1"));
+
+    // The plain page still comes from the index.
+    let (r, theirs) = case(&gw, &sim, &list_path(status, None, None), &[], 0).await;
+    assert_index_hit(&r, &theirs, "plain page");
+}
