@@ -34,8 +34,12 @@ const NOT_PRELOADED: &str = "DELIVERED";
 const HIT_INDEX: &str = "HIT-INDEX";
 const INDEX_CACHE_STATUS: &str = "mesgate; hit; detail=index";
 
+/// The shipped config, with the audit off: its page-1 requests to the MES would move the
+/// list counters these tests assert on (the audit has tests of its own, index_audit.rs).
 fn shipped_config() -> String {
-    std::fs::read_to_string("config/mesgate.toml").expect("config/mesgate.toml")
+    let text = std::fs::read_to_string("config/mesgate.toml").expect("config/mesgate.toml");
+    assert!(text.contains("[route.index]\n"));
+    text.replace("[route.index]\n", "[route.index]\naudit = \"0s\"\n")
 }
 
 async fn start_sim(config: SimConfig) -> SimHandle {
@@ -56,8 +60,9 @@ fn all_ready(ix: &LiveIndex) -> bool {
     ix.states().iter().all(|(_, s)| *s == PartitionState::Ready)
 }
 
-/// A gateway with the shipped config in front of `sim`, on `redis`, its index ready.
-async fn ready_gateway(sim: &SimHandle, redis: &RedisServer) -> TestGateway {
+/// A gateway with the shipped config in front of `sim`, on `redis`, its index ready; and
+/// when it became ready.
+async fn ready_gateway(sim: &SimHandle, redis: &RedisServer) -> (TestGateway, Instant) {
     let gw = spawn_gateway(&shipped_config(), &sim.base_url(), Some(&redis.url())).await;
     let ix = order_index(&gw);
     let states: Vec<&str> = ix.states().iter().map(|(p, _)| *p).collect();
@@ -66,7 +71,17 @@ async fn ready_gateway(sim: &SimHandle, redis: &RedisServer) -> TestGateway {
         "the shipped config preloads these statuses"
     );
     wait_indexed(&gw).await;
-    gw
+    (gw, Instant::now())
+}
+
+/// For the MES list counts: the index audit (the shipped config leaves it at its default,
+/// every 5 s after the preload) asks the MES for page 1 of each ready partition, so a count
+/// taken more than 5 s after readiness may see it.
+fn audit_note(ready: Instant) -> String {
+    format!(
+        "{} ms after the index was ready (the index audit asks the MES every 5 s)",
+        ready.elapsed().as_millis()
+    )
 }
 
 /// `/api/orders?status=S[&page=P][&size=N]`.
@@ -172,7 +187,7 @@ async fn composed_pages_equal_the_mes_for_statuses_pages_and_sizes() {
     let redis = RedisServer::start().await;
     let sim = start_sim(SimConfig::instant()).await;
     let base = sim.base_url();
-    let gw = ready_gateway(&sim, &redis).await;
+    let (gw, ready) = ready_gateway(&sim, &redis).await;
     let ix = order_index(&gw);
 
     // What to ask, and the simulator's answers, fetched first (they are MES list requests).
@@ -209,7 +224,8 @@ async fn composed_pages_equal_the_mes_for_statuses_pages_and_sizes() {
     assert_eq!(
         sim.stats().list,
         lists,
-        "no MES list request after the preload"
+        "no MES list request after the preload; {}",
+        audit_note(ready)
     );
     assert_eq!(
         ix.stats().hits.load(std::sync::atomic::Ordering::Relaxed) - hits,
@@ -246,7 +262,12 @@ async fn composed_pages_equal_the_mes_for_statuses_pages_and_sizes() {
             );
         }
     }
-    assert_eq!(sim.stats().list, lists, "HEAD asked the MES nothing either");
+    assert_eq!(
+        sim.stats().list,
+        lists,
+        "HEAD asked the MES nothing either; {}",
+        audit_note(ready)
+    );
 }
 
 #[tokio::test]
@@ -254,7 +275,7 @@ async fn a_status_change_moves_the_order_with_no_list_fetched_again() {
     let redis = RedisServer::start().await;
     let sim = start_sim(SimConfig::instant()).await;
     let base = sim.base_url();
-    let gw = ready_gateway(&sim, &redis).await;
+    let (gw, ready) = ready_gateway(&sim, &redis).await;
     let (x, a, x_is_newest) = order_to_move(&sim).await;
     let b = other_preloaded(&a);
     let (a1, a2, b1) = (
@@ -292,8 +313,10 @@ async fn a_status_change_moves_the_order_with_no_list_fetched_again() {
     let now = sim.stats();
     assert_eq!(now.status_change - stats.status_change, 1);
     assert_eq!(
-        now.list, stats.list,
-        "no list page was fetched again for the write or the reads after it"
+        now.list,
+        stats.list,
+        "no list page was fetched again for the write or the reads after it; {}",
+        audit_note(ready)
     );
 
     let (ids_a1, ids_a2, ids_b1) = (
@@ -339,7 +362,7 @@ async fn a_create_tops_submitted_page_one() {
     let redis = RedisServer::start().await;
     let sim = start_sim(SimConfig::instant()).await;
     let base = sim.base_url();
-    let gw = ready_gateway(&sim, &redis).await;
+    let (gw, ready) = ready_gateway(&sim, &redis).await;
     let page = list_path("SUBMITTED", None, None);
     let before = get(&gw.url(&page)).await;
     assert_index_hit(&before, &from_sim(&base, &page).await, &page);
@@ -360,7 +383,12 @@ async fn a_create_tops_submitted_page_one() {
     let after = get(&gw.url(&page)).await;
     let now = sim.stats();
     assert_eq!(now.create - stats.create, 1);
-    assert_eq!(now.list, stats.list, "no list page was fetched again");
+    assert_eq!(
+        now.list,
+        stats.list,
+        "no list page was fetched again; {}",
+        audit_note(ready)
+    );
     assert_eq!(after.item_ids()[0], id, "the new order tops SUBMITTED");
     assert_eq!(after.item_ids()[1..], before.item_ids()[..49]);
     assert_eq!(
@@ -381,8 +409,8 @@ async fn another_instance_applies_the_move_from_the_bus() {
     let redis = RedisServer::start().await;
     let sim = start_sim(SimConfig::instant()).await;
     let base = sim.base_url();
-    let a = ready_gateway(&sim, &redis).await;
-    let b = ready_gateway(&sim, &redis).await;
+    let (a, ready) = ready_gateway(&sim, &redis).await;
+    let (b, _) = ready_gateway(&sim, &redis).await;
     let (x, from, _) = order_to_move(&sim).await;
     let to = other_preloaded(&from);
     let (from_page, to_page) = (list_path(&from, None, None), list_path(to, None, None));
@@ -429,7 +457,8 @@ async fn another_instance_applies_the_move_from_the_bus() {
     assert_eq!(
         sim.stats().list,
         lists,
-        "no MES list request while B caught up"
+        "no MES list request while B caught up; {}",
+        audit_note(ready)
     );
     assert!(
         bx.stats()
@@ -446,7 +475,7 @@ async fn the_index_keeps_answering_while_the_mes_is_down() {
     let sim = start_sim(SimConfig::instant()).await;
     let base = sim.base_url();
     let addr = sim.addr();
-    let gw = ready_gateway(&sim, &redis).await;
+    let (gw, _) = ready_gateway(&sim, &redis).await;
     let paths = [
         list_path("MANUFACTURING_APPROVED", None, None),
         list_path("MANUFACTURING_APPROVED", Some(2), Some(7)),
@@ -481,18 +510,41 @@ async fn the_index_keeps_answering_while_the_mes_is_down() {
     assert_index_hit(&again, &before[0], &paths[0]);
 }
 
+/// Every id of a partition, read from the gateway's index page by page (200 a page).
+async fn all_ids(gw: &TestGateway, status: &str) -> Vec<u64> {
+    let mut ids = Vec::new();
+    for page in 1.. {
+        let r = get(&gw.url(&list_path(status, Some(page), Some(200)))).await;
+        assert_eq!(r.x_cache(), HIT_INDEX, "{status} page {page}");
+        let got = r.item_ids();
+        ids.extend(&got);
+        if got.len() < 200 {
+            assert_eq!(ids.len() as u64, r.json()["total"].as_u64().unwrap());
+            return ids;
+        }
+    }
+    unreachable!()
+}
+
 #[tokio::test]
 async fn writes_during_the_preload_lose_nothing() {
-    writes_during_the_preload(false).await;
-    writes_during_the_preload(true).await;
+    writes_during_the_preload(false, Duration::ZERO).await;
+    writes_during_the_preload(true, Duration::ZERO).await;
+    // Writes that take a while in the MES: some are in flight across page fetches and
+    // across the scan's verdict.
+    writes_during_the_preload(true, Duration::from_millis(20)).await;
 }
 
 /// ~20 status changes between preloaded statuses through the gateway while it preloads
-/// from a slow MES (`mvcc`: list reads answer from a snapshot taken on arrival); once
-/// ready, every page 1..=3 of every preloaded status is the simulator's.
-async fn writes_during_the_preload(mvcc: bool) {
+/// from a slow MES (`mvcc`: list reads answer from a snapshot taken on arrival; each
+/// write takes `write_latency` in the MES); once ready, every page 1..=3 of every
+/// preloaded status is the simulator's.
+async fn writes_during_the_preload(mvcc: bool, write_latency: Duration) {
     let redis = RedisServer::start().await;
-    let sim = start_sim(SimConfig::instant()).await;
+    let tag = format!("mvcc={mvcc} write_latency={write_latency:?}");
+    let mut config = SimConfig::instant();
+    config.write_latency = write_latency;
+    let sim = start_sim(config).await;
     sim.set_mvcc(mvcc);
     let base = sim.base_url();
 
@@ -560,7 +612,7 @@ async fn writes_during_the_preload(mvcc: bool) {
     }
     assert!(
         during >= moves.len() / 2,
-        "mvcc={mvcc}: only {during} of {} writes were answered while the preload ran",
+        "{tag}: only {during} of {} writes were answered while the preload ran",
         moves.len()
     );
     wait_indexed(&gw).await;
@@ -574,35 +626,27 @@ async fn writes_during_the_preload(mvcc: bool) {
                 let path = list_path(status, Some(page), size);
                 let ours = get(&gw.url(&path)).await;
                 let theirs = from_sim(&base, &path).await;
-                assert_index_hit(&ours, &theirs, &format!("mvcc={mvcc} {path}"));
+                assert_index_hit(&ours, &theirs, &format!("{tag} {path}"));
                 compared += 1;
             }
         }
     }
-    // Every moved order is in its new status's pages, nowhere else.
+    // Every moved order is in its new status, nowhere else, in the whole partitions.
+    let mut held = Vec::new();
+    for status in PRELOADED {
+        held.push(all_ids(&gw, status).await);
+    }
     for &(id, to) in &moves {
-        for status in PRELOADED {
-            let path = list_path(status, Some(1), Some(200));
-            let mut listed = get(&gw.url(&path)).await.item_ids();
-            listed.extend(
-                get(&gw.url(&list_path(status, Some(2), Some(200))))
-                    .await
-                    .item_ids(),
-            );
-            listed.extend(
-                get(&gw.url(&list_path(status, Some(3), Some(200))))
-                    .await
-                    .item_ids(),
-            );
+        for (status, ids) in PRELOADED.iter().zip(&held) {
             assert_eq!(
-                listed.contains(&id),
-                status == to,
-                "mvcc={mvcc}: order {id} (moved to {to}) in {status}"
+                ids.contains(&id),
+                *status == to,
+                "{tag}: order {id} (moved to {to}) in {status}"
             );
         }
     }
     println!(
-        "mvcc={mvcc}: preload with writes took {took:?}, {during} of {} writes during it, \
+        "{tag}: preload with writes took {took:?}, {during} of {} writes during it, \
          {compared} pages compared, {} rescans",
         moves.len(),
         ix.stats()
@@ -616,13 +660,13 @@ async fn writes_during_the_preload(mvcc: bool) {
 async fn requests_the_index_cannot_vouch_for_take_the_ordinary_path() {
     let redis = RedisServer::start().await;
     let sim = start_sim(SimConfig::instant()).await;
-    let gw = ready_gateway(&sim, &redis).await;
+    let (gw, ready) = ready_gateway(&sim, &redis).await;
     let status = "MANUFACTURING_APPROVED";
+    let env = (&gw, &sim, ready);
 
     // Each case: the gateway's answer (one MES list request, or none), then the MES's own.
     async fn case(
-        gw: &TestGateway,
-        sim: &SimHandle,
+        (gw, sim, ready): (&TestGateway, &SimHandle, Instant),
         path: &str,
         headers: &[(&str, &str)],
         asked: u64,
@@ -632,7 +676,8 @@ async fn requests_the_index_cannot_vouch_for_take_the_ordinary_path() {
         assert_eq!(
             sim.stats().list - lists,
             asked,
-            "{path} {headers:?}: MES list requests"
+            "{path} {headers:?}: MES list requests; {}",
+            audit_note(ready)
         );
         let theirs = from_sim(&sim.base_url(), path).await;
         assert_eq!(ours.status, theirs.status, "{path} {headers:?}");
@@ -642,7 +687,7 @@ async fn requests_the_index_cannot_vouch_for_take_the_ordinary_path() {
 
     // An unknown parameter: the route's unknown_query policy (bypass).
     let path = format!("{}&foo=1", list_path(status, None, None));
-    let (r, _) = case(&gw, &sim, &path, &[], 1).await;
+    let (r, _) = case(env, &path, &[], 1).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.x_cache(), "BYPASS", "{path}");
     assert_eq!(
@@ -655,7 +700,7 @@ async fn requests_the_index_cannot_vouch_for_take_the_ordinary_path() {
         list_path(status, None, Some(500)),
         list_path(status, Some(0), None),
     ] {
-        let (r, _) = case(&gw, &sim, &path, &[], 1).await;
+        let (r, _) = case(env, &path, &[], 1).await;
         assert_eq!(r.status, 400, "{path}");
         assert_ne!(r.x_cache(), HIT_INDEX, "{path}");
         assert_eq!(r.x_cache(), "MISS", "{path}");
@@ -672,7 +717,7 @@ async fn requests_the_index_cannot_vouch_for_take_the_ordinary_path() {
         [("cookie", "session=abc")],
     ] {
         for _ in 0..2 {
-            let (r, _) = case(&gw, &sim, &path, &headers, 1).await;
+            let (r, _) = case(env, &path, &headers, 1).await;
             assert_eq!(r.status, 200);
             assert_eq!(r.x_cache(), "BYPASS", "{headers:?}");
             assert_eq!(
@@ -684,12 +729,12 @@ async fn requests_the_index_cannot_vouch_for_take_the_ordinary_path() {
 
     // A status not preloaded: the ordinary cache, a miss then a local hit.
     let path = list_path(NOT_PRELOADED, None, None);
-    let (r, _) = case(&gw, &sim, &path, &[], 1).await;
+    let (r, _) = case(env, &path, &[], 1).await;
     assert_eq!((r.status.as_u16(), r.x_cache()), (200, "MISS"));
-    let (r, _) = case(&gw, &sim, &path, &[], 0).await;
+    let (r, _) = case(env, &path, &[], 0).await;
     assert_eq!((r.status.as_u16(), r.x_cache()), (200, "HIT-L1"));
 
     // The plain page still comes from the index.
-    let (r, theirs) = case(&gw, &sim, &list_path(status, None, None), &[], 0).await;
+    let (r, theirs) = case(env, &list_path(status, None, None), &[], 0).await;
     assert_index_hit(&r, &theirs, "plain page");
 }
