@@ -14,7 +14,7 @@ use bytes::Bytes;
 use http::Method;
 use mes_sim::{self as sim, SimConfig, SimHandle};
 use mesgate::index::service::{LiveIndex, PartitionState};
-use support::client::{Resp, get, get_with, send};
+use support::client::{Resp, get, get_with, patch_status, send};
 use support::gateway::{TestGateway, spawn_gateway, wait_indexed};
 use support::redis::RedisServer;
 
@@ -137,18 +137,6 @@ fn assert_index_hit(ours: &Resp, theirs: &Resp, what: &str) {
     assert_eq!(ours.x_cache(), HIT_INDEX, "{what}");
     assert_eq!(ours.header("cache-status"), INDEX_CACHE_STATUS, "{what}");
     assert_same_body(ours, theirs, what);
-}
-
-async fn patch_status(base: &str, id: u64, status: &str) -> Resp {
-    let body = Bytes::from(format!("{{\"status\":\"{status}\"}}"));
-    let url = format!("{base}/api/orders/{id}/status");
-    send(
-        Method::PATCH,
-        &url,
-        &[("content-type", "application/json")],
-        body,
-    )
-    .await
 }
 
 /// The newest order of all and its status, asked of the simulator directly.

@@ -6,10 +6,8 @@ mod support;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http::Method;
 use mes_sim::{self as sim, SimConfig, SimHandle};
-use support::client::{get, send};
+use support::client::{get, patch_status};
 use support::gateway::{TestGateway, spawn_gateway, wait_indexed};
 use support::redis::RedisServer;
 
@@ -37,16 +35,7 @@ async fn first_of(sim: &SimHandle, status: &str) -> u64 {
 
 /// Changes an order's status directly in the MES.
 async fn behind_the_back(sim: &SimHandle, id: u64, to: &str) {
-    let url = format!("{}/api/orders/{id}/status", sim.base_url());
-    let body = Bytes::from(format!("{{\"status\":\"{to}\"}}"));
-    let r = send(
-        Method::PATCH,
-        &url,
-        &[("content-type", "application/json")],
-        body,
-    )
-    .await;
-    assert_eq!(r.status, 200);
+    assert_eq!(patch_status(&sim.base_url(), id, to).await.status, 200);
 }
 
 /// Waits (at most 10 s) until the gateway's page equals the simulator's, from the index.

@@ -11,7 +11,7 @@ use http::Method;
 use mes_sim::{self as sim, SimConfig, SimHandle};
 use mesgate::consistency::Name;
 use serde_json::Value;
-use support::client::{Resp, get, send};
+use support::client::{Resp, get, patch_status, send};
 use support::gateway::{TestGateway, spawn_gateway, without_index};
 use support::redis::RedisServer;
 use tokio::io::AsyncWriteExt;
@@ -58,18 +58,6 @@ async fn env_with(config: SimConfig, gateway_config: &str) -> Env {
 
 fn ids(r: &Resp) -> Vec<u64> {
     r.item_ids()
-}
-
-async fn patch_status(base: &str, id: u64, status: &str) -> Resp {
-    let body = Bytes::from(format!("{{\"status\":\"{status}\"}}"));
-    let url = format!("{base}/api/orders/{id}/status");
-    send(
-        Method::PATCH,
-        &url,
-        &[("content-type", "application/json")],
-        body,
-    )
-    .await
 }
 
 /// The newest order of all and its status, asked of the simulator directly.

@@ -88,3 +88,16 @@ pub async fn get_with(url: &str, headers: &[(&str, &str)]) -> Resp {
 pub async fn get_owned(url: String) -> Resp {
     get(&url).await
 }
+
+/// `PATCH {base}/api/orders/{id}/status` with `{"status": status}`: a status change.
+pub async fn patch_status(base: &str, id: u64, status: &str) -> Resp {
+    let body = Bytes::from(format!("{{\"status\":\"{status}\"}}"));
+    let url = format!("{base}/api/orders/{id}/status");
+    send(
+        Method::PATCH,
+        &url,
+        &[("content-type", "application/json")],
+        body,
+    )
+    .await
+}
