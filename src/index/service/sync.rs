@@ -15,6 +15,10 @@ use http_body_util::{BodyExt, Either, Full, Limited};
 use tracing::{debug, info, warn};
 
 use super::{ATTEMPTS, AUDIT_RELOCATE, LiveIndex, MAX_LIST_BODY, PROBES, PartitionState};
+
+/// How old the change counter used as the tombstone sweep's horizon is: longer than any
+/// write or delta can be in flight.
+const SWEEP_AGE: Duration = Duration::from_secs(120);
 use crate::forward;
 use crate::index::{Row, Scan, Verdict};
 use crate::metrics::RouteLabel;
@@ -24,28 +28,59 @@ impl LiveIndex {
     /// Preloads every kept partition, hottest first; then audits the ready ones every
     /// `audit` (a partition found wrong is rebuilt), until a reload request.
     pub async fn run(self: Arc<Self>, pass: Pass) {
+        let mut seqs = std::collections::VecDeque::new();
+        let tick = match self.rule.audit.is_zero() {
+            true => Duration::from_secs(5),
+            false => self.rule.audit,
+        };
         loop {
             for at in 0..self.rule.preload.len() {
                 if self.state(at) == PartitionState::Loading {
                     self.preload(at, &pass).await;
                 }
             }
-            if self.rule.audit.is_zero() {
-                self.reload.notified().await;
-                continue;
-            }
             tokio::select! {
                 _ = self.reload.notified() => {}
-                _ = tokio::time::sleep(self.rule.audit) => {
-                    for at in 0..self.rule.preload.len() {
-                        if self.state(at) != PartitionState::Ready {
-                            continue;
-                        }
-                        if let Err(e) = self.audit(at, &pass).await {
-                            debug!(route = %self.route, error = %e, "index audit skipped");
-                        }
+                _ = tokio::time::sleep(tick) => {
+                    if !self.rule.audit.is_zero() {
+                        self.audit_all(&pass).await;
                     }
+                    self.sweep(&mut seqs);
                 }
+            }
+        }
+    }
+
+    async fn audit_all(&self, pass: &Pass) {
+        for at in 0..self.rule.preload.len() {
+            if self.state(at) != PartitionState::Ready {
+                continue;
+            }
+            if let Err(e) = self.audit(at, pass).await {
+                debug!(route = %self.route, error = %e, "index audit skipped");
+            }
+        }
+    }
+
+    /// Drops the tombstones (orders gone to a status not kept) born before every request
+    /// that can still be in flight: the mirror's change counter as it was [`SWEEP_AGE`]
+    /// ago (a write, or another instance's delta, takes far less). Without it every order
+    /// ever moved to history would stay until `max_entities` is reached.
+    fn sweep(&self, seqs: &mut std::collections::VecDeque<(std::time::Instant, u64)>) {
+        let now = std::time::Instant::now();
+        seqs.push_back((now, self.read_mirror().seq()));
+        let mut horizon = None;
+        while let Some(&(at, seq)) = seqs.front() {
+            if now.duration_since(at) < SWEEP_AGE {
+                break;
+            }
+            horizon = Some(seq);
+            seqs.pop_front();
+        }
+        if let Some(h) = horizon {
+            let dropped = self.write_mirror().sweep(h);
+            if dropped > 0 {
+                debug!(route = %self.route, dropped, "index tombstones swept");
             }
         }
     }
