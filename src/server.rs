@@ -60,6 +60,9 @@ fn connection_builder(config: &Config) -> auto::Builder<TokioExecutor> {
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(config.timeouts.client_header)
+        // A client that half-closes after its request (HTTP/1.1 allows it) still gets
+        // its answer, instead of the connection being torn down with the write in flight.
+        .half_close(true)
         .max_buf_size(config.limits.max_header_bytes)
         .max_headers(config.limits.max_headers);
     builder
