@@ -76,6 +76,10 @@ pub async fn route(gateway: &Gateway, req: Request<Incoming>) -> Response<Full<B
             None => reload(gateway),
             Some(resp) => resp,
         },
+        (&Method::POST, "/admin/index/reload") => match refusal(gateway, &req) {
+            None => reload_indexes(gateway),
+            Some(resp) => resp,
+        },
         (&Method::GET, "/admin/entity") => match refusal(gateway, &req) {
             None => entity(gateway, req.uri().query().unwrap_or("")).await,
             Some(resp) => resp,
@@ -205,6 +209,17 @@ async fn readiness(gateway: &Gateway) -> Response<Full<Bytes>> {
         body["index"] = progress;
     }
     json_response(StatusCode::OK, body)
+}
+
+/// Loads every status index again from the MES (nothing is served from them meanwhile):
+/// after a write made behind mesgate's back that the audit cannot see, for instance.
+fn reload_indexes(gateway: &Gateway) -> Response<Full<Bytes>> {
+    let indexes = gateway.indexes();
+    for ix in indexes.all() {
+        ix.gap();
+    }
+    let routes: Vec<String> = indexes.all().iter().map(|ix| ix.route().to_string()).collect();
+    json_response(StatusCode::ACCEPTED, json!({"reloading": routes}))
 }
 
 /// Each status index's partitions by state (`{"order-list": {"SUBMITTED": "ready", …}}`):

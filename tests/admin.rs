@@ -87,3 +87,36 @@ async fn admin_actions_are_off_without_a_token() {
             .contains("MESGATE_ADMIN_TOKEN")
     );
 }
+
+/// `POST /admin/index/reload` (bearer token) loads the status indexes again from the MES;
+/// `/readyz` shows their partitions' states, and they serve again once ready.
+#[tokio::test]
+async fn the_status_index_reloads_on_demand_and_reports_its_progress() {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mes = sim::spawn(l, SimConfig::instant());
+    let shipped = std::fs::read_to_string("config/mesgate.toml").unwrap();
+    let config = shipped.replace("[admin]\n", "[admin]\ntoken = \"s3cret\"\n");
+    let gw = spawn_gateway(&config, &mes.base_url(), None).await;
+    support::gateway::wait_indexed(&gw).await;
+    let admin = gw.admin().await;
+    let ready = get(&format!("{admin}/readyz")).await.json();
+    assert_eq!(
+        ready["index"]["order-list"]["SUBMITTED"], "ready",
+        "{ready}"
+    );
+    let page = gw.url("/api/orders?status=SUBMITTED");
+    assert_eq!(get(&page).await.x_cache(), "HIT-INDEX");
+
+    let reload = format!("{admin}/admin/index/reload");
+    assert_eq!(post(&reload, None).await.status, 401);
+    let before = mes.stats().list;
+    let r = post(&reload, Some("s3cret")).await;
+    assert_eq!(r.status, 202);
+    assert_eq!(r.json()["reloading"], serde_json::json!(["order-list"]));
+    support::gateway::wait_indexed(&gw).await;
+    assert!(mes.stats().list > before, "read again from the MES");
+    let r = get(&page).await;
+    assert_eq!(r.x_cache(), "HIT-INDEX");
+    let truth = get(&format!("{}/api/orders?status=SUBMITTED", mes.base_url())).await;
+    assert_eq!(r.body, truth.body);
+}
