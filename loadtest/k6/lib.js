@@ -109,8 +109,8 @@ function params(tags, extra) {
   return Object.assign({ timeout: REQ_TIMEOUT, tags }, extra || {});
 }
 
-// The cache's verdict on an answer: mesgate's X-Cache (HIT-L1, HIT-L2, MISS, STALE,
-// BYPASS), or, for nginx proxy_cache (the comparator), its X-Cache-Status prefixed with
+// The cache's verdict on an answer: mesgate's X-Cache (HIT-L1, HIT-L2, HIT-INDEX, MISS,
+// STALE, BYPASS), or, for nginx proxy_cache (the comparator), its X-Cache-Status prefixed with
 // 'nginx-' (nginx-HIT, nginx-MISS, nginx-EXPIRED, ...), so the two never mix; '-' if none.
 export function xcache(res) {
   const h = res.headers || {};
@@ -121,7 +121,7 @@ export function xcache(res) {
 }
 
 // The cache answers counted per X-Cache value (op_reads{xcache:...}): mesgate's and nginx's.
-export const XCACHE_VALUES = ['HIT-L1', 'HIT-L2', 'MISS', 'STALE', 'BYPASS',
+export const XCACHE_VALUES = ['HIT-L1', 'HIT-L2', 'HIT-INDEX', 'MISS', 'STALE', 'BYPASS',
   'nginx-HIT', 'nginx-MISS', 'nginx-EXPIRED', 'nginx-UPDATING', 'nginx-STALE', 'nginx-REVALIDATED'];
 export function xcacheThresholds(t) {
   for (const v of XCACHE_VALUES) t[`op_reads{xcache:${v}}`] = ['count>=0'];

@@ -23,7 +23,7 @@ import sys
 SCENARIOS = ["shift_start", "live_shift", "redis_outage", "two_instances"]
 KINDS = ["list_p1", "list_p2", "detail", "counts"]
 XCACHE = {
-    "mesgate": ["HIT-L1", "HIT-L2", "MISS", "STALE", "BYPASS"],
+    "mesgate": ["HIT-L1", "HIT-L2", "HIT-INDEX", "MISS", "STALE", "BYPASS"],
     "nginx": ["nginx-HIT", "nginx-MISS", "nginx-EXPIRED", "nginx-UPDATING", "nginx-STALE",
               "nginx-REVALIDATED"],
 }

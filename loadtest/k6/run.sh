@@ -211,6 +211,20 @@ start_gw() { # PORT ADMIN_PORT LOG -> sets gw_pid
   RUST_LOG=${RUST_LOG:-warn} "$BIN/mesgate" --config config/mesgate.toml >"$3" 2>&1 &
   gw_pid=$!; pids+=("$gw_pid"); wait_port "$1" "$gw_pid" mesgate
   wait_port "$2" "$gw_pid" "mesgate admin"
+  wait_index "$2" "$gw_pid"
+}
+# wait_index ADMIN_PORT PID: the status index ([route.index] in config/mesgate.toml) preloads
+# its partitions after the gateway listens; wait, bounded, until /readyz lists none as
+# "loading", so the preload's pages are not counted in the run's upstream figures.
+wait_index() {
+  local body=
+  for _ in $(seq 1 300); do
+    kill -0 "$2" 2>/dev/null || die "mesgate exited during the index preload (see $RESULTS/*.log)"
+    body=$(curl -sS --max-time 2 "http://127.0.0.1:$1/readyz" 2>/dev/null || true)
+    [[ -n "$body" && "$body" != *'"loading"'* ]] && return 0
+    sleep 0.1
+  done
+  die "mesgate's status index still loading after 30 s: $body"
 }
 # start_nginx PORT NAME.INST -> sets gw_pid: nginx (loadtest/nginx/storm.conf) in front of
 # the simulator, in the foreground, with its own prefix and cache dir under $TMP (an empty
