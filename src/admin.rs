@@ -218,7 +218,11 @@ fn reload_indexes(gateway: &Gateway) -> Response<Full<Bytes>> {
     for ix in indexes.all() {
         ix.gap();
     }
-    let routes: Vec<String> = indexes.all().iter().map(|ix| ix.route().to_string()).collect();
+    let routes: Vec<String> = indexes
+        .all()
+        .iter()
+        .map(|ix| ix.route().to_string())
+        .collect();
     json_response(StatusCode::ACCEPTED, json!({"reloading": routes}))
 }
 

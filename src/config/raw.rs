@@ -400,6 +400,12 @@ pub struct RawIndex {
     /// order that left a page behind mesgate's back went. Default: the list path + `/{id}`.
     #[serde(default)]
     pub detail: Option<String>,
+    /// The cached route (by name) of the status counts (`{"counts":{…},"total":n}`) that
+    /// the index keeps true from the same answers: learned from the MES, then one taken
+    /// from the old status and given to the new on every move. Absent: counts stay on
+    /// their own route's cache.
+    #[serde(default)]
+    pub counts: Option<String>,
 }
 
 fn default_audit() -> String {

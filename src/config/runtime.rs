@@ -164,6 +164,8 @@ pub struct IndexRule {
     pub audit: Duration,
     /// The MES path of one entity, with `{id}`; `None`: the list path + `/{id}`.
     pub detail: Option<String>,
+    /// The counts route the index keeps true.
+    pub counts: Option<String>,
 }
 
 impl InvalidateRule {

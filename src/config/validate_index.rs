@@ -95,6 +95,7 @@ impl RawIndex {
             preload_pause,
             audit,
             detail: self.detail,
+            counts: self.counts,
         })
     }
 }

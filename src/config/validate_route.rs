@@ -430,9 +430,21 @@ impl RawInvalidate {
 
 /// A write may only name families (by group) that some cached route's entries belong to,
 /// so a typo cannot silently invalidate nothing.
-/// A write's `index` names a route that has one.
+/// A write's `index` names a route that has one; an index's `counts` a cached route with
+/// no path parameter.
 fn check_index_refs(routes: &[Route]) -> Result<(), ConfigError> {
     for (i, r) in routes.iter().enumerate() {
+        if let Some(counts) = r.index.as_ref().and_then(|ix| ix.counts.as_ref()) {
+            let fits = routes.iter().any(|o| {
+                o.name.as_str() == counts && o.cache.is_some() && o.path.params().next().is_none()
+            });
+            if !fits {
+                return Err(invalid(
+                    format!("route[{i}].index.counts"),
+                    format!("{counts:?}: no cached route of that name with a literal path"),
+                ));
+            }
+        }
         let Some(name) = r.invalidate.as_ref().and_then(|w| w.index.as_ref()) else {
             continue;
         };

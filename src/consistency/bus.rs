@@ -40,13 +40,16 @@ pub struct Delta {
     pub index: String,
     /// The answer's JSON, as the MES sent it.
     pub row: String,
+    /// Whether the answer is a new entity's (a `201`).
+    #[serde(default)]
+    pub created: bool,
 }
 
 /// Where the deltas on the bus go (the status indexes), and who is told when the bus
 /// goes down and comes back (deltas may have been missed).
 pub trait DeltaSink: Send + Sync {
-    /// Another instance's write answer for `index`.
-    fn delta(&self, index: &str, row: &[u8]);
+    /// Another instance's write answer for `index` (`created`: a new entity's).
+    fn delta(&self, index: &str, row: &[u8], created: bool);
     /// The subscription dropped: deltas may be missed from now on.
     fn paused(&self);
     /// The subscription is back after a gap.
@@ -148,7 +151,7 @@ pub fn on_message(inv: &Invalidator, payload: &[u8]) -> Option<u64> {
     }
     inner.names.bump(&names, tick);
     if let (Some(d), Some(sink)) = (&m.delta, inv.sink()) {
-        sink.delta(&d.index, d.row.as_bytes());
+        sink.delta(&d.index, d.row.as_bytes(), d.created);
     }
     let lat = inner.wall.now_ms().saturating_sub(m.at_ms);
     let s = &inner.stats;

@@ -298,6 +298,13 @@ impl Reader {
     /// Worth refreshing: a reader's fill got an answer for it within its L1 TTL. (L1
     /// holding it says less: entries stay there past freshness for `stale_if_error`, and
     /// refreshed entries would keep each other alive under a steady stream of writes.)
+    /// Whether the status index answers this key now (then refreshing it on write would
+    /// only cost the MES a request: its reads never reach the cache).
+    pub(crate) fn index_answers(&self, t: &Target) -> bool {
+        let query = t.key.upstream_path().split_once('?').map(|(_, q)| q);
+        self.inner.indexes.answers(&t.route, query)
+    }
+
     pub(crate) fn refresh_live(&self, t: &Target, now: u64) -> bool {
         now.saturating_sub(t.filled_ms) <= t.policy.ttl_l1.as_millis() as u64
     }

@@ -67,7 +67,7 @@ pub(crate) struct ReaderParts {
     /// How long entity memberships are remembered in Redis.
     pub(crate) member_ttl: Duration,
     /// The status indexes, which answer the pages of their ready partitions.
-    indexes: Indexes,
+    pub(crate) indexes: Indexes,
 }
 
 impl Reader {
@@ -119,6 +119,12 @@ impl Reader {
         if route.index.is_some()
             && let Some(ix) = self.inner.indexes.get(&route.name)
             && let Some(resp) = ix.serve(req.uri().query(), req.headers(), head)
+        {
+            return (resp, Some(CacheOutcome::HitIndex));
+        }
+        if let Some(ix) = self.inner.indexes.counts_of(&route.name)
+            && req.uri().query().is_none()
+            && let Some(resp) = ix.serve_counts(req.headers(), head)
         {
             return (resp, Some(CacheOutcome::HitIndex));
         }

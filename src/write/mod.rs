@@ -152,10 +152,12 @@ impl Writer {
         let ack = inv.acknowledge();
         // The answer is the entity's new state: the index moves it now (the write is not
         // answered yet, so either state may be read until the 200 leaves).
+        let created = parts.status == http::StatusCode::CREATED;
         let delta = match (&index, &bytes) {
-            (Some(ix), Some(b)) => ix.apply(b).map(|_| Delta {
+            (Some(ix), Some(b)) => ix.apply(b, created, false).map(|_| Delta {
                 index: ix.route().to_string(),
                 row: String::from_utf8_lossy(b).into_owned(),
+                created,
             }),
             _ => None,
         };

@@ -47,11 +47,9 @@ impl Refresher {
     pub async fn fetch(&self, names: &[Name], budget: Duration) -> Vec<Refetched> {
         let inv = &self.reader.inner.invalidator;
         let now = self.reader.inner.clock.now_ms();
-        let targets = self
-            .reader
-            .inner
-            .recent
-            .targets(names, |t| self.reader.refresh_live(t, now));
+        let targets = self.reader.inner.recent.targets(names, |t| {
+            self.reader.refresh_live(t, now) && !self.reader.index_answers(t)
+        });
         if targets.is_empty() {
             return Vec::new();
         }

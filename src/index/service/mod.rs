@@ -8,6 +8,7 @@
 //! pure parts (version rule, composition, the scan's verdict) are [`crate::index`]'s; the
 //! preload and the audit are in [`sync`], the set of indexes in [`set`].
 
+mod counts;
 mod set;
 mod sync;
 
@@ -122,11 +123,20 @@ pub struct LiveIndex {
     /// Bumped to make the preload start again (a gap on the bus).
     reload: Notify,
     stats: IndexStats,
+    /// The counts route kept true from the same answers, and its MES path.
+    counts_route: Option<(Arc<String>, String)>,
+    counts: counts::Counts,
 }
 
 impl LiveIndex {
-    /// An index for route `route` at MES path `path`, nothing loaded yet.
-    pub fn new(route: Arc<String>, path: &str, rule: Arc<IndexRule>) -> Self {
+    /// An index for route `route` at MES path `path`, nothing loaded yet; `counts` the
+    /// counts route it keeps (name and MES path), if any.
+    pub fn new(
+        route: Arc<String>,
+        path: &str,
+        rule: Arc<IndexRule>,
+        counts: Option<(Arc<String>, String)>,
+    ) -> Self {
         let rows = RowShape {
             id: rule.id.clone(),
             partition: rule.partition.clone(),
@@ -152,7 +162,57 @@ impl LiveIndex {
             writes: WritesInFlight::default(),
             reload: Notify::new(),
             stats: IndexStats::default(),
+            counts_route: counts,
+            counts: counts::Counts::default(),
         }
+    }
+
+    /// Whether the counts are known (served from here).
+    pub fn counts_known(&self) -> bool {
+        self.counts.known()
+    }
+
+    /// Whether a list request with this query is answered from here now.
+    pub fn ready_for(&self, query: &str) -> bool {
+        self.parse_query(query)
+            .is_some_and(|(at, _, _)| self.state(at) == PartitionState::Ready)
+    }
+
+    /// Whether this index keeps the counts of route `name`.
+    pub fn keeps_counts_of(&self, name: &str) -> bool {
+        self.counts_route
+            .as_ref()
+            .is_some_and(|(n, _)| n.as_str() == name)
+    }
+
+    /// The counts, exactly the MES's, when known (else the ordinary read path answers).
+    pub fn serve_counts(&self, headers: &HeaderMap, head: bool) -> Option<Response<Body>> {
+        if headers.contains_key(header::AUTHORIZATION) || headers.contains_key(header::COOKIE) {
+            return None;
+        }
+        let (body, mut h) = self.counts.served()?;
+        self.stats.hits.fetch_add(1, Ordering::Relaxed);
+        h.insert(
+            CACHE_STATUS,
+            HeaderValue::from_static("mesgate; hit; detail=index"),
+        );
+        h.insert(
+            X_CACHE,
+            HeaderValue::from_static(CacheOutcome::HitIndex.x_cache()),
+        );
+        h.append(header::VIA, forward::via(http::Version::HTTP_11));
+        h.insert(header::AGE, HeaderValue::from_static("0"));
+        let len = body.len();
+        let mut resp = Response::new(Either::Left(Full::new(if head {
+            Bytes::new()
+        } else {
+            body
+        })));
+        if head {
+            h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        }
+        *resp.headers_mut() = h;
+        Some(resp)
     }
 
     /// The route this index serves.
@@ -304,9 +364,11 @@ impl LiveIndex {
         Some(h)
     }
 
-    /// Applies a write's answer (the entity's new state) or another instance's delta.
-    /// Returns what the mirror did; `None` when the body is not a row of this index.
-    pub fn apply(&self, row_json: &Bytes) -> Option<Applied> {
+    /// Applies a write's answer (the entity's new state) or another instance's delta;
+    /// `created`: the answer is a new entity's (a `201`); `from_bus`: another instance's.
+    /// The counts follow. Returns what
+    /// the mirror did; `None` when the body is not a row of this index.
+    pub fn apply(&self, row_json: &Bytes, created: bool, from_bus: bool) -> Option<Applied> {
         let row = match super::Row::parse(&self.rows, row_json.clone()) {
             Ok(row) => row,
             Err(e) => {
@@ -314,7 +376,17 @@ impl LiveIndex {
                 return None;
             }
         };
+        let to = row.partition.clone();
         let applied = self.write_mirror().apply(row);
+        let delta = match &applied {
+            Applied::Moved { from } => Some(counts::CountDelta::Moved { from, to: &to }),
+            Applied::Inserted if created => Some(counts::CountDelta::Created { to: &to }),
+            Applied::Inserted | Applied::Full => Some(counts::CountDelta::Unknown),
+            Applied::Updated | Applied::Same | Applied::Older => None,
+        };
+        if let Some(d) = delta {
+            self.counts.apply(d, from_bus);
+        }
         let counter = match applied.changed() {
             true => &self.stats.applied,
             false => &self.stats.ignored,
@@ -344,6 +416,7 @@ impl LiveIndex {
     /// Deltas may be missed from now on (the bus is down): nothing is served until the
     /// bus is back and the partitions are loaded again.
     pub fn pause(&self) {
+        self.counts.forget();
         for at in 0..self.states.len() {
             if self.state(at) == PartitionState::Ready {
                 self.set_state(at, PartitionState::Loading);
@@ -354,6 +427,7 @@ impl LiveIndex {
     /// Deltas may have been missed (the bus was down and is back): the partitions are
     /// loaded again, nothing served meanwhile.
     pub fn gap(&self) {
+        self.counts.forget();
         for at in 0..self.states.len() {
             if self.state(at) == PartitionState::Ready {
                 self.set_state(at, PartitionState::Loading);

@@ -87,10 +87,15 @@ impl Indexes {
             .iter()
             .filter_map(|r| {
                 let rule = r.index.clone()?;
+                let counts = rule.counts.as_ref().and_then(|name| {
+                    let c = routes.routes().iter().find(|o| o.name.as_str() == name)?;
+                    Some((c.name.clone(), c.path.as_str().to_owned()))
+                });
                 Some(Arc::new(LiveIndex::new(
                     r.name.clone(),
                     r.path.as_str(),
                     rule,
+                    counts,
                 )))
             })
             .collect();
@@ -143,17 +148,31 @@ impl Indexes {
         }
     }
 
+    /// Whether an index answers a request of route `name` with this query now.
+    pub fn answers(&self, name: &str, query: Option<&str>) -> bool {
+        if let Some(ix) = self.counts_of(name) {
+            return query.is_none() && ix.counts_known();
+        }
+        self.get(name)
+            .is_some_and(|ix| query.is_some_and(|q| ix.ready_for(q)))
+    }
+
+    /// The index that keeps the counts of route `name`.
+    pub fn counts_of(&self, name: &str) -> Option<&Arc<LiveIndex>> {
+        self.all.iter().find(|i| i.keeps_counts_of(name))
+    }
+
     /// Another instance's delta for index `name`.
-    pub fn apply_delta(&self, name: &str, row: &[u8]) {
+    pub fn apply_delta(&self, name: &str, row: &[u8], created: bool) {
         if let Some(ix) = self.get(name) {
-            ix.apply(&Bytes::copy_from_slice(row));
+            ix.apply(&Bytes::copy_from_slice(row), created, true);
         }
     }
 }
 
 impl crate::consistency::bus::DeltaSink for Indexes {
-    fn delta(&self, index: &str, row: &[u8]) {
-        self.apply_delta(index, row);
+    fn delta(&self, index: &str, row: &[u8], created: bool) {
+        self.apply_delta(index, row, created);
     }
 
     fn paused(&self) {

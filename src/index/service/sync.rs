@@ -16,6 +16,10 @@ use tracing::{debug, info, warn};
 
 use super::{ATTEMPTS, AUDIT_RELOCATE, LiveIndex, MAX_LIST_BODY, PROBES, PartitionState};
 
+/// How long after the MES's counts answer a delta from the bus still means the answer
+/// may already show it (well above the bus's write-to-applied latency).
+const BUS_GRACE: Duration = Duration::from_millis(200);
+
 /// How old the change counter used as the tombstone sweep's horizon is: longer than any
 /// write or delta can be in flight.
 const SWEEP_AGE: Duration = Duration::from_secs(120);
@@ -39,15 +43,53 @@ impl LiveIndex {
                     self.preload(at, &pass).await;
                 }
             }
+            if !self.counts.known() {
+                self.learn_counts(&pass).await;
+            }
             tokio::select! {
                 _ = self.reload.notified() => {}
                 _ = tokio::time::sleep(tick) => {
                     if !self.rule.audit.is_zero() {
                         self.audit_all(&pass).await;
+                        self.learn_counts(&pass).await;
                     }
                     self.sweep(&mut seqs);
                 }
             }
+        }
+    }
+
+    /// Asks the MES for the counts and takes them unless a delta came meanwhile (then the
+    /// next round tries again); also the counts' audit: a difference is a repair.
+    async fn learn_counts(&self, pass: &Pass) {
+        let Some((_, path)) = &self.counts_route else {
+            return;
+        };
+        let issued = self.counts.deltas();
+        let watermark = self.writes.sent();
+        let (mut headers, body) = match self.get(path, pass).await {
+            Ok(answer) => answer,
+            Err(e) => {
+                debug!(route = %self.route, error = %e, "index counts not learned");
+                return;
+            }
+        };
+        self.writes.settled(watermark).await;
+        // Another instance's write the MES had before it answered is told over the bus
+        // within milliseconds: one told in this grace is counted as in flight.
+        tokio::time::sleep(BUS_GRACE).await;
+        forward::strip_hop_by_hop(&mut headers);
+        for h in [
+            header::CONTENT_LENGTH,
+            header::AGE,
+            header::DATE,
+            header::SET_COOKIE,
+        ] {
+            headers.remove(h);
+        }
+        if self.counts.learn(body, headers, issued) == Some(true) {
+            info!(route = %self.route, "index audit repaired the counts");
+            self.stats.audit_repairs.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -151,7 +193,7 @@ impl LiveIndex {
             None => format!("{}/{id}", self.path),
         };
         match self.get(&path, pass).await {
-            Ok((_, body)) => self.apply(&body).is_some_and(|a| a.changed()),
+            Ok((_, body)) => self.apply(&body, false, false).is_some_and(|a| a.changed()),
             Err(e) => {
                 debug!(route = %self.route, id, error = %e, "index audit could not look an order up");
                 false
