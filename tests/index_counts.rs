@@ -103,3 +103,45 @@ async fn a_change_made_in_the_mes_is_repaired_in_the_counts_by_the_audit() {
     );
     counts_from_index(&sim, &gw).await;
 }
+
+/// Under a steady stream of status changes between kept statuses (what operators do), the
+/// counts are still learned and answered from the index: the mirror counts those statuses
+/// itself, so no write makes a learned answer ambiguous. The test can fail: with every
+/// write counted as in flight, the counts are never learned while the writes go on.
+#[tokio::test]
+async fn counts_are_learned_and_served_under_a_steady_stream_of_writes() {
+    let (_redis, sim, gw) = start("100ms").await;
+    let base = gw.url("");
+    let ids = get(&format!(
+        "{}/api/orders?status=SUBMITTED&size=40",
+        sim.base_url()
+    ))
+    .await
+    .item_ids();
+    let writer = tokio::spawn(async move {
+        let stop = Instant::now() + Duration::from_secs(3);
+        let mut i = 0usize;
+        while Instant::now() < stop {
+            let to = ["MANUFACTURING_APPROVED", "SUBMITTED"][i % 2];
+            patch_status(&base, ids[(i / 2) % ids.len()], to).await;
+            i += 1;
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        i
+    });
+    // Forgotten (as after a gap on the bus) while the writes go on: learned again.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    gw.gateway.indexes().all()[0].gap();
+    let mut from_index = 0;
+    while !writer.is_finished() {
+        from_index += u32::from(get(&gw.url(COUNTS)).await.x_cache() == "HIT-INDEX");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let writes = writer.await.unwrap();
+    assert!(writes > 50, "a steady stream: {writes} writes");
+    assert!(
+        from_index > 0,
+        "the counts were never answered from the index"
+    );
+    counts_from_index(&sim, &gw).await;
+}

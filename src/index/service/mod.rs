@@ -167,6 +167,15 @@ impl LiveIndex {
         }
     }
 
+    /// The mirror's count of `status` when it counts it itself (a ready partition).
+    pub(super) fn counted(&self, status: &str) -> Option<usize> {
+        let at = self.rule.preload.iter().position(|p| p == status)?;
+        if self.state(at) != PartitionState::Ready {
+            return None;
+        }
+        self.read_mirror().len(status)
+    }
+
     /// Whether the counts are known (served from here).
     pub fn counts_known(&self) -> bool {
         self.counts.known()
@@ -190,7 +199,7 @@ impl LiveIndex {
         if headers.contains_key(header::AUTHORIZATION) || headers.contains_key(header::COOKIE) {
             return None;
         }
-        let (body, mut h) = self.counts.served()?;
+        let (body, mut h) = self.counts.served(|s| self.counted(s))?;
         self.stats.hits.fetch_add(1, Ordering::Relaxed);
         h.insert(
             CACHE_STATUS,
@@ -385,7 +394,8 @@ impl LiveIndex {
             Applied::Updated | Applied::Same | Applied::Older => None,
         };
         if let Some(d) = delta {
-            self.counts.apply(d, from_bus);
+            self.counts
+                .apply(d, from_bus, |s| self.counted(s).is_some());
         }
         let counter = match applied.changed() {
             true => &self.stats.applied,

@@ -87,7 +87,11 @@ impl LiveIndex {
         ] {
             headers.remove(h);
         }
-        if self.counts.learn(body, headers, issued) == Some(true) {
+        if self
+            .counts
+            .learn(body, headers, issued, |s| self.counted(s))
+            == Some(true)
+        {
             info!(route = %self.route, "index audit repaired the counts");
             self.stats.audit_repairs.fetch_add(1, Ordering::Relaxed);
         }
