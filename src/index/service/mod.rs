@@ -199,18 +199,9 @@ impl LiveIndex {
         if headers.contains_key(header::AUTHORIZATION) || headers.contains_key(header::COOKIE) {
             return None;
         }
-        let (body, mut h) = self.counts.served(|s| self.counted(s))?;
+        let (body, h) = self.counts.served(|s| self.counted(s))?;
         self.stats.hits.fetch_add(1, Ordering::Relaxed);
-        h.insert(
-            CACHE_STATUS,
-            HeaderValue::from_static("mesgate; hit; detail=index"),
-        );
-        h.insert(
-            X_CACHE,
-            HeaderValue::from_static(CacheOutcome::HitIndex.x_cache()),
-        );
-        h.append(header::VIA, forward::via(http::Version::HTTP_11));
-        h.insert(header::AGE, HeaderValue::from_static("0"));
+        let mut h = index_hit(h);
         let len = body.len();
         let mut resp = Response::new(Either::Left(Full::new(if head {
             Bytes::new()
@@ -361,16 +352,7 @@ impl LiveIndex {
             .answer_headers
             .read()
             .unwrap_or_else(|e| e.into_inner());
-        let mut h = learned.as_ref()?.clone();
-        let outcome = CacheOutcome::HitIndex;
-        h.insert(
-            CACHE_STATUS,
-            HeaderValue::from_static("mesgate; hit; detail=index"),
-        );
-        h.insert(X_CACHE, HeaderValue::from_static(outcome.x_cache()));
-        h.append(header::VIA, forward::via(http::Version::HTTP_11));
-        h.insert(header::AGE, HeaderValue::from_static("0"));
-        Some(h)
+        Some(index_hit(learned.as_ref()?.clone()))
     }
 
     /// Applies a write's answer (the entity's new state) or another instance's delta;
@@ -445,5 +427,35 @@ impl LiveIndex {
         }
         info!(route = %self.route, "index reloads: messages may have been missed");
         self.reload.notify_one();
+    }
+}
+
+/// The headers of an answer from the index: the MES's own (learned), plus `Cache-Status`,
+/// `X-Cache`, `Via` and `Age`.
+fn index_hit(mut h: HeaderMap) -> HeaderMap {
+    h.insert(
+        CACHE_STATUS,
+        HeaderValue::from_static("mesgate; hit; detail=index"),
+    );
+    h.insert(
+        X_CACHE,
+        HeaderValue::from_static(CacheOutcome::HitIndex.x_cache()),
+    );
+    h.append(header::VIA, forward::via(http::Version::HTTP_11));
+    h.insert(header::AGE, HeaderValue::from_static("0"));
+    h
+}
+
+/// The MES's answer headers as the index keeps them: no hop-by-hop, length, age, date or
+/// cookie (each answer gets its own).
+pub(super) fn keepable(headers: &mut HeaderMap) {
+    forward::strip_hop_by_hop(headers);
+    for h in [
+        header::CONTENT_LENGTH,
+        header::AGE,
+        header::DATE,
+        header::SET_COOKIE,
+    ] {
+        headers.remove(h);
     }
 }

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap};
+use http::header::HeaderMap;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Either, Full, Limited};
 use tracing::{debug, info, warn};
@@ -23,7 +23,6 @@ const BUS_GRACE: Duration = Duration::from_millis(200);
 /// How old the change counter used as the tombstone sweep's horizon is: longer than any
 /// write or delta can be in flight.
 const SWEEP_AGE: Duration = Duration::from_secs(120);
-use crate::forward;
 use crate::index::{Row, Scan, Verdict};
 use crate::metrics::RouteLabel;
 use crate::pass::Pass;
@@ -78,15 +77,7 @@ impl LiveIndex {
         // Another instance's write the MES had before it answered is told over the bus
         // within milliseconds: one told in this grace is counted as in flight.
         tokio::time::sleep(BUS_GRACE).await;
-        forward::strip_hop_by_hop(&mut headers);
-        for h in [
-            header::CONTENT_LENGTH,
-            header::AGE,
-            header::DATE,
-            header::SET_COOKIE,
-        ] {
-            headers.remove(h);
-        }
+        super::keepable(&mut headers);
         if self
             .counts
             .learn(body, headers, issued, |s| self.counted(s))
@@ -320,15 +311,7 @@ impl LiveIndex {
         if learned.is_some() {
             return;
         }
-        forward::strip_hop_by_hop(headers);
-        for h in [
-            header::CONTENT_LENGTH,
-            header::AGE,
-            header::DATE,
-            header::SET_COOKIE,
-        ] {
-            headers.remove(h);
-        }
+        super::keepable(headers);
         *learned = Some(std::mem::take(headers));
     }
 }
