@@ -17,7 +17,7 @@ use crate::clock::Clock;
 use crate::config::route::RouteTable;
 use crate::config::{Config, Overrides};
 use crate::consistency::{Invalidator, Name};
-use crate::index::service::Indexes;
+use crate::index::service::{Answerer, Indexes};
 use crate::l1::L1;
 use crate::l2::L2;
 use crate::metrics::{self, Metrics, RouteLabel, RouteRequests, Snapshot};
@@ -38,10 +38,13 @@ struct Routing {
     unmatched: Arc<RouteRequests>,
     /// Whether some write rule refreshes on write: fills only remember their keys then.
     refresh_on: bool,
+    /// By route index: the status index that answers the route's reads, if one does
+    /// (resolved here, once, not per request).
+    answerers: Vec<Option<Answerer>>,
 }
 
 impl Routing {
-    fn new(table: Arc<RouteTable>, metrics: &Metrics) -> Self {
+    fn new(table: Arc<RouteTable>, metrics: &Metrics, indexes: &Indexes) -> Self {
         let requests = table
             .routes()
             .iter()
@@ -53,11 +56,17 @@ impl Routing {
             .iter()
             .filter_map(|r| r.invalidate.as_ref())
             .any(|rule| !rule.refresh.is_zero());
+        let answerers = table
+            .routes()
+            .iter()
+            .map(|r| indexes.answerer(&r.name))
+            .collect();
         Self {
             table,
             requests,
             unmatched,
             refresh_on,
+            answerers,
         }
     }
 }
@@ -160,7 +169,11 @@ impl Gateway {
         );
         Ok(Self {
             inner: Arc::new(Inner {
-                routes: ArcSwap::from_pointee(Routing::new(config.routes.clone(), &metrics)),
+                routes: ArcSwap::from_pointee(Routing::new(
+                    config.routes.clone(),
+                    &metrics,
+                    &indexes,
+                )),
                 metrics,
                 draining: Default::default(),
                 access_log: config.log.access.into(),
@@ -213,6 +226,7 @@ impl Gateway {
         self.inner.routes.store(Arc::new(Routing::new(
             new.routes.clone(),
             &self.inner.metrics,
+            &self.inner.indexes,
         )));
         self.inner.invalidator.bump_local(&names);
         // Refresh targets carry their route's policy: the next fills register them anew.
@@ -323,6 +337,7 @@ impl Gateway {
         };
         let route = m.route;
         let name = routing.requests[m.index].clone();
+        let answerer = routing.answerers[m.index].as_ref();
         let params: Vec<(String, String)> = route
             .path
             .params()
@@ -340,7 +355,7 @@ impl Gateway {
         if cached_read {
             let reader = &self.inner.reader;
             let (resp, outcome) = reader
-                .read(req, remote, route, &params, routing.refresh_on)
+                .read(req, remote, route, &params, routing.refresh_on, answerer)
                 .await;
             return (resp, name, outcome.map_or(FORWARD, CacheOutcome::as_str));
         }

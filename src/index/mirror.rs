@@ -184,59 +184,44 @@ impl Mirror {
         if self.overflowed {
             return Applied::Full;
         }
-        let held = match self.rows.get(&row.id) {
-            None => return self.insert_new(row),
-            Some(held) => held,
-        };
-        match row.version.cmp(&held.version) {
-            std::cmp::Ordering::Less => Applied::Older,
-            std::cmp::Ordering::Equal => Applied::Same,
-            std::cmp::Ordering::Greater => self.replace(row),
+        match self
+            .rows
+            .get(&row.id)
+            .map(|held| row.version.cmp(&held.version))
+        {
+            Some(std::cmp::Ordering::Less) => Applied::Older,
+            Some(std::cmp::Ordering::Equal) => Applied::Same,
+            None if self.rows.len() >= self.max_entities => {
+                self.overflow();
+                Applied::Full
+            }
+            _ => self.put(row),
         }
     }
 
-    fn insert_new(&mut self, row: Row) -> Applied {
-        if self.rows.len() >= self.max_entities {
-            self.overflow();
-            return Applied::Full;
-        }
+    /// Puts a new id's state, or a newer state of a held one, in place: leave the old
+    /// place, take the new one, and raise each kept partition that changed once.
+    fn put(&mut self, row: Row) -> Applied {
+        let old = self.rows.remove(&row.id);
         self.seq += 1;
-        let (id, version) = (row.id, row.version);
-        let (partition, place) = self.place(row);
-        if matches!(place, Place::Member { .. }) {
-            self.bump(&partition);
-        }
-        self.rows.insert(
-            id,
-            Held {
-                version,
+        let was_member = match &old {
+            Some(Held {
                 partition,
-                place,
-            },
-        );
-        Applied::Inserted
-    }
-
-    /// A newer state of a held id: leave the old place, take the new one, and raise each
-    /// kept partition that changed once.
-    fn replace(&mut self, row: Row) -> Applied {
-        let Some(old) = self.rows.remove(&row.id) else {
-            return self.insert_new(row);
-        };
-        self.seq += 1;
-        let was_member = match &old.place {
-            Place::Member { key, .. } => self
+                place: Place::Member { key, .. },
+                ..
+            }) => self
                 .parts
-                .get_mut(&old.partition)
+                .get_mut(partition)
                 .is_some_and(|p| p.keys.remove(key)),
-            Place::Tombstone { .. } => false,
+            _ => false,
         };
         let (id, version) = (row.id, row.version);
         let (partition, place) = self.place(row);
         let is_member = matches!(place, Place::Member { .. });
-        let same = partition == old.partition;
-        if was_member {
-            self.bump(&old.partition);
+        let same = old.as_ref().is_some_and(|o| o.partition == partition);
+        if let Some(o) = old.as_ref().filter(|_| was_member) {
+            let from = o.partition.clone();
+            self.bump(&from);
         }
         if is_member && !(same && was_member) {
             self.bump(&partition);
@@ -249,12 +234,10 @@ impl Mirror {
                 place,
             },
         );
-        if same {
-            Applied::Updated
-        } else {
-            Applied::Moved {
-                from: old.partition,
-            }
+        match old {
+            None => Applied::Inserted,
+            Some(_) if same => Applied::Updated,
+            Some(o) => Applied::Moved { from: o.partition },
         }
     }
 

@@ -24,7 +24,7 @@ use crate::key::CacheKey;
 use crate::l1::L1Entry;
 use crate::l2::Lookup;
 use crate::metrics::RouteLabel;
-use crate::outcome::NoStoreReason;
+use crate::outcome::{CacheOutcome, NoStoreReason};
 use crate::upstream::{UpstreamBody, error_chain};
 
 /// Why a fill's fetch gave no storable bytes.
@@ -265,7 +265,7 @@ impl Reader {
         };
         let keep_for = Duration::from_millis(fresh_until_ms - now) + policy.stale_if_error;
         let value = L1Entry {
-            hit_headers: hit_headers(entry),
+            hit_headers: hit_headers(entry.headers.clone(), CacheOutcome::HitLocal),
             entry: entry.clone(),
             fresh_until_ms,
             keep_for,

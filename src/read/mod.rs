@@ -32,7 +32,7 @@ use crate::error::GatewayError;
 use crate::family::Source;
 use crate::flight::{Flights, Role};
 use crate::forward;
-use crate::index::service::Indexes;
+use crate::index::service::{Answerer, Indexes};
 use crate::key::{self, CacheKey};
 use crate::l1::{L1, L1Entry};
 use crate::l2::L2;
@@ -111,20 +111,13 @@ impl Reader {
         route: &Route,
         params: &[(String, String)],
         remember_key: bool,
+        answerer: Option<&Answerer>,
     ) -> Served {
         let Some(policy) = route.cache.as_ref() else {
             return (self.inner.pass.pass(req, remote).await, None);
         };
         let head = req.method() == Method::HEAD;
-        if route.index.is_some()
-            && let Some(ix) = self.inner.indexes.get(&route.name)
-            && let Some(resp) = ix.serve(req.uri().query(), req.headers(), head)
-        {
-            return (resp, Some(CacheOutcome::HitIndex));
-        }
-        if let Some(ix) = self.inner.indexes.counts_of(&route.name)
-            && req.uri().query().is_none()
-            && let Some(resp) = ix.serve_counts(req.headers(), head)
+        if let Some(resp) = answerer.and_then(|a| a.answer(req.uri().query(), req.headers(), head))
         {
             return (resp, Some(CacheOutcome::HitIndex));
         }

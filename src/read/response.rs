@@ -14,17 +14,14 @@ use crate::l1::L1Entry;
 use crate::outcome::{CACHE_STATUS, CacheOutcome, MissDetail, X_CACHE, cache_status};
 use crate::pass::Body;
 
-/// The prebuilt headers of an L1 hit.
-pub fn hit_headers(entry: &Entry) -> HeaderMap {
-    let mut h = entry.headers.clone();
-    h.insert(
-        CACHE_STATUS,
-        HeaderValue::from_static("mesgate; hit; detail=l1"),
-    );
-    h.insert(
-        X_CACHE,
-        HeaderValue::from_static(CacheOutcome::HitLocal.x_cache()),
-    );
+/// The prebuilt headers of a hit (`outcome`: from L1, or from the status index) over the
+/// stored answer's `h`: built once when the answer is stored or composed.
+pub fn hit_headers(mut h: HeaderMap, outcome: CacheOutcome) -> HeaderMap {
+    let status = cache_status(outcome, MissDetail::default(), None);
+    if let Ok(v) = HeaderValue::from_str(&status) {
+        h.insert(CACHE_STATUS, v);
+    }
+    h.insert(X_CACHE, HeaderValue::from_static(outcome.x_cache()));
     h.append(header::VIA, forward::via(http::Version::HTTP_11));
     // A placeholder the hit overwrites in place: inserting a new name would grow the
     // cloned map (a reallocation per hit).

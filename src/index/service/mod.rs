@@ -13,7 +13,7 @@ mod set;
 mod sync;
 
 use set::WritesInFlight;
-pub use set::{Indexes, WriteTicket};
+pub use set::{Answerer, Indexes, WriteTicket};
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
@@ -29,8 +29,9 @@ use tracing::{debug, info, warn};
 use super::{Applied, BodyShape, Mirror, RowShape};
 use crate::config::IndexRule;
 use crate::forward;
-use crate::outcome::{CACHE_STATUS, CacheOutcome, X_CACHE};
+use crate::outcome::CacheOutcome;
 use crate::pass::Body;
+use crate::read::response::hit_headers;
 
 /// A partition's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -196,23 +197,12 @@ impl LiveIndex {
 
     /// The counts, exactly the MES's, when known (else the ordinary read path answers).
     pub fn serve_counts(&self, headers: &HeaderMap, head: bool) -> Option<Response<Body>> {
-        if headers.contains_key(header::AUTHORIZATION) || headers.contains_key(header::COOKIE) {
+        if !shared(headers) {
             return None;
         }
         let (body, h) = self.counts.served(|s| self.counted(s))?;
         self.stats.hits.fetch_add(1, Ordering::Relaxed);
-        let mut h = index_hit(h);
-        let len = body.len();
-        let mut resp = Response::new(Either::Left(Full::new(if head {
-            Bytes::new()
-        } else {
-            body
-        })));
-        if head {
-            h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-        }
-        *resp.headers_mut() = h;
-        Some(resp)
+        Some(respond(body, hit_headers(h, CacheOutcome::HitIndex), head))
     }
 
     /// The route this index serves.
@@ -269,8 +259,7 @@ impl LiveIndex {
         headers: &HeaderMap,
         head: bool,
     ) -> Option<Response<Body>> {
-        // Shared answers only: credentials take the route's own policy.
-        if headers.contains_key(header::AUTHORIZATION) || headers.contains_key(header::COOKIE) {
+        if !shared(headers) {
             return None;
         }
         let (at, page, size) = self.parse_query(query?)?;
@@ -279,19 +268,11 @@ impl LiveIndex {
         }
         let composed = self.composed(at, page, size)?;
         self.stats.hits.fetch_add(1, Ordering::Relaxed);
-        let mut resp = Response::new(Either::Left(Full::new(if head {
-            Bytes::new()
-        } else {
-            composed.body.clone()
-        })));
-        *resp.headers_mut() = composed.headers.clone();
-        if head {
-            resp.headers_mut().insert(
-                header::CONTENT_LENGTH,
-                HeaderValue::from(composed.body.len()),
-            );
-        }
-        Some(resp)
+        Some(respond(
+            composed.body.clone(),
+            composed.headers.clone(),
+            head,
+        ))
     }
 
     /// `partition=P[&page=N][&size=M]` and nothing else, values within the MES's bounds.
@@ -334,7 +315,7 @@ impl LiveIndex {
         let rows = mirror.page(partition, page, size)?;
         let body = self.body.compose(&rows, page, size);
         drop(mirror);
-        let headers = self.hit_headers()?;
+        let headers = self.page_headers()?;
         let composed = Arc::new(Composed {
             generation,
             body,
@@ -347,12 +328,15 @@ impl LiveIndex {
         Some(composed)
     }
 
-    fn hit_headers(&self) -> Option<HeaderMap> {
+    fn page_headers(&self) -> Option<HeaderMap> {
         let learned = self
             .answer_headers
             .read()
             .unwrap_or_else(|e| e.into_inner());
-        Some(index_hit(learned.as_ref()?.clone()))
+        Some(hit_headers(
+            learned.as_ref()?.clone(),
+            CacheOutcome::HitIndex,
+        ))
     }
 
     /// Applies a write's answer (the entity's new state) or another instance's delta;
@@ -430,22 +414,6 @@ impl LiveIndex {
     }
 }
 
-/// The headers of an answer from the index: the MES's own (learned), plus `Cache-Status`,
-/// `X-Cache`, `Via` and `Age`.
-fn index_hit(mut h: HeaderMap) -> HeaderMap {
-    h.insert(
-        CACHE_STATUS,
-        HeaderValue::from_static("mesgate; hit; detail=index"),
-    );
-    h.insert(
-        X_CACHE,
-        HeaderValue::from_static(CacheOutcome::HitIndex.x_cache()),
-    );
-    h.append(header::VIA, forward::via(http::Version::HTTP_11));
-    h.insert(header::AGE, HeaderValue::from_static("0"));
-    h
-}
-
 /// The MES's answer headers as the index keeps them: no hop-by-hop, length, age, date or
 /// cookie (each answer gets its own).
 pub(super) fn keepable(headers: &mut HeaderMap) {
@@ -458,4 +426,20 @@ pub(super) fn keepable(headers: &mut HeaderMap) {
     ] {
         headers.remove(h);
     }
+}
+
+/// Shared answers only: a request with credentials takes its route's own policy.
+fn shared(headers: &HeaderMap) -> bool {
+    !headers.contains_key(header::AUTHORIZATION) && !headers.contains_key(header::COOKIE)
+}
+
+/// A 200 from the index: the body (none for HEAD, with its length then) and its headers.
+fn respond(body: Bytes, mut headers: HeaderMap, head: bool) -> Response<Body> {
+    if head {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    }
+    let body = if head { Bytes::new() } else { body };
+    let mut resp = Response::new(Either::Left(Full::new(body)));
+    *resp.headers_mut() = headers;
+    resp
 }

@@ -11,7 +11,8 @@ use tokio::sync::Notify;
 
 use super::{LiveIndex, PartitionState};
 use crate::metrics::IndexReport;
-use crate::pass::Pass;
+use crate::pass::{Body, Pass};
+use http::Response;
 
 /// Writes sent to the MES and not yet answered and applied, numbered in sending order.
 #[derive(Default)]
@@ -70,6 +71,41 @@ impl Drop for WriteTicket {
             .unwrap_or_else(|e| e.into_inner())
             .remove(&self.n);
         w.done.notify_waiters();
+    }
+}
+
+/// The index side of one route's reads, resolved when a route table is put in force.
+#[derive(Clone)]
+pub enum Answerer {
+    /// The list pages of an indexed route.
+    Pages(Arc<LiveIndex>),
+    /// The counts route an index keeps.
+    Counts(Arc<LiveIndex>),
+}
+
+impl Answerer {
+    /// The answer from the index, when it can vouch for it.
+    pub fn answer(
+        &self,
+        query: Option<&str>,
+        headers: &http::HeaderMap,
+        head: bool,
+    ) -> Option<Response<Body>> {
+        match self {
+            Answerer::Pages(ix) => ix.serve(query, headers, head),
+            Answerer::Counts(ix) => query
+                .is_none()
+                .then(|| ix.serve_counts(headers, head))
+                .flatten(),
+        }
+    }
+
+    /// Whether a request with this query is answered from the index now.
+    pub fn answers(&self, query: Option<&str>) -> bool {
+        match self {
+            Answerer::Pages(ix) => query.is_some_and(|q| ix.ready_for(q)),
+            Answerer::Counts(ix) => query.is_none() && ix.counts_known(),
+        }
     }
 }
 
@@ -150,16 +186,16 @@ impl Indexes {
 
     /// Whether an index answers a request of route `name` with this query now.
     pub fn answers(&self, name: &str, query: Option<&str>) -> bool {
-        if let Some(ix) = self.counts_of(name) {
-            return query.is_none() && ix.counts_known();
-        }
-        self.get(name)
-            .is_some_and(|ix| query.is_some_and(|q| ix.ready_for(q)))
+        self.answerer(name).is_some_and(|a| a.answers(query))
     }
 
-    /// The index that keeps the counts of route `name`.
-    pub fn counts_of(&self, name: &str) -> Option<&Arc<LiveIndex>> {
-        self.all.iter().find(|i| i.keeps_counts_of(name))
+    /// What answers the reads of route `name` from an index: its pages or its counts.
+    pub fn answerer(&self, name: &str) -> Option<Answerer> {
+        if let Some(ix) = self.get(name) {
+            return Some(Answerer::Pages(ix.clone()));
+        }
+        let ix = self.all.iter().find(|i| i.keeps_counts_of(name))?;
+        Some(Answerer::Counts(ix.clone()))
     }
 
     /// Another instance's delta for index `name`.
