@@ -149,9 +149,9 @@ impl Gateway {
         invalidator.start_background(metrics.bus_latency.clone());
         let upstream = Upstream::new(config.upstream.clone(), &config.timeouts, metrics.clone());
         let pass = Pass::new(upstream);
-        let indexes = Indexes::new(&config.routes);
+        let indexes = Indexes::new(&config.routes, l2.as_ref());
         invalidator.set_sink(Arc::new(indexes.clone()));
-        indexes.start(&pass);
+        indexes.start(&pass, &invalidator);
         let reader = Reader::new(
             (l1, l2),
             clock,

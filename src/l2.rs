@@ -359,8 +359,32 @@ impl L2 {
             .map(drop)
     }
 
+    /// The key prefix (other Redis users of this deployment, such as the status index's
+    /// copy, build their keys under it).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The Redis server's `run_id`: it changes when the server restarts (and may then
+    /// have loaded an old snapshot).
+    pub async fn run_id(&self) -> Result<String, L2Error> {
+        let cmd = redis::cmd("INFO").arg("server").to_owned();
+        let info: String = self
+            .guarded(|mut c| async move { cmd.query_async(&mut c).await })
+            .await?;
+        info.lines()
+            .find_map(|l| l.strip_prefix("run_id:"))
+            .map(|id| id.trim().to_owned())
+            .ok_or_else(|| {
+                L2Error::Redis(redis::RedisError::from((
+                    redis::ErrorKind::UnexpectedReturnType,
+                    "INFO server has no run_id",
+                )))
+            })
+    }
+
     /// Runs one operation under the breaker and the op timeout.
-    async fn guarded<T, F, Fut>(&self, op: F) -> Result<T, L2Error>
+    pub(crate) async fn guarded<T, F, Fut>(&self, op: F) -> Result<T, L2Error>
     where
         F: FnOnce(ConnectionManager) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,

@@ -132,8 +132,9 @@ pub struct IndexReport {
     pub partitions: [(&'static str, usize); 3],
     /// Rows and tombstones held.
     pub entities: usize,
-    /// Counters by kind: `applied`, `ignored`, `preload_page`, `rescan`, `audit_repair`.
-    pub events: [(&'static str, u64); 5],
+    /// Counters by kind: `applied`, `ignored`, `preload_page`, `warmed`, `copied`,
+    /// `rescan`, `audit_repair`.
+    pub events: [(&'static str, u64); 7],
 }
 
 /// `{route, state}` of an index partition.

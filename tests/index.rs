@@ -726,3 +726,123 @@ async fn requests_the_index_cannot_vouch_for_take_the_ordinary_path() {
     let (r, theirs) = case(env, &list_path(status, None, None), &[], 0).await;
     assert_index_hit(&r, &theirs, "plain page");
 }
+
+/// Waits (bounded) until `gw` has copied every preloaded partition to Redis.
+async fn wait_copied(gw: &TestGateway) {
+    let ix = order_index(gw);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ix.stats().copied.load(std::sync::atomic::Ordering::Relaxed) < PRELOADED.len() as u64 {
+        assert!(
+            Instant::now() < deadline,
+            "the index was never copied to redis"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Every preloaded status's pages 1 and 2 (and a page of 7) from `gw`'s index are the MES's.
+async fn assert_all_pages_equal_the_mes(gw: &TestGateway, sim: &SimHandle, who: &str) {
+    for status in PRELOADED {
+        for (page, size) in [(None, None), (Some(2), None), (Some(3), Some(7))] {
+            let path = list_path(status, page, size);
+            let ours = get(&gw.url(&path)).await;
+            let theirs = from_sim(&sim.base_url(), &path).await;
+            assert_index_hit(&ours, &theirs, &format!("{who} {path}"));
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_new_instance_warms_from_redis_with_no_mes_list_request() {
+    let redis = RedisServer::start().await;
+    let sim = start_sim(SimConfig::instant()).await;
+    let (a, _) = ready_gateway(&sim, &redis).await;
+    wait_copied(&a).await;
+    assert!(
+        order_index(&a)
+            .stats()
+            .preload_pages
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0,
+        "the first instance preloads from the MES"
+    );
+
+    // Writes through A after the copy: moved in the copy too, not only in A's mirror.
+    let (x, from, _) = order_to_move(&sim).await;
+    let to = other_preloaded(&from);
+    assert_eq!(patch_status(&a.url(""), x, to).await.status, 200);
+    // And one to history (a status not kept): it leaves the copy's sets.
+    let shipped = from_sim(&sim.base_url(), &list_path("SHIPPED", None, Some(2))).await;
+    let y = *shipped.item_ids().iter().find(|&&i| i != x).unwrap();
+    assert_eq!(patch_status(&a.url(""), y, NOT_PRELOADED).await.status, 200);
+
+    let lists = sim.stats().list;
+    let (b, _) = ready_gateway(&sim, &redis).await;
+    let bx = order_index(&b);
+    assert_eq!(
+        sim.stats().list,
+        lists,
+        "the second instance asked the MES for no list page"
+    );
+    assert_eq!(
+        bx.stats().warmed.load(std::sync::atomic::Ordering::Relaxed),
+        PRELOADED.len() as u64,
+        "every partition came from redis"
+    );
+    assert_eq!(
+        bx.stats()
+            .preload_pages
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+    assert_all_pages_equal_the_mes(&b, &sim, "B").await;
+    let moved = get(&b.url(&list_path(to, None, Some(200)))).await;
+    assert!(
+        moved.item_ids().contains(&x),
+        "B lists {x} in {to}, as A moved it"
+    );
+    let shipped = get(&b.url(&list_path("SHIPPED", None, Some(200)))).await;
+    assert!(
+        !shipped.item_ids().contains(&y),
+        "B does not list {y}, gone to history"
+    );
+}
+
+#[tokio::test]
+async fn a_redis_that_lost_the_copy_is_loaded_again_from_the_mes() {
+    let mut redis = RedisServer::start().await;
+    let sim = start_sim(SimConfig::instant()).await;
+    let (a, _) = ready_gateway(&sim, &redis).await;
+    wait_copied(&a).await;
+    let ax = order_index(&a);
+
+    // Redis dies: a write on A meanwhile is applied to A's mirror and queued for the copy.
+    redis.stop();
+    let (x, from, _) = order_to_move(&sim).await;
+    let to = other_preloaded(&from);
+    assert_eq!(patch_status(&a.url(""), x, to).await.status, 200);
+    redis.restart().await;
+
+    // The bus comes back empty-handed: A loads from the MES again and copies it out.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while ax.stats().copied.load(std::sync::atomic::Ordering::Relaxed) < 2 * PRELOADED.len() as u64
+    {
+        assert!(
+            Instant::now() < deadline,
+            "A never copied its index to the new redis"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    wait_indexed(&a).await;
+    assert_all_pages_equal_the_mes(&a, &sim, "A").await;
+
+    let lists = sim.stats().list;
+    let (b, _) = ready_gateway(&sim, &redis).await;
+    assert_eq!(sim.stats().list, lists, "B warmed from the new copy");
+    assert_all_pages_equal_the_mes(&b, &sim, "B").await;
+    let moved = get(&b.url(&list_path(to, None, Some(200)))).await;
+    assert!(
+        moved.item_ids().contains(&x),
+        "the write made while redis was down is in the copy"
+    );
+}

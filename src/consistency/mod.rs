@@ -286,6 +286,22 @@ impl Invalidator {
             .await;
     }
 
+    /// Tells the other instances a status index's delta again, with nothing to bump: its
+    /// first message may have been lost with Redis (see `index::service::shared`).
+    pub async fn publish_delta(&self, delta: bus::Delta) -> Result<(), crate::l2::L2Error> {
+        let Some(l2) = &self.inner.l2 else {
+            return Ok(());
+        };
+        let msg = bus::message(
+            &self.inner.origin,
+            &[],
+            None,
+            Some(delta),
+            self.inner.wall.now_ms(),
+        );
+        l2.invalidate(&[], &msg, &[]).await.map(drop)
+    }
+
     /// Everything: bump the global name (all entries, all fills in flight).
     pub async fn purge_all(&self) {
         self.apply(vec![Name::Global], None).await;

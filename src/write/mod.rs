@@ -150,11 +150,12 @@ impl Writer {
         // Ticked before anything is looked up: every fetch that starts from here on sees
         // this write, and what it gives outlives this write's bump (promise 2b).
         let ack = inv.acknowledge();
-        // The answer is the entity's new state: the index moves it now (the write is not
-        // answered yet, so either state may be read until the 200 leaves).
+        // The answer is the entity's new state: the index moves it now, here and in its
+        // copy in Redis, before the bus message (the write is not answered yet, so either
+        // state may be read until the 200 leaves).
         let created = parts.status == http::StatusCode::CREATED;
         let delta = match (&index, &bytes) {
-            (Some(ix), Some(b)) => ix.apply(b, created, false).map(|_| Delta {
+            (Some(ix), Some(b)) => ix.apply_answer(b, created).await.map(|_| Delta {
                 index: ix.route().to_string(),
                 row: String::from_utf8_lossy(b).into_owned(),
                 created,

@@ -6,17 +6,19 @@
 //! It decides nothing about the ordinary read path: a request it cannot answer exactly
 //! (a partition not ready, a parameter it does not know, credentials) is left to it. The
 //! pure parts (version rule, composition, the scan's verdict) are [`crate::index`]'s; the
-//! preload and the audit are in [`sync`], the set of indexes in [`set`].
+//! preload, the warm-up from Redis and the audit are in [`sync`], the copy in Redis in
+//! [`shared`], the set of indexes in [`set`].
 
 mod counts;
 mod set;
+pub mod shared;
 mod sync;
 
 use set::WritesInFlight;
 pub use set::{Answerer, Indexes, WriteTicket};
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::Bytes;
@@ -78,6 +80,10 @@ pub struct IndexStats {
     /// Scans that had to start again (an order skipped at a page boundary, a count that
     /// moved under the scan).
     pub rescans: AtomicU64,
+    /// Partitions made ready from the copy in Redis (no MES request).
+    pub warmed: AtomicU64,
+    /// Partitions preloaded from the MES and copied to Redis, complete.
+    pub copied: AtomicU64,
     /// Differences the audit found with the MES (writes behind mesgate's back) and
     /// repaired: rows applied, orders relocated, partitions rebuilt.
     pub audit_repairs: AtomicU64,
@@ -115,6 +121,9 @@ pub struct LiveIndex {
     mirror: RwLock<Mirror>,
     /// By position in `rule.preload`.
     states: Vec<AtomicU8>,
+    /// By position in `rule.preload`: whether the partition, since it was last ready, is
+    /// in the copy in Redis too (complete there).
+    copied: Vec<AtomicBool>,
     // A std Mutex: a map lookup or insert, never held across `.await`.
     pages: Mutex<HashMap<(usize, usize, usize), Arc<Composed>>>,
     /// The headers of the MES's list answers (content type and the like), learned from
@@ -127,16 +136,19 @@ pub struct LiveIndex {
     /// The counts route kept true from the same answers, and its MES path.
     counts_route: Option<(Arc<String>, String)>,
     counts: counts::Counts,
+    /// The copy in Redis, when Redis is configured.
+    shared: Option<shared::SharedIndex>,
 }
 
 impl LiveIndex {
     /// An index for route `route` at MES path `path`, nothing loaded yet; `counts` the
-    /// counts route it keeps (name and MES path), if any.
+    /// counts route it keeps (name and MES path), if any; `shared` its copy in Redis.
     pub fn new(
         route: Arc<String>,
         path: &str,
         rule: Arc<IndexRule>,
         counts: Option<(Arc<String>, String)>,
+        shared: Option<shared::SharedIndex>,
     ) -> Self {
         let rows = RowShape {
             id: rule.id.clone(),
@@ -155,6 +167,11 @@ impl LiveIndex {
             path: path.to_owned(),
             mirror: RwLock::new(Mirror::new(&rule.preload, rule.max_entities)),
             states: rule.preload.iter().map(|_| AtomicU8::new(0)).collect(),
+            copied: rule
+                .preload
+                .iter()
+                .map(|_| AtomicBool::new(false))
+                .collect(),
             rule,
             rows,
             body,
@@ -165,6 +182,7 @@ impl LiveIndex {
             stats: IndexStats::default(),
             counts_route: counts,
             counts: counts::Counts::default(),
+            shared,
         }
     }
 
@@ -240,6 +258,9 @@ impl LiveIndex {
     }
 
     fn set_state(&self, at: usize, state: PartitionState) {
+        if state != PartitionState::Ready {
+            self.copied[at].store(false, Ordering::Release);
+        }
         self.states[at].store(state as u8, Ordering::Release);
     }
 
@@ -374,6 +395,31 @@ impl LiveIndex {
             self.refuse_all();
         }
         Some(applied)
+    }
+
+    /// Applies this instance's write answer (see [`LiveIndex::apply`]), then puts it in
+    /// the copy in Redis before the caller publishes the bus message (see [`shared`]); a
+    /// put that fails is queued and retried.
+    pub async fn apply_answer(&self, row_json: &Bytes, created: bool) -> Option<Applied> {
+        let applied = self.apply(row_json, created, false)?;
+        if applied != Applied::Older {
+            self.share(row_json.clone(), created).await;
+        }
+        Some(applied)
+    }
+
+    /// Puts a row in the copy in Redis (if any), queueing it when Redis fails.
+    async fn share(&self, json: Bytes, created: bool) {
+        let Some(shared) = &self.shared else {
+            return;
+        };
+        let Ok(row) = super::Row::parse(&self.rows, json) else {
+            return;
+        };
+        if let Err(e) = shared.put(std::slice::from_ref(&row), None).await {
+            debug!(route = %self.route, error = %e, "index row not put in redis, queued");
+            shared.queue(row, created);
+        }
     }
 
     fn refuse_all(&self) {

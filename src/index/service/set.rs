@@ -9,7 +9,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::Notify;
 
+use super::shared::SharedIndex;
 use super::{LiveIndex, PartitionState};
+use crate::consistency::Invalidator;
+use crate::l2::L2;
 use crate::metrics::IndexReport;
 use crate::pass::{Body, Pass};
 use http::Response;
@@ -116,8 +119,9 @@ pub struct Indexes {
 }
 
 impl Indexes {
-    /// One live index per route with a `[route.index]`.
-    pub fn new(routes: &crate::config::route::RouteTable) -> Self {
+    /// One live index per route with a `[route.index]`, each with its copy in the Redis
+    /// of `l2` when there is one.
+    pub fn new(routes: &crate::config::route::RouteTable, l2: Option<&L2>) -> Self {
         let all = routes
             .routes()
             .iter()
@@ -127,11 +131,13 @@ impl Indexes {
                     let c = routes.routes().iter().find(|o| o.name.as_str() == name)?;
                     Some((c.name.clone(), c.path.as_str().to_owned()))
                 });
+                let shared = l2.map(|l2| SharedIndex::new(l2.clone(), &r.name, &rule.preload));
                 Some(Arc::new(LiveIndex::new(
                     r.name.clone(),
                     r.path.as_str(),
                     rule,
                     counts,
+                    shared,
                 )))
             })
             .collect();
@@ -169,6 +175,8 @@ impl Indexes {
                         ("applied", load(&st.applied)),
                         ("ignored", load(&st.ignored)),
                         ("preload_page", load(&st.preload_pages)),
+                        ("warmed", load(&st.warmed)),
+                        ("copied", load(&st.copied)),
                         ("rescan", load(&st.rescans)),
                         ("audit_repair", load(&st.audit_repairs)),
                     ],
@@ -177,10 +185,14 @@ impl Indexes {
             .collect()
     }
 
-    /// Starts every index's preload.
-    pub fn start(&self, pass: &Pass) {
+    /// Starts every index's preload (from its copy in Redis when that is complete, once
+    /// the bus of `bus` is followed; else from the MES) and the retries of its puts.
+    pub fn start(&self, pass: &Pass, bus: &Invalidator) {
         for ix in self.all.iter() {
-            tokio::spawn(ix.clone().run(pass.clone()));
+            tokio::spawn(ix.clone().run(pass.clone(), bus.clone()));
+            if ix.shared.is_some() {
+                tokio::spawn(ix.clone().retry_puts(bus.clone()));
+            }
         }
     }
 

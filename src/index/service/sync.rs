@@ -1,8 +1,9 @@
-//! The index and the MES: the preload of each kept partition (paged, paced, exact by the
-//! scan's verdict) and the audit that finds writes made behind mesgate's back.
+//! Where the index's rows come from: the warm-up from the copy in Redis, the preload of
+//! each kept partition from the MES (paged, paced, exact by the scan's verdict, then copied
+//! to Redis), and the audit that finds writes made behind mesgate's back.
 //!
 //! Serving and applying writes are [`super`]'s; the verdict's argument is
-//! [`crate::index::scan`]'s.
+//! [`crate::index::scan`]'s; the copy's layout and scripts are [`super::shared`]'s.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -20,9 +21,14 @@ use super::{ATTEMPTS, AUDIT_RELOCATE, LiveIndex, MAX_LIST_BODY, PROBES, Partitio
 /// may already show it (well above the bus's write-to-applied latency).
 const BUS_GRACE: Duration = Duration::from_millis(200);
 
+/// How long the index waits for the bus before it reads its copy in Redis.
+const BUS_WAIT: Duration = Duration::from_secs(2);
+
 /// How old the change counter used as the tombstone sweep's horizon is: longer than any
 /// write or delta can be in flight.
 const SWEEP_AGE: Duration = Duration::from_secs(120);
+use crate::consistency::Invalidator;
+use crate::consistency::bus::Delta;
 use crate::index::{Row, Scan, Verdict};
 use crate::metrics::RouteLabel;
 use crate::pass::Pass;
@@ -30,17 +36,27 @@ use crate::pass::Pass;
 impl LiveIndex {
     /// Preloads every kept partition, hottest first; then audits the ready ones every
     /// `audit` (a partition found wrong is rebuilt), until a reload request.
-    pub async fn run(self: Arc<Self>, pass: Pass) {
+    pub async fn run(self: Arc<Self>, pass: Pass, bus: Invalidator) {
         let mut seqs = std::collections::VecDeque::new();
         let tick = match self.rule.audit.is_zero() {
             true => Duration::from_secs(5),
             false => self.rule.audit,
         };
         loop {
+            let server = self.copy_server(&bus).await;
             for at in 0..self.rule.preload.len() {
-                if self.state(at) == PartitionState::Loading {
-                    self.preload(at, &pass).await;
+                if self.state(at) != PartitionState::Loading {
+                    continue;
                 }
+                if let Some(server) = &server
+                    && self.warm(at, server).await
+                {
+                    continue;
+                }
+                self.preload(at, &pass).await;
+            }
+            if let Some(server) = &server {
+                self.copy_out(server).await;
             }
             if !self.counts.known() {
                 self.learn_counts(&pass).await;
@@ -133,6 +149,7 @@ impl LiveIndex {
         let before = self.read_mirror().generation(partition);
         let watermark = self.writes.sent();
         let theirs = self.fetch(partition, 1, size, pass).await?;
+        let mut changed = Vec::new();
         self.writes.settled(watermark).await;
         let (mut repairs, extra, total) = {
             let mut mirror = self.write_mirror();
@@ -146,7 +163,10 @@ impl LiveIndex {
                     continue;
                 };
                 listed.push(row.id);
-                repairs += u64::from(mirror.apply(row).changed());
+                if mirror.apply(row).changed() {
+                    repairs += 1;
+                    changed.push(item.clone());
+                }
             }
             let ours = mirror
                 .page(partition, 1, size)
@@ -161,6 +181,9 @@ impl LiveIndex {
                 .collect();
             (repairs, extra, theirs.total)
         };
+        for row in changed {
+            self.share(row, false).await;
+        }
         for id in &extra {
             repairs += u64::from(self.relocate(*id, pass).await);
         }
@@ -169,6 +192,11 @@ impl LiveIndex {
             warn!(route = %self.route, partition, held, total, "index audit: the MES disagrees, rebuilding the partition");
             self.write_mirror().forget(partition);
             self.set_state(at, PartitionState::Loading);
+            if let Some(shared) = &self.shared
+                && let Err(e) = shared.unready(partition).await
+            {
+                warn!(route = %self.route, partition, error = %e, "index copy in redis not marked incomplete");
+            }
             repairs += 1;
             self.reload.notify_one();
         }
@@ -188,10 +216,172 @@ impl LiveIndex {
             None => format!("{}/{id}", self.path),
         };
         match self.get(&path, pass).await {
-            Ok((_, body)) => self.apply(&body, false, false).is_some_and(|a| a.changed()),
+            Ok((_, body)) => self
+                .apply_answer(&body, false)
+                .await
+                .is_some_and(|a| a.changed()),
             Err(e) => {
                 debug!(route = %self.route, id, error = %e, "index audit could not look an order up");
                 false
+            }
+        }
+    }
+
+    /// The Redis server whose copy can be used now: the bus must be followed first (a
+    /// delta published while the copy is read must not be missed); `None` without Redis,
+    /// or when the bus or Redis do not answer in time (the MES is asked then).
+    async fn copy_server(&self, bus: &Invalidator) -> Option<String> {
+        let shared = self.shared.as_ref()?;
+        if !bus.wait_subscribed(BUS_WAIT).await {
+            debug!(route = %self.route, "index not warmed from redis: the bus is not followed");
+            return None;
+        }
+        shared.server().await.ok()
+    }
+
+    /// Loads `partition` from the copy in Redis if it is complete there for `server`;
+    /// whether it is ready now. Forgotten first, then read, then this instance's puts not
+    /// landed yet applied again: every delta from the moment it was forgotten on is kept.
+    async fn warm(&self, at: usize, server: &str) -> bool {
+        let Some(shared) = &self.shared else {
+            return false;
+        };
+        let partition = self.rule.preload[at].as_str();
+        let Ok(Some(headers)) = shared.headers().await else {
+            return false;
+        };
+        self.write_mirror().forget(partition);
+        let pending = shared.pending();
+        let mut items = Vec::new();
+        match shared.warm(partition, server, |b| items.push(b)).await {
+            Ok(true) => {}
+            Ok(false) => return false,
+            Err(e) => {
+                warn!(route = %self.route, partition, error = %e, "index copy in redis not read; asking the MES");
+                return false;
+            }
+        }
+        let held = {
+            let mut mirror = self.write_mirror();
+            for item in items {
+                match Row::parse(&self.rows, item) {
+                    Ok(row) => drop(mirror.apply(row)),
+                    Err(e) => {
+                        warn!(route = %self.route, partition, error = %e, "index copy in redis has a bad row; asking the MES");
+                        mirror.forget(partition);
+                        return false;
+                    }
+                }
+            }
+            for row in pending {
+                mirror.apply(row);
+            }
+            if mirror.is_overflowed() {
+                return false;
+            }
+            mirror.len(partition).unwrap_or(0)
+        };
+        self.learn_headers(&mut headers.clone());
+        info!(route = %self.route, partition, held, "index partition ready from redis");
+        self.stats.warmed.fetch_add(1, Ordering::Relaxed);
+        self.set_state(at, PartitionState::Ready);
+        self.copied[at].store(true, Ordering::Release);
+        true
+    }
+
+    /// Copies each ready partition not in the copy yet (preloaded from the MES, or
+    /// Redis lost it) to Redis, marked complete for `server`.
+    async fn copy_out(&self, server: &str) {
+        for at in 0..self.rule.preload.len() {
+            if self.state(at) == PartitionState::Ready && !self.copied[at].load(Ordering::Acquire) {
+                let done = self.copy_partition(at, server).await;
+                // Unless the partition left Ready meanwhile (then it is copied again).
+                if done && self.state(at) == PartitionState::Ready {
+                    self.copied[at].store(true, Ordering::Release);
+                }
+            }
+        }
+    }
+
+    /// One partition to the copy: the copy's change counter is read first, and the mirror
+    /// only a bus grace later, so every put the seal may drop (one counted before) has had
+    /// its delta applied here: what the mirror lacks then is not in the partition.
+    async fn copy_partition(&self, at: usize, server: &str) -> bool {
+        let Some(shared) = &self.shared else {
+            return false;
+        };
+        let partition = self.rule.preload[at].as_str();
+        let Ok(since) = shared.seq().await else {
+            return false;
+        };
+        tokio::time::sleep(BUS_GRACE).await;
+        let items = {
+            let mirror = self.read_mirror();
+            let n = mirror.len(partition).unwrap_or(0).max(1);
+            mirror
+                .page(partition, 1, n)
+                .map(|p| p.items)
+                .unwrap_or_default()
+        };
+        if self.state(at) != PartitionState::Ready {
+            return false;
+        }
+        let rows: Vec<Row> = items
+            .into_iter()
+            .filter_map(|b| Row::parse(&self.rows, b).ok())
+            .collect();
+        let headers = self
+            .answer_headers
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let result = async {
+            if let Some(h) = headers {
+                shared.put_headers(&h).await?;
+            }
+            shared.load(partition, &rows, since, server).await
+        };
+        match result.await {
+            Ok(dropped) => {
+                self.stats.copied.fetch_add(1, Ordering::Relaxed);
+                info!(route = %self.route, partition, rows = rows.len(), dropped, "index partition copied to redis");
+                true
+            }
+            Err(e) => {
+                warn!(route = %self.route, partition, error = %e, "index partition not copied to redis");
+                false
+            }
+        }
+    }
+
+    /// Puts the rows whose put failed until they land, then tells the other instances
+    /// again (they may have warmed from the copy without them; see [`super::shared`]).
+    pub(super) async fn retry_puts(self: Arc<Self>, bus: Invalidator) {
+        let Some(shared) = &self.shared else {
+            return;
+        };
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let rows = shared.queued().await;
+            tokio::time::sleep(backoff).await;
+            let only: Vec<Row> = rows.iter().map(|(r, _)| r.clone()).collect();
+            if let Err(e) = shared.put(&only, None).await {
+                debug!(route = %self.route, error = %e, "retry of queued index rows failed");
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                continue;
+            }
+            backoff = Duration::from_millis(100);
+            shared.landed(rows.len());
+            info!(route = %self.route, count = rows.len(), "queued index rows applied to redis");
+            for (row, created) in rows {
+                let delta = Delta {
+                    index: self.route.to_string(),
+                    row: String::from_utf8_lossy(&row.json).into_owned(),
+                    created,
+                };
+                if let Err(e) = bus.publish_delta(delta).await {
+                    debug!(route = %self.route, error = %e, "index delta not published again");
+                }
             }
         }
     }
