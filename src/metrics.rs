@@ -425,6 +425,7 @@ impl Metrics {
             ("refreshed", &s.refreshed),
             ("refresh_dropped", &s.refresh_dropped),
             ("refreshed_shared", &s.refreshed_shared),
+            ("refreshed_from_answer", &s.refreshed_from_answer),
             ("revalidated", &s.revalidated),
         ] {
             sync(

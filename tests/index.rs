@@ -846,3 +846,38 @@ async fn a_redis_that_lost_the_copy_is_loaded_again_from_the_mes() {
         "the write made while redis was down is in the copy"
     );
 }
+
+#[tokio::test]
+async fn the_cached_detail_becomes_the_writes_answer_with_no_mes_request() {
+    let redis = RedisServer::start().await;
+    let sim = start_sim(SimConfig::instant()).await;
+    let (gw, _) = ready_gateway(&sim, &redis).await;
+    let (x, from, _) = order_to_move(&sim).await;
+    let to = other_preloaded(&from);
+    let detail = format!("/api/orders/{x}");
+    assert_eq!(get(&gw.url(&detail)).await.x_cache(), "MISS");
+    assert_eq!(get(&gw.url(&detail)).await.x_cache(), "HIT-L1");
+
+    let details = sim.stats().detail;
+    let r = patch_status(&gw.url(""), x, to).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        sim.stats().detail,
+        details,
+        "the write's answer is the detail: not fetched again"
+    );
+    let after = get(&gw.url(&detail)).await;
+    assert_eq!(after.status, 200);
+    assert_eq!(after.x_cache(), "HIT-L1", "the detail stays cached");
+    assert_eq!(after.body, r.body, "it is the write's answer");
+    assert_eq!(after.json()["status"], to);
+    let theirs = from_sim(&sim.base_url(), &detail).await;
+    assert_same_body(&after, &theirs, &detail);
+    assert_eq!(after.header("content-type"), theirs.header("content-type"));
+    let m = gw.gateway.invalidator().stats();
+    assert_eq!(
+        m.refreshed_from_answer
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+}

@@ -32,8 +32,8 @@ pub use raw::{
     RawL1, RawLimits, RawMembers, RawRedis, RawRoute, RawSize, RawTimeouts, UnknownQuery,
 };
 pub use runtime::{
-    CachePolicy, IndexRule, InvalidateRule, Limits, Members, QueryParam, RedisConfig, Timeouts,
-    UpstreamTarget,
+    AnswerPath, CachePolicy, IndexRule, InvalidateRule, Limits, Members, QueryParam, RedisConfig,
+    Timeouts, UpstreamTarget,
 };
 
 /// Why a config was rejected. Every variant names where.

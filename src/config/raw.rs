@@ -334,6 +334,14 @@ pub struct RawInvalidate {
     /// instead of dropped and no read has to wait for the MES. `"0s"` (the default): off.
     #[serde(default)]
     pub refresh: Option<String>,
+    /// The GET path (a template over the same placeholders, e.g. `/api/orders/{path.id}`)
+    /// whose answer the write's answer is, byte for byte, when the MES answers a write
+    /// with the entity's new representation. With `refresh` on, an entry this instance
+    /// holds for that path is replaced by the write's answer instead of being fetched
+    /// again (one MES request less per write, and no wait for it). Only entries of routes
+    /// without `vary` headers are taken. Default: none (fetched again).
+    #[serde(default)]
+    pub represents: Option<String>,
     /// The route (by name) whose `[route.index]` this write's answer updates: the answer is
     /// the entity's new state (a status change, a create), applied to the index at once.
     #[serde(default)]

@@ -11,7 +11,7 @@ use http::{HeaderName, Method, StatusCode};
 
 use super::{CredentialPolicy, UnknownQuery};
 use crate::config::route::Route;
-use crate::family::Template;
+use crate::family::{Source, Template};
 
 /// The MES as a base URI.
 #[derive(Debug, Clone)]
@@ -129,6 +129,33 @@ pub struct InvalidateRule {
     pub refresh: Duration,
     /// The indexed route whose index this write's answer updates.
     pub index: Option<Arc<String>>,
+    /// The GET path whose answer the write's answer is (see `RawInvalidate::represents`).
+    pub represents: Option<AnswerPath>,
+}
+
+/// A GET path rendered from a write's facts: one template per segment.
+#[derive(Debug, Clone)]
+pub struct AnswerPath {
+    /// The segments after the leading `/`.
+    pub segments: Vec<Template>,
+}
+
+impl AnswerPath {
+    /// The path, or `None` when a placeholder has no value or a value is not a plain
+    /// segment (letters, digits and `-_.:` only: nothing that could name another path).
+    pub fn render(&self, lookup: &dyn Fn(Source, &str) -> Option<String>) -> Option<String> {
+        let mut out = String::new();
+        for t in &self.segments {
+            let seg = t.render(lookup)?;
+            let plain = |c: char| c.is_ascii_alphanumeric() || "-_.:".contains(c);
+            if seg.is_empty() || !seg.chars().all(plain) {
+                return None;
+            }
+            out.push('/');
+            out.push_str(&seg);
+        }
+        Some(out)
+    }
 }
 
 /// Validated `[route.index]` (see `RawIndex` for each field's meaning).

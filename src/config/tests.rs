@@ -22,6 +22,25 @@ fn err(text: &str) -> String {
 }
 
 #[test]
+fn represents_is_a_path_of_plain_segments() {
+    let base = "upstream = \"http://127.0.0.1:9090\"\n[[route]]\nname = \"d\"\npath = \"/o/{id}\"\n[route.cache]\nfamilies = [\"o:{path.id}\"]\n[[route]]\nname = \"w\"\nmethods = [\"PATCH\"]\npath = \"/o/{id}/s\"\n[route.invalidate]\nfamilies = [\"o:{path.id}\"]\n";
+    let c: Config = format!("{base}represents = \"/o/{{path.id}}\"\n")
+        .parse()
+        .unwrap();
+    let w = c.routes.routes().iter().find(|r| r.name.as_str() == "w");
+    let rule = w.unwrap().invalidate.clone().unwrap();
+    let path = rule.represents.as_ref().unwrap();
+    let value = |v: &'static str| move |_: crate::family::Source, _: &str| Some(v.to_owned());
+    assert_eq!(path.render(&value("77")).as_deref(), Some("/o/77"));
+    assert_eq!(path.render(&value("7?x=1")), None, "not a plain segment");
+    assert_eq!(path.render(&value("")), None);
+    for bad in ["o/{path.id}", "/o/{path.nope}", "/o//{path.id}"] {
+        let e = err(&format!("{base}represents = \"{bad}\"\n"));
+        assert!(e.contains("route[1].invalidate.represents"), "{bad}: {e}");
+    }
+}
+
+#[test]
 fn refresh_on_write_defaults_off_and_is_bounded() {
     let off = |c: &Config| c.routes.routes()[1].invalidate.as_ref().unwrap().refresh;
     let base = "upstream = \"http://127.0.0.1:9090\"\n[[route]]\nname = \"l\"\npath = \"/o\"\n[route.cache]\nfamilies = [\"s:{query.s|all}\"]\nquery = [\"s\"]\n[[route]]\nname = \"w\"\nmethods = [\"POST\"]\npath = \"/o\"\n[route.invalidate]\nfamilies = [\"s:all\"]\n";

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use http::{HeaderName, Method, StatusCode};
 
+use super::AnswerPath;
 use super::parse::{parse_duration, parse_size};
 use super::{
     CachePolicy, ConfigError, CredentialPolicy, InvalidateRule, Members, QueryParam, RawCache,
@@ -371,6 +372,21 @@ fn write_template(here: &str, text: &str, path: &PathTemplate) -> Result<Templat
     Ok(t)
 }
 
+/// `/a/{path.id}`: a template per segment.
+fn answer_path(at: &str, text: &str, path: &PathTemplate) -> Result<AnswerPath, ConfigError> {
+    let Some(rest) = text.strip_prefix('/') else {
+        return Err(invalid(
+            at,
+            format!("{text:?}: must be a path starting with '/'"),
+        ));
+    };
+    let segments = rest
+        .split('/')
+        .map(|seg| write_template(at, seg, path))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(AnswerPath { segments })
+}
+
 impl RawInvalidate {
     fn validate(self, at: &str, path: &PathTemplate) -> Result<InvalidateRule, ConfigError> {
         let families = self
@@ -424,6 +440,11 @@ impl RawInvalidate {
                 }
             },
             index: self.index.map(Arc::new),
+            represents: self
+                .represents
+                .as_deref()
+                .map(|text| answer_path(&format!("{at}.represents"), text, path))
+                .transpose()?,
         })
     }
 }

@@ -114,6 +114,8 @@ pub struct InvalidationStats {
     pub refreshed: AtomicU64,
     /// Refreshed entries also stored in Redis, in the invalidation's own step.
     pub refreshed_shared: AtomicU64,
+    /// Refreshed entries taken from the write's own answer (`represents`), not fetched.
+    pub refreshed_from_answer: AtomicU64,
     /// L1 entries whose names were bumped only by writes their fetch already showed,
     /// kept (promise 2b).
     pub revalidated: AtomicU64,
@@ -371,6 +373,12 @@ impl Invalidator {
             &self.inner.stats.refresh_dropped
         };
         c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one refreshed entry taken from the write's answer instead of the MES.
+    pub fn count_refresh_from_answer(&self) {
+        let s = &self.inner.stats;
+        s.refreshed_from_answer.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts an L1 entry kept though its names moved (promise 2b).

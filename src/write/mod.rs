@@ -27,7 +27,7 @@ use crate::index::service::Indexes;
 use crate::pass::{Body, Pass};
 use crate::read::Reader;
 use crate::upstream::error_chain;
-use refresh::Refresher;
+use refresh::{Answer, Refresher};
 
 /// The write path of one gateway. Cheap to clone.
 #[derive(Clone)]
@@ -170,8 +170,23 @@ impl Writer {
                 .await;
         } else {
             // Fetched before the invalidation, so the old entries are served meanwhile
-            // (the write is not answered yet), and stored after it (see refresh.rs).
-            let fetched = self.refresher.fetch(&plan.names, rule.refresh).await;
+            // (the write is not answered yet), and stored after it (see refresh.rs); the
+            // entry the write's answer represents is taken from it, not fetched.
+            let answer = match (&rule.represents, &bytes) {
+                (Some(t), Some(body)) if parts.status == http::StatusCode::OK => {
+                    t.render(&|s, f| facts.lookup(s, f)).map(|path| Answer {
+                        path,
+                        headers: parts.headers.clone(),
+                        body: body.clone(),
+                        tick: ack,
+                    })
+                }
+                _ => None,
+            };
+            let fetched = self
+                .refresher
+                .fetch(&plan.names, rule.refresh, answer)
+                .await;
             inv.apply_acked(plan.names, plan.mark, ack, delta, |moved| {
                 self.refresher.install(fetched, moved)
             })

@@ -28,6 +28,20 @@ pub struct Refetched {
     entities: Vec<String>,
 }
 
+/// A write's answer that is, byte for byte, the answer to a GET of `path` (the route's
+/// `represents`): the entry for that path is taken from it instead of fetched again.
+pub struct Answer {
+    /// The GET path and query it answers.
+    pub path: String,
+    /// The write answer's headers.
+    pub headers: http::HeaderMap,
+    /// The write answer's body.
+    pub body: Bytes,
+    /// The write's tick: the entry counts as begun then (a write acknowledged after it
+    /// ends it, as it would end an answer fetched before that write).
+    pub tick: u64,
+}
+
 /// Refreshes what a write makes wrong, through the read path it is handed.
 #[derive(Clone)]
 pub struct Refresher {
@@ -44,7 +58,12 @@ impl Refresher {
     /// entries under any of `names` that are worth it (the write is in the MES by now),
     /// and records the memberships they show. Returns what came back storable in time,
     /// each with the fence taken before its fetch (its tick is the write's or later).
-    pub async fn fetch(&self, names: &[Name], budget: Duration) -> Vec<Refetched> {
+    pub async fn fetch(
+        &self,
+        names: &[Name],
+        budget: Duration,
+        answer: Option<Answer>,
+    ) -> Vec<Refetched> {
         let inv = &self.reader.inner.invalidator;
         let now = self.reader.inner.clock.now_ms();
         let targets = self.reader.inner.recent.targets(names, |t| {
@@ -54,8 +73,14 @@ impl Refresher {
             return Vec::new();
         }
         let deadline = tokio::time::Instant::now() + budget;
+        let answer = answer.as_ref();
         let fetches = targets.into_iter().map(|t| async move {
-            let fence = inv.fence(&t.names);
+            let given =
+                answer.filter(|a| a.path == t.key.upstream_path() && t.policy.vary.is_empty());
+            let fence = match given {
+                Some(a) => inv.fence_at(&t.names, a.tick),
+                None => inv.fence(&t.names),
+            };
             let ctx = FillCtx {
                 policy: t.policy.clone(),
                 key: t.key.clone(),
@@ -74,6 +99,16 @@ impl Refresher {
                 }
                 _ => None,
             };
+            if let Some(a) = given {
+                let (mut parts, ()) = http::Response::new(()).into_parts();
+                parts.headers = a.headers.clone();
+                crate::forward::strip_hop_by_hop(&mut parts.headers);
+                parts.headers.remove(http::header::CONTENT_LENGTH);
+                inv.count_refresh_from_answer();
+                return self
+                    .prepare(ctx, shared_before, parts, a.body.clone())
+                    .await;
+            }
             let req = self.reader.upstream_get(
                 &t.key,
                 t.headers.clone(),
