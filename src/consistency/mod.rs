@@ -200,6 +200,17 @@ impl Invalidator {
         self.inner.outbox.watermark(&self.inner.clock)
     }
 
+    /// The tick an answer of the write acknowledged at `tick` counts as begun at: `tick`,
+    /// or before the oldest other write acknowledged and not yet bumped locally, if older
+    /// (its state may be newer than this answer, and its bump must end what is derived
+    /// from this one).
+    pub fn watermark_besides(&self, tick: u64) -> u64 {
+        self.inner
+            .outbox
+            .oldest_unsettled_besides(tick)
+            .map_or(tick, |t| (t - 1).min(tick))
+    }
+
     /// A fence for an answer that counts as begun at tick `began`.
     pub fn fence_at(&self, names: &[Name], began: u64) -> Fence {
         self.inner.names.fence(names, began)

@@ -66,6 +66,11 @@ impl Outbox {
         }
     }
 
+    /// The oldest write acknowledged and not yet bumped locally, other than `tick`.
+    pub fn oldest_unsettled_besides(&self, tick: u64) -> Option<u64> {
+        lock(&self.unsettled).iter().copied().find(|&t| t != tick)
+    }
+
     /// Closes or reopens `names` to the shared tier around their Redis bump.
     pub fn close(&self, names: &[Name], on: bool) {
         let mut closed = lock(&self.closed);

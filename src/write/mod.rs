@@ -154,14 +154,21 @@ impl Writer {
         // copy in Redis, before the bus message (the write is not answered yet, so either
         // state may be read until the 200 leaves).
         let created = parts.status == http::StatusCode::CREATED;
-        let delta = match (&index, &bytes) {
-            (Some(ix), Some(b)) => ix.apply_answer(b, created).await.map(|_| Delta {
+        let applied = match (&index, &bytes) {
+            (Some(ix), Some(b)) => ix.apply_answer(b, created).await,
+            _ => None,
+        };
+        let delta = match (&index, &bytes, &applied) {
+            (Some(ix), Some(b), Some(_)) => Some(Delta {
                 index: ix.route().to_string(),
                 row: String::from_utf8_lossy(b).into_owned(),
                 created,
             }),
             _ => None,
         };
+        // An answer older than a state the index already holds (another write of the
+        // same entity overtook it) represents nothing.
+        let outdated = applied == Some(crate::index::Applied::Older);
         drop(ticket);
         let plan = self.plan(rule, &facts, ack).await;
         debug!(names = ?plan.names, fallback = plan.fallback, "invalidating");
@@ -173,12 +180,14 @@ impl Writer {
             // (the write is not answered yet), and stored after it (see refresh.rs); the
             // entry the write's answer represents is taken from it, not fetched.
             let answer = match (&rule.represents, &bytes) {
-                (Some(t), Some(body)) if parts.status == http::StatusCode::OK => {
+                (Some(t), Some(body)) if parts.status == http::StatusCode::OK && !outdated => {
                     t.render(&|s, f| facts.lookup(s, f)).map(|path| Answer {
                         path,
                         headers: parts.headers.clone(),
                         body: body.clone(),
-                        tick: ack,
+                        // Begun before every other write acknowledged earlier and not yet
+                        // bumped: its answer may be newer than this one.
+                        tick: inv.watermark_besides(ack),
                     })
                 }
                 _ => None,
