@@ -18,7 +18,7 @@ use set::WritesInFlight;
 pub use set::{Answerer, Indexes, WriteTicket};
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::Bytes;
@@ -124,6 +124,8 @@ pub struct LiveIndex {
     /// By position in `rule.preload`: whether the partition, since it was last ready, is
     /// in the copy in Redis too (complete there).
     copied: Vec<AtomicBool>,
+    /// By position in `rule.preload`: audit rounds, which choose the deeper page audited.
+    audit_round: Vec<AtomicUsize>,
     // A std Mutex: a map lookup or insert, never held across `.await`.
     pages: Mutex<HashMap<(usize, usize, usize), Arc<Composed>>>,
     /// The headers of the MES's list answers (content type and the like), learned from
@@ -167,6 +169,7 @@ impl LiveIndex {
             path: path.to_owned(),
             mirror: RwLock::new(Mirror::new(&rule.preload, rule.max_entities)),
             states: rule.preload.iter().map(|_| AtomicU8::new(0)).collect(),
+            audit_round: rule.preload.iter().map(|_| AtomicUsize::new(0)).collect(),
             copied: rule
                 .preload
                 .iter()

@@ -109,8 +109,22 @@ impl LiveIndex {
             if self.state(at) != PartitionState::Ready {
                 continue;
             }
-            if let Err(e) = self.audit(at, pass).await {
+            if let Err(e) = self.audit(at, 1, pass).await {
                 debug!(route = %self.route, error = %e, "index audit skipped");
+            }
+            // And one deeper page, a different one each round (an order moved behind
+            // mesgate's back lies anywhere in the history).
+            let pages = self
+                .read_mirror()
+                .len(&self.rule.preload[at])
+                .unwrap_or(0)
+                .div_ceil(self.rule.default_size);
+            if pages >= 2 && self.state(at) == PartitionState::Ready {
+                let round = self.audit_round[at].fetch_add(1, Ordering::Relaxed);
+                let page = 2 + round % (pages - 1);
+                if let Err(e) = self.audit(at, page, pass).await {
+                    debug!(route = %self.route, page, error = %e, "index audit skipped");
+                }
             }
         }
     }
@@ -138,17 +152,17 @@ impl LiveIndex {
         }
     }
 
-    /// Compares page 1 of a ready partition with the MES's (writes behind mesgate's back):
+    /// Compares page `page` of a ready partition with the MES's (writes behind mesgate's back):
     /// newer rows the MES shows are applied, orders the mirror lists there and the MES does
     /// not are looked up one by one and moved to where they are, and a count that still
     /// disagrees rebuilds the partition. Skipped when a write moved the partition while
     /// the MES's page was in flight (the two could not be compared).
-    async fn audit(&self, at: usize, pass: &Pass) -> Result<(), String> {
+    async fn audit(&self, at: usize, page: usize, pass: &Pass) -> Result<(), String> {
         let partition = self.rule.preload[at].as_str();
         let size = self.rule.default_size;
         let before = self.read_mirror().generation(partition);
         let watermark = self.writes.sent();
-        let theirs = self.fetch(partition, 1, size, pass).await?;
+        let theirs = self.fetch(partition, page, size, pass).await?;
         let mut changed = Vec::new();
         self.writes.settled(watermark).await;
         let (mut repairs, extra, total) = {
@@ -169,7 +183,7 @@ impl LiveIndex {
                 }
             }
             let ours = mirror
-                .page(partition, 1, size)
+                .page(partition, page, size)
                 .map(|p| p.items)
                 .unwrap_or_default();
             let extra: Vec<u64> = ours
