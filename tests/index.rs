@@ -881,3 +881,40 @@ async fn the_cached_detail_becomes_the_writes_answer_with_no_mes_request() {
         1
     );
 }
+
+#[tokio::test]
+async fn unfiltered_pages_are_patched_from_the_writes_answer_with_no_mes_request() {
+    let redis = RedisServer::start().await;
+    let sim = start_sim(SimConfig::instant()).await;
+    let (gw, _) = ready_gateway(&sim, &redis).await;
+    let (x, from, _) = order_to_move(&sim).await;
+    let to = other_preloaded(&from);
+    // The unfiltered list, newest first: x is on page 1 when it is the newest order.
+    let pages = ["/api/orders", "/api/orders?page=2", "/api/orders?size=200"];
+    for p in pages {
+        assert_eq!(get(&gw.url(p)).await.x_cache(), "MISS", "{p}");
+        assert_eq!(get(&gw.url(p)).await.x_cache(), "HIT-L1", "{p}");
+    }
+    let lists = sim.stats().list;
+    assert_eq!(patch_status(&gw.url(""), x, to).await.status, 200);
+    assert_eq!(
+        sim.stats().list,
+        lists,
+        "no list fetched again: the index's partitions move, the unfiltered pages are patched"
+    );
+    for p in pages {
+        let ours = get(&gw.url(p)).await;
+        assert_eq!(ours.status, 200, "{p}");
+        assert_eq!(ours.x_cache(), "HIT-L1", "{p} stays cached");
+        assert_same_body(&ours, &from_sim(&sim.base_url(), p).await, p);
+    }
+    let first = get(&gw.url("/api/orders?size=200")).await;
+    let item = first.json()["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["id"] == x)
+        .cloned()
+        .expect("x is among the 200 newest orders");
+    assert_eq!(item["status"], to, "x shows its new status in place");
+}

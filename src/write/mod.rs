@@ -179,17 +179,19 @@ impl Writer {
             // Fetched before the invalidation, so the old entries are served meanwhile
             // (the write is not answered yet), and stored after it (see refresh.rs); the
             // entry the write's answer represents is taken from it, not fetched.
-            let answer = match (&rule.represents, &bytes) {
-                (Some(t), Some(body)) if parts.status == http::StatusCode::OK && !outdated => {
-                    t.render(&|s, f| facts.lookup(s, f)).map(|path| Answer {
-                        path,
-                        headers: parts.headers.clone(),
-                        body: body.clone(),
-                        // Begun before every other write acknowledged earlier and not yet
-                        // bumped: its answer may be newer than this one.
-                        tick: inv.watermark_besides(ack),
-                    })
-                }
+            let answer = match &bytes {
+                Some(body) if parts.status == http::StatusCode::OK && !outdated => Some(Answer {
+                    path: rule
+                        .represents
+                        .as_ref()
+                        .and_then(|t| t.render(&|s, f| facts.lookup(s, f))),
+                    headers: parts.headers.clone(),
+                    body: body.clone(),
+                    // Begun before every other write acknowledged earlier and not yet
+                    // bumped: its answer may be newer than this one.
+                    tick: inv.watermark_besides(ack),
+                    patches: index.clone().filter(|_| applied.is_some()),
+                }),
                 _ => None,
             };
             let fetched = self

@@ -14,9 +14,11 @@ use tracing::debug;
 
 use crate::consistency::Name;
 use crate::entry::Entry;
+use crate::index::service::LiveIndex;
 use crate::l2::SharedStore;
 use crate::metrics::RouteLabel;
 use crate::read::cacheable::{no_store_reason, read_members, stored_entry};
+use crate::read::recent::Target;
 use crate::read::{FillCtx, Reader};
 
 /// An answer a write fetched again, ready for [`Refresher::install`].
@@ -31,8 +33,8 @@ pub struct Refetched {
 /// A write's answer that is, byte for byte, the answer to a GET of `path` (the route's
 /// `represents`): the entry for that path is taken from it instead of fetched again.
 pub struct Answer {
-    /// The GET path and query it answers.
-    pub path: String,
+    /// The GET path and query it answers (`represents`), if any.
+    pub path: Option<String>,
     /// The write answer's headers.
     pub headers: http::HeaderMap,
     /// The write answer's body.
@@ -40,6 +42,10 @@ pub struct Answer {
     /// The write's tick: the entry counts as begun then (a write acknowledged after it
     /// ends it, as it would end an answer fetched before that write).
     pub tick: u64,
+    /// The status index whose route's unfiltered pages list the entity in place: a status
+    /// change moves nothing there, so a page held is patched (its item replaced by the
+    /// answer), not fetched again. `None` for a create (it shifts every page).
+    pub patches: Option<Arc<LiveIndex>>,
 }
 
 /// Refreshes what a write makes wrong, through the read path it is handed.
@@ -75,8 +81,10 @@ impl Refresher {
         let deadline = tokio::time::Instant::now() + budget;
         let answer = answer.as_ref();
         let fetches = targets.into_iter().map(|t| async move {
-            let given =
-                answer.filter(|a| a.path == t.key.upstream_path() && t.policy.vary.is_empty());
+            let given = answer.filter(|a| {
+                a.path.as_deref() == Some(t.key.upstream_path()) && t.policy.vary.is_empty()
+            });
+            let patched = answer.and_then(|a| Some((a, self.patched(&t, a)?)));
             let fence = match given {
                 Some(a) => inv.fence_at(&t.names, a.tick),
                 None => inv.fence(&t.names),
@@ -109,6 +117,14 @@ impl Refresher {
                     .prepare(ctx, shared_before, parts, a.body.clone())
                     .await;
             }
+            if let Some((a, (parts, body))) = patched {
+                inv.count_refresh_from_answer();
+                let ctx = FillCtx {
+                    fence: inv.fence_at(&t.names, a.tick),
+                    ..ctx
+                };
+                return self.prepare(ctx, shared_before, parts, body).await;
+            }
             let req = self.reader.upstream_get(
                 &t.key,
                 t.headers.clone(),
@@ -137,6 +153,26 @@ impl Refresher {
             .into_iter()
             .flatten()
             .collect()
+    }
+
+    /// An unfiltered page of the index's route that this instance holds, still valid,
+    /// with the written entity's item replaced by the answer (see [`Answer::patches`]).
+    fn patched(&self, t: &Target, a: &Answer) -> Option<(http::response::Parts, Bytes)> {
+        let ix = a.patches.as_ref()?;
+        let query = t.key.upstream_path().split_once('?').map_or("", |(_, q)| q);
+        if ix.route() != &t.route || ix.partitioned(query) {
+            return None;
+        }
+        let held = self.reader.inner.l1.get(&t.key.key)?;
+        let now = self.reader.inner.clock.now_ms();
+        if !held.is_fresh(now) || !held.fence.is_valid() {
+            return None;
+        }
+        let body = ix.patch_item(&held.entry.body, &a.body)?;
+        let (mut parts, ()) = http::Response::new(()).into_parts();
+        parts.status = held.entry.status;
+        parts.headers = held.entry.headers.clone();
+        Some((parts, body))
     }
 
     /// A refreshed answer made ready to go into L1: storable, its members recorded

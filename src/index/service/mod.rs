@@ -411,6 +411,35 @@ impl LiveIndex {
         Some(applied)
     }
 
+    /// The list body `body` of this route with the item of the entity `row_json` is the
+    /// new state of replaced by it, byte for byte in place (everything else, `total`
+    /// included, as it was); unchanged if it does not list the entity. Only for a change
+    /// that moves no entity within the unfiltered order (a status change; not a create);
+    /// `None` when either cannot be read.
+    pub fn patch_item(&self, body: &Bytes, row_json: &Bytes) -> Option<Bytes> {
+        let id = super::Row::parse(&self.rows, row_json.clone()).ok()?.id;
+        let list = self.body.parse(body).ok()?;
+        for item in &list.items {
+            if super::Row::parse(&self.rows, item.clone()).ok()?.id != id {
+                continue;
+            }
+            // The items are slices of `body`: where this one starts within it.
+            let at = item.as_ptr() as usize - body.as_ptr() as usize;
+            let mut out = Vec::with_capacity(body.len() + row_json.len());
+            out.extend_from_slice(&body[..at]);
+            out.extend_from_slice(row_json);
+            out.extend_from_slice(&body[at + item.len()..]);
+            return Some(Bytes::from(out));
+        }
+        Some(body.clone())
+    }
+
+    /// Whether a list request with this query asks for one partition (else it is the
+    /// unfiltered list).
+    pub fn partitioned(&self, query: &str) -> bool {
+        form_urlencoded::parse(query.as_bytes()).any(|(k, _)| k == self.rule.partition.as_str())
+    }
+
     /// Puts a row in the copy in Redis (if any), queueing it when Redis fails.
     async fn share(&self, json: Bytes, created: bool) {
         let Some(shared) = &self.shared else {
