@@ -31,7 +31,8 @@
 //!   names and the header names they are reported in.
 //! - [`index`]: the status index: rows, the mirror of kept statuses under the version
 //!   rule, list pages composed byte for byte, the preload scan's verdict (the pure core),
-//!   and the live service that preloads, serves and applies writes (`index::service`).
+//!   and the live service that preloads (or warms from its copy in Redis), serves and
+//!   applies writes (`index::service`).
 //!
 //! Around it:
 //!
