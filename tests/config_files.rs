@@ -258,3 +258,19 @@ fn missing_config_file_exits_2_and_names_it() {
     assert_eq!(out.status.code(), Some(2), "stderr: {stderr}");
     assert!(stderr.contains(&*missing.to_string_lossy()), "{stderr}");
 }
+
+#[test]
+fn index_preload_concurrency_is_bounded() {
+    let shipped = std::fs::read_to_string(config_dir().join("mesgate.toml")).unwrap();
+    for bad in ["0", "17"] {
+        let config = shipped.replace(
+            "[route.index]\n",
+            &format!("[route.index]\npreload_concurrency = {bad}\n"),
+        );
+        assert_rejected(
+            "preload-concurrency",
+            &config,
+            "route[0].index.preload_concurrency",
+        );
+    }
+}

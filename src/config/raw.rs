@@ -399,6 +399,10 @@ pub struct RawIndex {
     /// Default `"20ms"`.
     #[serde(default = "default_preload_pause")]
     pub preload_pause: String,
+    /// How many partitions are preloaded at once (each still paced by `preload_pause`),
+    /// hottest first. 1 to 16, default 2.
+    #[serde(default = "default_preload_concurrency")]
+    pub preload_concurrency: usize,
     /// How often page 1 of each ready partition is compared with the MES's, to find
     /// writes made behind mesgate's back (an ERP job, a DBA) and repair them. `"0s"`:
     /// never. Default `"5s"`.
@@ -453,6 +457,10 @@ fn default_max_size() -> usize {
 fn default_max_entities() -> usize {
     200_000
 }
+fn default_preload_concurrency() -> usize {
+    2
+}
+
 fn default_preload_pause() -> String {
     "20ms".into()
 }

@@ -187,6 +187,8 @@ pub struct IndexRule {
     pub max_entities: usize,
     /// Pause between two preload page requests.
     pub preload_pause: Duration,
+    /// Partitions preloaded at once.
+    pub preload_concurrency: usize,
     /// Period of the audit against the MES; zero: off.
     pub audit: Duration,
     /// The MES path of one entity, with `{id}`; `None`: the list path + `/{id}`.

@@ -69,6 +69,12 @@ impl RawIndex {
         if self.max_entities == 0 {
             return Err(invalid(format!("{at}.max_entities"), "must be at least 1"));
         }
+        if !(1..=16).contains(&self.preload_concurrency) {
+            return Err(invalid(
+                format!("{at}.preload_concurrency"),
+                format!("{}: must be 1 to 16", self.preload_concurrency),
+            ));
+        }
         let preload_pause = parse_duration(&format!("{at}.preload_pause"), &self.preload_pause)?;
         let audit = parse_duration(&format!("{at}.audit"), &self.audit)?;
         if let Some(d) = &self.detail
@@ -93,6 +99,7 @@ impl RawIndex {
             preload: self.preload,
             max_entities: self.max_entities,
             preload_pause,
+            preload_concurrency: self.preload_concurrency,
             audit,
             detail: self.detail,
             counts: self.counts,

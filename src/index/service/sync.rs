@@ -6,6 +6,8 @@
 //! [`crate::index::scan`]'s; the copy's layout and scripts are [`super::shared`]'s.
 
 use std::sync::Arc;
+
+use futures_util::StreamExt;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -44,17 +46,21 @@ impl LiveIndex {
         };
         loop {
             let server = self.copy_server(&bus).await;
-            for at in 0..self.rule.preload.len() {
-                if self.state(at) != PartitionState::Loading {
-                    continue;
-                }
-                if let Some(server) = &server
-                    && self.warm(at, server).await
-                {
-                    continue;
-                }
-                self.preload(at, &pass).await;
-            }
+            let loading = (0..self.rule.preload.len())
+                .filter(|&at| self.state(at) == PartitionState::Loading);
+            futures_util::stream::iter(loading)
+                .for_each_concurrent(self.rule.preload_concurrency, |at| {
+                    let (this, server, pass) = (&*self, &server, &pass);
+                    async move {
+                        if let Some(server) = server
+                            && this.warm(at, server).await
+                        {
+                            return;
+                        }
+                        this.preload(at, pass).await;
+                    }
+                })
+                .await;
             if let Some(server) = &server {
                 self.copy_out(server).await;
             }
