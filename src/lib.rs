@@ -37,7 +37,7 @@
 //!
 //! - [`config`]: raw TOML structs (`raw`), scalar parsers (`parse`), validation with field
 //!   paths (`validate`, `validate_route`), the typed runtime config (`runtime`), path
-//!   templates and the route table (`route`).
+//!   templates with typed parameters and the route table (`route`).
 //! - [`upstream`]: the pooled client to the MES and its timeouts.
 //! - [`forward`]: what crosses the proxy: hop-by-hop removal, `X-Forwarded-*`, `Via`.
 //! - [`clock`]: wall-clock time, injectable for tests.

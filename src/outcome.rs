@@ -15,6 +15,9 @@ pub enum BypassReason {
     TooLarge,
     /// The answer was not shareable (e.g. `Set-Cookie`), so this waiter asked the MES itself.
     NotShareable,
+    /// A typed path parameter not spelled canonically (`/api/orders/077`): another
+    /// spelling of an entity must not become a second cache identity for it.
+    NonCanonical,
 }
 
 impl BypassReason {
@@ -26,6 +29,7 @@ impl BypassReason {
             Self::Credentials => "credentials",
             Self::TooLarge => "too-large",
             Self::NotShareable => "not-shareable",
+            Self::NonCanonical => "non-canonical",
         }
     }
 }

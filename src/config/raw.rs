@@ -276,6 +276,9 @@ pub struct RawRoute {
     #[serde(default = "default_methods")]
     pub methods: Vec<String>,
     /// Path template: literal segments and whole-segment parameters, `/api/orders/{id}`.
+    /// A parameter the MES parses takes a type, `{id:u64}` (the only one): families are
+    /// named with its canonical spelling (`77` for `077`), and a read that spells it
+    /// otherwise bypasses the cache, so one entity never has two cache identities.
     pub path: String,
     /// How to cache reads. Absent: matching requests are forwarded untouched.
     #[serde(default)]

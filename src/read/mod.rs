@@ -25,7 +25,7 @@ use tracing::debug;
 
 use crate::clock::Clock;
 use crate::config::CachePolicy;
-use crate::config::route::Route;
+use crate::config::route::{Params, Route};
 use crate::consistency::{Check, Fence, Invalidator, Name};
 use crate::entry::Entry;
 use crate::error::GatewayError;
@@ -109,13 +109,19 @@ impl Reader {
         mut req: Request<Incoming>,
         remote: SocketAddr,
         route: &Route,
-        params: &[(String, String)],
+        params: &Params,
         remember_key: bool,
         answerer: Option<&Answerer>,
     ) -> Served {
         let Some(policy) = route.cache.as_ref() else {
             return (self.inner.pass.pass(req, remote).await, None);
         };
+        if let Some(reason) = refusal(params, req.headers()) {
+            req.extensions_mut().insert(RouteLabel(route.name.clone()));
+            let resp = self.inner.pass.bypass(req, remote, reason).await;
+            return (resp, Some(CacheOutcome::Bypass(reason)));
+        }
+        let params = &params.pairs[..];
         let head = req.method() == Method::HEAD;
         if let Some(resp) = answerer.and_then(|a| a.answer(req.uri().query(), req.headers(), head))
         {
@@ -429,6 +435,12 @@ enum Probe {
 thread_local! {
     /// The cache key of the request this thread is looking up.
     static KEY_BUF: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+}
+
+/// Why a request on a cached route is not the cache's to answer, whatever its key: it
+/// spells an entity in a way of its own.
+fn refusal(params: &Params, _headers: &HeaderMap) -> Option<BypassReason> {
+    params.aliased.then_some(BypassReason::NonCanonical)
 }
 
 /// Keeps the newer of two stale candidates.

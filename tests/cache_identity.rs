@@ -1,0 +1,133 @@
+//! What makes two requests the same answer, and nothing else: another spelling of an id
+//! never becomes a cache identity of its own (the shipped config, the simulator, Redis).
+
+mod support;
+
+use bytes::Bytes;
+use http::Method;
+use mes_sim::{self as sim, SimConfig, SimHandle};
+use support::client::{get, patch_status, send};
+use support::gateway::{TestGateway, spawn_gateway, without_index};
+use support::redis::RedisServer;
+
+/// The shipped config without the index and without refresh on write: a write's effect
+/// is what it drops (the next read is a MISS).
+fn shipped_config() -> String {
+    let text = std::fs::read_to_string("config/mesgate.toml").expect("config/mesgate.toml");
+    without_index(&text)
+        .lines()
+        .filter(|l| !l.starts_with("refresh = "))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+struct Env {
+    _redis: RedisServer,
+    sim: SimHandle,
+    gw: TestGateway,
+}
+
+async fn env() -> Env {
+    let redis = RedisServer::start().await;
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let sim = sim::spawn(l, SimConfig::instant());
+    let gw = spawn_gateway(&shipped_config(), &sim.base_url(), Some(&redis.url())).await;
+    Env {
+        _redis: redis,
+        sim,
+        gw,
+    }
+}
+
+/// The newest order, its status, and a status to move it to.
+async fn an_order(sim: &SimHandle) -> (u64, String, &'static str) {
+    let r = get(&format!("{}/api/orders?size=1", sim.base_url())).await;
+    let o = &r.json()["items"][0];
+    let from = o["status"].as_str().unwrap().to_owned();
+    let to = if from == "MANUFACTURING_STARTED" {
+        "SHIPPED"
+    } else {
+        "MANUFACTURING_STARTED"
+    };
+    (o["id"].as_u64().unwrap(), from, to)
+}
+
+/// `PATCH {base}/api/orders/{id}/status` with the id spelled as given.
+async fn patch_spelled(base: &str, id: &str, status: &str) -> support::client::Resp {
+    let body = Bytes::from(format!("{{\"status\":\"{status}\"}}"));
+    let url = format!("{base}/api/orders/{id}/status");
+    send(
+        Method::PATCH,
+        &url,
+        &[("content-type", "application/json")],
+        body,
+    )
+    .await
+}
+
+/// Issue 13, item 2, from the write side: the MES reads `/api/orders/077` as order 77, so
+/// a status change sent as `077` must end the cached detail of `77`.
+#[tokio::test]
+async fn a_write_through_another_spelling_of_an_id_ends_the_cached_detail() {
+    let e = env().await;
+    let (id, from, to) = an_order(&e.sim).await;
+    let detail = format!("/api/orders/{id}");
+    assert_eq!(get(&e.gw.url(&detail)).await.x_cache(), "MISS");
+    let r = get(&e.gw.url(&detail)).await;
+    assert_eq!(
+        (r.x_cache(), r.json()["status"].as_str()),
+        ("HIT-L1", Some(&*from))
+    );
+    let before = e.sim.stats().detail;
+
+    let r = patch_spelled(&e.gw.url(""), &format!("0{id}"), to).await;
+    assert_eq!(r.status, 200, "the MES parses 0{id} as {id}");
+    assert_eq!(r.json()["id"], id);
+
+    let r = get(&e.gw.url(&detail)).await;
+    assert_eq!(
+        (r.x_cache(), r.json()["status"].as_str()),
+        ("MISS", Some(to)),
+        "the detail of {id} after a write of 0{id}"
+    );
+    assert_eq!(e.sim.stats().detail - before, 1, "asked again once");
+}
+
+/// Issue 13, item 2, from the read side: `077` is served (a bypass, marked as such) but
+/// never cached, so no write of `77` can leave an entry of it behind.
+#[tokio::test]
+async fn another_spelling_of_an_id_is_never_cached() {
+    let e = env().await;
+    let (id, from, to) = an_order(&e.sim).await;
+    let padded = format!("/api/orders/00{id}");
+    let before = e.sim.stats().detail;
+    for n in 1..=2 {
+        let r = get(&e.gw.url(&padded)).await;
+        assert_eq!(r.status, 200, "request {n}");
+        assert_eq!(r.json()["status"], from.as_str(), "request {n}");
+        assert_eq!(r.x_cache(), "BYPASS", "request {n}: {:?}", r.headers);
+        assert_eq!(
+            r.header("cache-status"),
+            "mesgate; fwd=bypass; detail=non-canonical"
+        );
+        assert_eq!(
+            e.sim.stats().detail - before,
+            n,
+            "request {n} reached the MES"
+        );
+    }
+    for odd in [format!("+{id}"), "7_7".to_owned()] {
+        let r = get(&e.gw.url(&format!("/api/orders/{odd}"))).await;
+        assert_eq!((r.status.as_u16(), r.x_cache()), (404, "BYPASS"), "{odd}");
+    }
+
+    let r = patch_status(&e.gw.url(""), id, to).await;
+    assert_eq!(r.status, 200);
+    let r = get(&e.gw.url(&padded)).await;
+    assert_eq!(r.json()["status"], to, "never a stale entry of 00{id}");
+    let r = get(&e.gw.url(&format!("/api/orders/{id}"))).await;
+    assert_eq!(
+        (r.x_cache(), r.json()["status"].as_str()),
+        ("MISS", Some(to))
+    );
+}
