@@ -18,6 +18,9 @@ pub enum BypassReason {
     /// A typed path parameter not spelled canonically (`/api/orders/077`): another
     /// spelling of an entity must not become a second cache identity for it.
     NonCanonical,
+    /// A header that asks the MES for another method or path (`X-HTTP-Method-Override`,
+    /// `X-Original-URL`): not a plain read of this path, so not the cache's to answer.
+    Override,
 }
 
 impl BypassReason {
@@ -30,6 +33,7 @@ impl BypassReason {
             Self::TooLarge => "too-large",
             Self::NotShareable => "not-shareable",
             Self::NonCanonical => "non-canonical",
+            Self::Override => "override",
         }
     }
 }

@@ -1,12 +1,16 @@
 //! What makes two requests the same answer, and nothing else: another spelling of an id
-//! never becomes a cache identity of its own (the shipped config, the simulator, Redis).
+//! never becomes a cache identity of its own (the shipped config, the simulator, Redis),
+//! and a header outside the key never reaches the MES on a fill (a recording fake MES).
 
 mod support;
 
+use std::sync::{Arc, Mutex};
+
 use bytes::Bytes;
-use http::Method;
+use http::{HeaderMap, Method, Response};
 use mes_sim::{self as sim, SimConfig, SimHandle};
-use support::client::{get, patch_status, send};
+use support::client::{get, get_with, patch_status, send};
+use support::fake_mes::{FakeMes, full};
 use support::gateway::{TestGateway, spawn_gateway, without_index};
 use support::redis::RedisServer;
 
@@ -130,4 +134,116 @@ async fn another_spelling_of_an_id_is_never_cached() {
         (r.x_cache(), r.json()["status"].as_str()),
         ("MISS", Some(to))
     );
+}
+
+/// A fake MES whose `/api/report` answers in the language it is asked for, and to an
+/// override with what a DELETE would say; it records the headers of every request.
+async fn negotiating_mes() -> (FakeMes, Arc<Mutex<Vec<HeaderMap>>>) {
+    let seen: Arc<Mutex<Vec<HeaderMap>>> = Arc::default();
+    let record = seen.clone();
+    let mes = FakeMes::builder()
+        .handler("/api/report", move |req| {
+            let h = req.headers().clone();
+            record.lock().unwrap().push(h.clone());
+            let text = |n: &str| h.get(n).and_then(|v| v.to_str().ok()).map(str::to_owned);
+            let body = match text("x-http-method-override") {
+                Some(m) => format!(r#"{{"done":"{m}"}}"#),
+                None => format!(
+                    r#"{{"lang":"{}","host":"{}"}}"#,
+                    text("accept-language").unwrap_or_else(|| "en".into()),
+                    text("x-forwarded-host").unwrap_or_default()
+                ),
+            };
+            let mut resp = Response::new(full(body));
+            resp.headers_mut()
+                .insert("content-type", "application/json".parse().unwrap());
+            async move { resp }
+        })
+        .start()
+        .await;
+    (mes, seen)
+}
+
+fn report_config(vary: &str) -> String {
+    format!(
+        "upstream = \"http://127.0.0.1:1\"\n[[route]]\nname = \"report\"\npath = \"/api/report\"\n[route.cache]\nttl_l1 = \"30s\"\nttl_l2 = \"60s\"\nvary = [{vary}]\n"
+    )
+}
+
+/// Headers a caller can send that the key does not account for.
+const UNKEYED: [(&str, &str); 6] = [
+    ("accept-language", "de"),
+    ("accept", "application/xml"),
+    ("x-forwarded-host", "evil.example"),
+    ("x-api-key", "caller-a"),
+    ("user-agent", "caller-a"),
+    ("x-original-host", "evil.example"),
+];
+
+/// Issue 13, item 6: caller A's unkeyed headers never reach the MES on a fill, so caller
+/// B gets the answer every caller would get, and the MES saw none of A's headers.
+#[tokio::test]
+async fn unkeyed_request_headers_never_shape_a_shared_answer() {
+    let (mes, seen) = negotiating_mes().await;
+    let gw = spawn_gateway(&report_config(""), &mes.url(), None).await;
+    let a = get_with(&gw.url("/api/report"), &UNKEYED).await;
+    assert_eq!(a.x_cache(), "MISS");
+    assert_eq!(a.json(), serde_json::json!({"lang": "en", "host": ""}));
+    let b = get(&gw.url("/api/report")).await;
+    assert_eq!(b.x_cache(), "HIT-L1");
+    assert_eq!(b.body, a.body);
+    assert_eq!(mes.hits("/api/report"), 1);
+    let sent = seen.lock().unwrap()[0].clone();
+    for (name, _) in UNKEYED {
+        assert!(
+            sent.get(name).is_none_or(|v| v != "caller-a" && v != "de"),
+            "the fill carried {name}: {sent:?}"
+        );
+    }
+    assert!(sent.get("x-forwarded-host").is_none(), "{sent:?}");
+    assert!(sent.get("accept").is_none(), "{sent:?}");
+
+    // A header the route varies on is in the key: it reaches the MES, per value.
+    let (mes, seen) = negotiating_mes().await;
+    let gw = spawn_gateway(&report_config("\"accept-language\""), &mes.url(), None).await;
+    let de = get_with(&gw.url("/api/report"), &UNKEYED).await;
+    assert_eq!(
+        (de.x_cache(), de.json()["lang"].as_str()),
+        ("MISS", Some("de"))
+    );
+    let en = get(&gw.url("/api/report")).await;
+    assert_eq!(
+        (en.x_cache(), en.json()["lang"].as_str()),
+        ("MISS", Some("en"))
+    );
+    let de = get_with(&gw.url("/api/report"), &[("accept-language", "de")]).await;
+    assert_eq!(
+        (de.x_cache(), de.json()["lang"].as_str()),
+        ("HIT-L1", Some("de"))
+    );
+    assert_eq!(mes.hits("/api/report"), 2);
+    assert_eq!(seen.lock().unwrap()[0]["accept-language"], "de");
+}
+
+/// Issue 13, item 6, the override class: a read that asks the MES for another method is
+/// forwarded as it came and never stored, so the next caller is not served its answer.
+#[tokio::test]
+async fn a_method_override_bypasses_the_cache() {
+    let (mes, seen) = negotiating_mes().await;
+    let gw = spawn_gateway(&report_config(""), &mes.url(), None).await;
+    let url = gw.url("/api/report");
+    let r = get_with(&url, &[("x-http-method-override", "DELETE")]).await;
+    assert_eq!(r.x_cache(), "BYPASS");
+    assert_eq!(
+        r.header("cache-status"),
+        "mesgate; fwd=bypass; detail=override"
+    );
+    assert_eq!(r.json()["done"], "DELETE", "forwarded as it came");
+    assert_eq!(seen.lock().unwrap()[0]["x-http-method-override"], "DELETE");
+    let r = get(&url).await;
+    assert_eq!(
+        (r.x_cache(), r.json()["lang"].as_str()),
+        ("MISS", Some("en"))
+    );
+    assert_eq!(mes.hits("/api/report"), 2);
 }

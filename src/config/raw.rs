@@ -468,7 +468,9 @@ pub struct RawCache {
     /// `"strip"` it from both the key and the request sent to the MES.
     #[serde(default)]
     pub unknown_query: UnknownQuery,
-    /// Request headers whose values vary the key (e.g. `accept-language`).
+    /// Request headers whose values vary the key (e.g. `accept-language`). These are the
+    /// only client headers a cache fill sends the MES (with the credentials, when cached
+    /// per credential): a header the MES needs on reads must be listed here.
     #[serde(default)]
     pub vary: Vec<String>,
     /// Freshness in the in-process tier. Default `5s`; `"0s"` skips L1 for this route.
