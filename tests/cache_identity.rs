@@ -120,6 +120,14 @@ async fn another_spelling_of_an_id_is_never_cached() {
             "request {n} reached the MES"
         );
     }
+    // Statuses have no other spelling: the MES refuses one, and a 400 is never stored.
+    let lower = format!("/api/orders?status={}", from.to_lowercase());
+    let lists = e.sim.stats().list;
+    for n in 1..=2 {
+        let r = get(&e.gw.url(&lower)).await;
+        assert_eq!((r.status.as_u16(), r.x_cache()), (400, "MISS"), "{lower}");
+        assert_eq!(e.sim.stats().list - lists, n, "{lower}: asked each time");
+    }
     for odd in [format!("+{id}"), "7_7".to_owned()] {
         let r = get(&e.gw.url(&format!("/api/orders/{odd}"))).await;
         assert_eq!((r.status.as_u16(), r.x_cache()), (404, "BYPASS"), "{odd}");
