@@ -1,7 +1,32 @@
 //! What crosses the proxy: hop-by-hop removal, `X-Forwarded-*`, `Via`, and the headers a
-//! cache fill must not carry.
+//! cache fill may carry.
 //!
 //! Pure header surgery; it sends nothing.
+//!
+//! # What a cache fill sends
+//!
+//! A fill asks the MES once for every caller of its key, so a request header that is not
+//! in the key must not reach it: one caller's `Accept-Language`, `X-Forwarded-Host` or API
+//! key could otherwise shape the body all the others receive (unkeyed-input cache
+//! poisoning). Request headers fall in three classes:
+//!
+//! - **Keyed: sent.** The route's `vary` headers, and `Authorization`/`Cookie` when the
+//!   route caches per credential: their values are in the key, so whatever the MES makes of
+//!   them is only served to callers who sent the same.
+//! - **Overrides: the cache is bypassed.** Headers that ask for another method or path
+//!   than the request line's ([`OVERRIDES`], e.g. `X-HTTP-Method-Override: DELETE`,
+//!   `X-Original-URL`): such a request is not a plain read of this path, so it is forwarded
+//!   as it came (as a route without a cache would forward it) and nothing is stored.
+//!   Stripping them would answer a caller who asked for something else with a read.
+//! - **Everything else: stripped.** Content negotiation (`Accept`, `Accept-Language`,
+//!   `Accept-Encoding` unless varied), `Host` and `X-Forwarded-*` from the client, API keys,
+//!   `User-Agent`, tracing and custom headers, validators and ranges. The MES answers its
+//!   default, the same for everyone. Bypassing on them instead would turn most real reads
+//!   (browsers send `Accept` and `Accept-Language` on every request) into cache misses.
+//!   A header the MES needs to see on reads belongs in the route's `vary`.
+//!
+//! mesgate then adds what it says about itself: `Host` (the MES's authority), `Via`,
+//! `X-Forwarded-Proto` and its own `User-Agent` (unless the route varies on it).
 
 use std::net::IpAddr;
 
@@ -82,15 +107,60 @@ pub fn request_headers(
     headers.append(header::VIA, via(version));
 }
 
-/// Removes what a cache fill must not send: validators, ranges, and `Accept-Encoding`
-/// unless the route keys on it (a compressed body must not reach a client that did not ask).
-pub fn fill_headers(headers: &mut HeaderMap, vary: &[HeaderName]) {
-    for name in &CONDITIONAL {
-        headers.remove(name);
+/// Request headers that ask the MES for another method or path than the request line's
+/// (honoured by many frameworks behind proxies that only pass GET and POST).
+pub const OVERRIDES: [HeaderName; 5] = [
+    HeaderName::from_static("x-http-method-override"),
+    HeaderName::from_static("x-http-method"),
+    HeaderName::from_static("x-method-override"),
+    HeaderName::from_static("x-original-url"),
+    HeaderName::from_static("x-rewrite-url"),
+];
+
+/// Whether a request carries one of the [`OVERRIDES`]: then it is no plain read.
+pub fn overrides_request(headers: &HeaderMap) -> bool {
+    OVERRIDES.iter().any(|n| headers.contains_key(n))
+}
+
+/// The `User-Agent` of fills: mesgate's own, so no caller's reaches a shared answer.
+const FILL_USER_AGENT: &str = concat!("mesgate/", env!("CARGO_PKG_VERSION"));
+
+/// The headers of a cache fill (see the module doc): the client's `keyed` headers (the
+/// route's `vary`), its credentials when `credentials` says they are keyed, and nothing
+/// else of the client's; plus `Host` (the MES's authority), `Via`, `X-Forwarded-Proto` and
+/// mesgate's `User-Agent`. Validators, ranges and hop-by-hop headers never go, varied or not:
+/// a fill stores one full answer.
+pub fn fill_headers(
+    client: &HeaderMap,
+    keyed: &[HeaderName],
+    credentials: bool,
+    version: Version,
+    upstream_host: &str,
+) -> HeaderMap {
+    let mut out = HeaderMap::new();
+    let creds = [header::AUTHORIZATION, header::COOKIE];
+    let creds = if credentials { &creds[..] } else { &[] };
+    for name in keyed.iter().chain(creds) {
+        let own = name == header::HOST || name == header::VIA;
+        if own || CONDITIONAL.contains(name) || HOP_BY_HOP.contains(name) {
+            continue;
+        }
+        for v in client.get_all(name) {
+            out.append(name.clone(), v.clone());
+        }
     }
-    if !vary.contains(&header::ACCEPT_ENCODING) {
-        headers.remove(header::ACCEPT_ENCODING);
+    if !out.contains_key(header::USER_AGENT) {
+        out.insert(
+            header::USER_AGENT,
+            HeaderValue::from_static(FILL_USER_AGENT),
+        );
     }
+    out.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    if let Ok(v) = HeaderValue::from_str(upstream_host) {
+        out.insert(header::HOST, v);
+    }
+    out.append(header::VIA, via(version));
+    out
 }
 
 /// Prepares the MES's response headers for the client.
@@ -143,16 +213,54 @@ mod tests {
     }
 
     #[test]
-    fn fills_drop_validators_and_encoding_unless_varied() {
+    fn fills_send_only_keyed_headers_and_mesgates_own() {
         let mut h = HeaderMap::new();
         h.insert(header::IF_NONE_MATCH, HeaderValue::from_static("\"x\""));
         h.insert(header::RANGE, HeaderValue::from_static("bytes=0-1"));
         h.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("gzip"));
-        h.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
-        let mut kept = h.clone();
-        fill_headers(&mut h, &[]);
-        assert_eq!(h.len(), 1);
-        fill_headers(&mut kept, &[header::ACCEPT_ENCODING]);
-        assert!(kept.contains_key(header::ACCEPT_ENCODING));
+        h.insert(header::ACCEPT, HeaderValue::from_static("application/xml"));
+        h.insert(header::ACCEPT_LANGUAGE, HeaderValue::from_static("de"));
+        h.insert(header::HOST, HeaderValue::from_static("evil.example"));
+        h.insert("x-forwarded-host", HeaderValue::from_static("evil.example"));
+        h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
+        h.insert("x-api-key", HeaderValue::from_static("k"));
+        h.insert(header::USER_AGENT, HeaderValue::from_static("curl"));
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer a"));
+        let plain = fill_headers(&h, &[], false, Version::HTTP_11, "mes:9090");
+        let names: Vec<&str> = plain.keys().map(|n| n.as_str()).collect();
+        assert_eq!(names.len(), 4, "{names:?}");
+        assert_eq!(plain[header::HOST], "mes:9090");
+        assert_eq!(plain[header::USER_AGENT], FILL_USER_AGENT);
+        assert_eq!(plain["x-forwarded-proto"], "http");
+        assert_eq!(plain[header::VIA], "1.1 mesgate");
+
+        let keyed = [
+            header::ACCEPT_ENCODING,
+            header::ACCEPT_LANGUAGE,
+            header::IF_NONE_MATCH,
+            header::HOST,
+        ];
+        let varied = fill_headers(&h, &keyed, true, Version::HTTP_11, "mes:9090");
+        assert_eq!(varied[header::ACCEPT_ENCODING], "gzip");
+        assert_eq!(varied[header::ACCEPT_LANGUAGE], "de");
+        assert_eq!(varied[header::AUTHORIZATION], "Bearer a");
+        assert_eq!(varied[header::HOST], "mes:9090", "the MES's own authority");
+        assert!(
+            !varied.contains_key(header::IF_NONE_MATCH),
+            "never a validator"
+        );
+        assert!(!varied.contains_key(header::ACCEPT));
+    }
+
+    #[test]
+    fn override_headers_are_recognized() {
+        let mut h = HeaderMap::new();
+        h.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+        assert!(!overrides_request(&h));
+        for name in &OVERRIDES {
+            let mut o = h.clone();
+            o.insert(name.clone(), HeaderValue::from_static("DELETE"));
+            assert!(overrides_request(&o), "{name}");
+        }
     }
 }

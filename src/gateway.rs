@@ -338,12 +338,7 @@ impl Gateway {
         let route = m.route;
         let name = routing.requests[m.index].clone();
         let answerer = routing.answerers[m.index].as_ref();
-        let params: Vec<(String, String)> = route
-            .path
-            .params()
-            .zip(m.params)
-            .map(|(n, v)| (n.to_owned(), v.to_owned()))
-            .collect();
+        let params = route.path.resolve(&m.params);
         let cached_read = route.cache.is_some() && is_read(req.method());
         if !cached_read {
             // The read path adds it only past a hit: the hit path allocates no extensions.
@@ -362,7 +357,7 @@ impl Gateway {
         match &route.invalidate {
             Some(rule) => {
                 let writer = &self.inner.writer;
-                let resp = writer.write(req, remote, rule.clone(), params).await;
+                let resp = writer.write(req, remote, rule.clone(), params.pairs).await;
                 (resp, name, "write")
             }
             None => (pass.pass(req, remote).await, name, FORWARD),

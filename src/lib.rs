@@ -38,9 +38,10 @@
 //!
 //! - [`config`]: raw TOML structs (`raw`), scalar parsers (`parse`), validation with field
 //!   paths (`validate`, `validate_route`), the typed runtime config (`runtime`), path
-//!   templates and the route table (`route`).
+//!   templates with typed parameters and the route table (`route`).
 //! - [`upstream`]: the pooled client to the MES and its timeouts.
-//! - [`forward`]: what crosses the proxy: hop-by-hop removal, `X-Forwarded-*`, `Via`.
+//! - [`forward`]: what crosses the proxy: hop-by-hop removal, `X-Forwarded-*`, `Via`, and
+//!   the only headers a cache fill sends (those in the key).
 //! - [`clock`]: wall-clock time, injectable for tests.
 //! - [`metrics`]: Prometheus metrics, rendered on the admin listener from a snapshot.
 //! - [`server`]: accept loop, connection settings, graceful shutdown.

@@ -15,6 +15,12 @@ pub enum BypassReason {
     TooLarge,
     /// The answer was not shareable (e.g. `Set-Cookie`), so this waiter asked the MES itself.
     NotShareable,
+    /// A typed path parameter not spelled canonically (`/api/orders/077`): another
+    /// spelling of an entity must not become a second cache identity for it.
+    NonCanonical,
+    /// A header that asks the MES for another method or path (`X-HTTP-Method-Override`,
+    /// `X-Original-URL`): not a plain read of this path, so not the cache's to answer.
+    Override,
 }
 
 impl BypassReason {
@@ -26,6 +32,8 @@ impl BypassReason {
             Self::Credentials => "credentials",
             Self::TooLarge => "too-large",
             Self::NotShareable => "not-shareable",
+            Self::NonCanonical => "non-canonical",
+            Self::Override => "override",
         }
     }
 }

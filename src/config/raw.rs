@@ -276,6 +276,9 @@ pub struct RawRoute {
     #[serde(default = "default_methods")]
     pub methods: Vec<String>,
     /// Path template: literal segments and whole-segment parameters, `/api/orders/{id}`.
+    /// A parameter the MES parses takes a type, `{id:u64}` (the only one): families are
+    /// named with its canonical spelling (`77` for `077`), and a read that spells it
+    /// otherwise bypasses the cache, so one entity never has two cache identities.
     pub path: String,
     /// How to cache reads. Absent: matching requests are forwarded untouched.
     #[serde(default)]
@@ -481,7 +484,9 @@ pub struct RawCache {
     /// `"strip"` it from both the key and the request sent to the MES.
     #[serde(default)]
     pub unknown_query: UnknownQuery,
-    /// Request headers whose values vary the key (e.g. `accept-language`).
+    /// Request headers whose values vary the key (e.g. `accept-language`). These are the
+    /// only client headers a cache fill sends the MES (with the credentials, when cached
+    /// per credential): a header the MES needs on reads must be listed here.
     #[serde(default)]
     pub vary: Vec<String>,
     /// Freshness in the in-process tier. Default `5s`; `"0s"` skips L1 for this route.

@@ -1,7 +1,10 @@
-//! Path templates and the route table: which rule a request falls under.
+//! Path templates and the route table: which rule a request falls under, and the
+//! canonical form of the parameters it captured.
 //!
-//! It does not decide what to do with a request (that is [`crate::proxy`]); it only matches.
+//! It does not decide what to do with a request (that is [`crate::gateway`]'s); it only
+//! matches, and says whether a typed parameter was spelled canonically.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use http::Method;
@@ -13,8 +16,67 @@ use crate::config::{CachePolicy, IndexRule, InvalidateRule};
 pub enum Segment {
     /// Must equal the request's segment byte for byte.
     Literal(String),
-    /// Matches any non-empty segment and captures it under this name.
-    Param(String),
+    /// Matches any non-empty segment and captures it under this name, with its type.
+    Param(String, ParamType),
+}
+
+/// What a path parameter holds, which decides its canonical spelling.
+///
+/// The MES parses ids: `/api/orders/077` is order 77 to it. Without a type, `077` and `77`
+/// would be two cache identities and two family names for one order, and a write through
+/// one spelling would leave the other's entries stale. A typed parameter has exactly one
+/// spelling that mesgate caches under and names families with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParamType {
+    /// `{id}`: any non-empty segment, taken as written (the MES must not parse it).
+    Text,
+    /// `{id:u64}`: an unsigned integer; canonical is decimal digits without leading zeros.
+    U64,
+}
+
+impl ParamType {
+    /// Types a template may name after the `:`.
+    pub const NAMES: &'static str = "u64";
+
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "u64" => Some(Self::U64),
+            _ => None,
+        }
+    }
+
+    /// The canonical spelling of `value`: borrowed when it is already canonical, owned
+    /// when it is another spelling of one value (`077` is `77`), `None` when it is not a
+    /// value of this type as far as mesgate can tell (`+77`, `7_7`, `x`: some parsers
+    /// still read a number there, so no cache identity or family may be derived from it).
+    pub fn canonical(self, value: &str) -> Option<Cow<'_, str>> {
+        match self {
+            Self::Text => Some(Cow::Borrowed(value)),
+            Self::U64 => {
+                if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+                    return None;
+                }
+                let n: u64 = value.parse().ok()?;
+                if value.len() == 1 || !value.starts_with('0') {
+                    Some(Cow::Borrowed(value))
+                } else {
+                    Some(Cow::Owned(n.to_string()))
+                }
+            }
+        }
+    }
+}
+
+/// A request's path parameters, by name, in canonical form.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Params {
+    /// Each parameter and its canonical value. A typed value with no canonical form is
+    /// left out, so a placeholder naming it renders nothing (a write then ends the
+    /// family's whole group: never less than needed).
+    pub pairs: Vec<(String, String)>,
+    /// A typed value was not spelled canonically (`077`, `+77`, `7_7`): the request is
+    /// another spelling of some entity and must not get a cache identity of its own.
+    pub aliased: bool,
 }
 
 /// A compiled path template such as `/api/orders/{id}`.
@@ -39,6 +101,9 @@ pub enum TemplateError {
     /// Parameter names are identifiers, so placeholders can refer to them.
     #[error("parameter name {0:?} must be letters, digits or '_'")]
     BadName(String),
+    /// A type after the `:` that mesgate does not know.
+    #[error("parameter {{{0}}}: unknown type {1:?} (known: {known})", known = ParamType::NAMES)]
+    BadType(String, String),
     /// Two parameters of one template with the same name.
     #[error("parameter {{{0}}} appears twice")]
     Duplicate(String),
@@ -81,10 +146,28 @@ impl PathTemplate {
 
     /// Names of the parameters, in order.
     pub fn params(&self) -> impl Iterator<Item = &str> {
+        self.typed_params().map(|(n, _)| n)
+    }
+
+    /// The parameters with their types, in order.
+    pub fn typed_params(&self) -> impl Iterator<Item = (&str, ParamType)> {
         self.segments.iter().filter_map(|s| match s {
-            Segment::Param(n) => Some(n.as_str()),
+            Segment::Param(n, t) => Some((n.as_str(), *t)),
             Segment::Literal(_) => None,
         })
+    }
+
+    /// The parameters [`matches`](Self::matches) captured, named and in canonical form.
+    pub fn resolve(&self, captured: &[&str]) -> Params {
+        let mut out = Params::default();
+        for ((name, ty), value) in self.typed_params().zip(captured) {
+            let canonical = ty.canonical(value);
+            out.aliased |= !matches!(canonical, Some(Cow::Borrowed(_)));
+            if let Some(v) = canonical {
+                out.pairs.push((name.to_owned(), v.into_owned()));
+            }
+        }
+        out
     }
 
     /// Matches a request path, returning the captured parameters in template order.
@@ -97,8 +180,8 @@ impl PathTemplate {
             match seg {
                 Segment::Literal(l) if l == part => {}
                 Segment::Literal(_) => return None,
-                Segment::Param(_) if part.is_empty() => return None,
-                Segment::Param(_) => captured.push(part),
+                Segment::Param(..) if part.is_empty() => return None,
+                Segment::Param(..) => captured.push(part),
             }
         }
         parts.next().is_none().then_some(captured)
@@ -112,14 +195,25 @@ fn parse_segment(raw: &str, seen: &[Segment]) -> Result<Segment, TemplateError> 
         }
         return Ok(Segment::Literal(raw.to_owned()));
     };
-    let valid = !inner.is_empty() && inner.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    let (name, ty) = match inner.split_once(':') {
+        Some((n, t)) => {
+            let ty = ParamType::parse(t)
+                .ok_or_else(|| TemplateError::BadType(n.to_owned(), t.to_owned()))?;
+            (n, ty)
+        }
+        None => (inner, ParamType::Text),
+    };
+    let valid = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
     if !valid {
-        return Err(TemplateError::BadName(inner.to_owned()));
+        return Err(TemplateError::BadName(name.to_owned()));
     }
-    if seen.contains(&Segment::Param(inner.to_owned())) {
-        return Err(TemplateError::Duplicate(inner.to_owned()));
+    if seen
+        .iter()
+        .any(|s| matches!(s, Segment::Param(n, _) if n == name))
+    {
+        return Err(TemplateError::Duplicate(name.to_owned()));
     }
-    Ok(Segment::Param(inner.to_owned()))
+    Ok(Segment::Param(name.to_owned(), ty))
 }
 
 /// One rule of the route table.
@@ -236,6 +330,48 @@ mod tests {
             Err(TemplateError::Duplicate("id".into()))
         );
         assert_eq!(PathTemplate::parse("/a?b"), Err(TemplateError::HasQuery));
+    }
+
+    #[test]
+    fn typed_parameters_resolve_to_one_spelling() {
+        let tpl = t("/api/orders/{id:u64}/lines/{line}");
+        assert_eq!(tpl.as_str(), "/api/orders/{id:u64}/lines/{line}");
+        assert_eq!(tpl.params().collect::<Vec<_>>(), ["id", "line"]);
+        let canonical = tpl.resolve(&["77", "007"]);
+        assert!(
+            !canonical.aliased,
+            "an untyped parameter is taken as written"
+        );
+        assert_eq!(
+            canonical.pairs,
+            [("id".into(), "77".into()), ("line".into(), "007".into())]
+        );
+        let zero = tpl.resolve(&["0", "a"]);
+        assert!(!zero.aliased);
+        let padded = tpl.resolve(&["077", "a"]);
+        assert!(padded.aliased);
+        assert_eq!(padded.pairs[0], ("id".into(), "77".into()));
+        for odd in ["+77", "7_7", " 77", "-1", "x", "18446744073709551616"] {
+            let r = tpl.resolve(&[odd, "a"]);
+            assert!(r.aliased, "{odd}");
+            assert_eq!(r.pairs, [("line".into(), "a".into())], "{odd}: no value");
+        }
+    }
+
+    #[test]
+    fn unknown_parameter_types_are_rejected() {
+        assert_eq!(
+            PathTemplate::parse("/a/{id:float}"),
+            Err(TemplateError::BadType("id".into(), "float".into()))
+        );
+        assert!(matches!(
+            PathTemplate::parse("/a/{:u64}"),
+            Err(TemplateError::BadName(_))
+        ));
+        assert_eq!(
+            PathTemplate::parse("/{id:u64}/{id}"),
+            Err(TemplateError::Duplicate("id".into()))
+        );
     }
 
     fn route(name: &str, path: &str) -> Route {

@@ -72,6 +72,28 @@ fn minimal_config_gets_defaults() {
 }
 
 #[test]
+fn typed_path_parameters_are_checked_with_their_field_path() {
+    let detail = "upstream = \"http://127.0.0.1:9090\"\n[[route]]\nname = \"d\"\npath = \"/o/{id:u64}\"\n[route.cache]\nfamilies = [\"order:{path.id}\"]\n";
+    let c: Config = detail.parse().unwrap();
+    let params: Vec<_> = c.routes.routes()[0].path.typed_params().collect();
+    assert_eq!(params, [("id", route::ParamType::U64)]);
+    let e = err(&detail.replace("{id:u64}", "{id:float}"));
+    assert!(e.starts_with("route[0].path"), "{e}");
+    assert!(
+        e.contains("unknown type \"float\"") && e.contains("u64"),
+        "{e}"
+    );
+    let e = err(&detail.replace("{path.id}", "{path.id|x}"));
+    assert!(e.starts_with("route[0].cache.families[0]"), "{e}");
+    assert!(e.contains("takes no default"), "{e}");
+    let write = "upstream = \"http://127.0.0.1:9090\"\n[[route]]\nname = \"d\"\npath = \"/o/{id}\"\n[route.cache]\nfamilies = [\"order:{path.id}\"]\n[[route]]\nname = \"w\"\nmethods = [\"PATCH\"]\npath = \"/o/{id:u64}\"\n[route.invalidate]\nfamilies = [\"order:{path.id|0}\"]\n";
+    let e = err(write);
+    assert!(e.starts_with("route[1].invalidate.families[0]"), "{e}");
+    let e = err(&write.replace("{path.id|0}", "{path.nr}"));
+    assert!(e.contains("the path has no {nr}"), "{e}");
+}
+
+#[test]
 fn unknown_field_names_its_path() {
     let e = err(&MINIMAL.replace("query =", "ttl_l3 = \"1s\"\nquery ="));
     assert!(e.starts_with("route[0].cache.ttl_l3"), "{e}");

@@ -17,7 +17,7 @@ use super::{
     CachePolicy, ConfigError, CredentialPolicy, InvalidateRule, Members, QueryParam, RawCache,
     RawInvalidate, RawMembers, RawRoute, invalid,
 };
-use crate::config::route::{PathTemplate, Route, RouteTable};
+use crate::config::route::{ParamType, PathTemplate, Route, RouteTable};
 use crate::family::{Source, Template};
 
 pub(super) fn validate_routes(raw: Vec<RawRoute>) -> Result<RouteTable, ConfigError> {
@@ -319,10 +319,7 @@ fn check_entry_placeholder(
     query: &[QueryParam],
 ) -> Result<(), ConfigError> {
     match source {
-        Source::Path if !path.params().any(|p| p == field) => Err(invalid(
-            here,
-            format!("unknown placeholder {{path.{field}}}: the path has no {{{field}}}"),
-        )),
+        Source::Path => check_path_placeholder(here, field, default, path),
         Source::Query => match query.iter().find(|q| q.name == field) {
             None => Err(invalid(
                 here,
@@ -357,16 +354,38 @@ impl RawMembers {
     }
 }
 
+/// A `{path.x}` placeholder names a parameter of the route's path. A typed one takes no
+/// default: a value with no canonical spelling must leave the placeholder unrendered
+/// (a write then ends the whole group), not stand in for some entity.
+fn check_path_placeholder(
+    here: &str,
+    field: &str,
+    default: Option<&str>,
+    path: &PathTemplate,
+) -> Result<(), ConfigError> {
+    match path.typed_params().find(|(p, _)| *p == field) {
+        None => Err(invalid(
+            here,
+            format!("unknown placeholder {{path.{field}}}: the path has no {{{field}}}"),
+        )),
+        Some((_, ParamType::Text)) => Ok(()),
+        Some(_) if default.is_some() => Err(invalid(
+            here,
+            format!(
+                "{{path.{field}|...}}: a typed path parameter takes no default; write {{path.{field}}}"
+            ),
+        )),
+        Some(_) => Ok(()),
+    }
+}
+
 const WRITE_SOURCES: &[Source] = &[Source::Path, Source::Request, Source::Response];
 
 fn write_template(here: &str, text: &str, path: &PathTemplate) -> Result<Template, ConfigError> {
     let t = template(here, text, WRITE_SOURCES)?;
-    for (source, field, _) in t.placeholders() {
-        if source == Source::Path && !path.params().any(|p| p == field) {
-            return Err(invalid(
-                here,
-                format!("unknown placeholder {{path.{field}}}"),
-            ));
+    for (source, field, default) in t.placeholders() {
+        if source == Source::Path {
+            check_path_placeholder(here, field, default, path)?;
         }
     }
     Ok(t)

@@ -24,8 +24,8 @@ use hyper::body::Incoming;
 use tracing::debug;
 
 use crate::clock::Clock;
-use crate::config::CachePolicy;
-use crate::config::route::Route;
+use crate::config::route::{Params, Route};
+use crate::config::{CachePolicy, CredentialPolicy};
 use crate::consistency::{Check, Fence, Invalidator, Name};
 use crate::entry::Entry;
 use crate::error::GatewayError;
@@ -38,7 +38,7 @@ use crate::l1::{L1, L1Entry};
 use crate::l2::L2;
 use crate::metrics::RouteLabel;
 use crate::outcome::{BypassReason, CacheOutcome, MissDetail, NoStoreReason};
-use crate::pass::{Body, Pass, mark_bypass, original_host, problem};
+use crate::pass::{Body, Pass, mark_bypass, problem};
 use crate::upstream::UpstreamBody;
 use recent::RecentFills;
 use response::{entry_response, l1_hit};
@@ -109,13 +109,19 @@ impl Reader {
         mut req: Request<Incoming>,
         remote: SocketAddr,
         route: &Route,
-        params: &[(String, String)],
+        params: &Params,
         remember_key: bool,
         answerer: Option<&Answerer>,
     ) -> Served {
         let Some(policy) = route.cache.as_ref() else {
             return (self.inner.pass.pass(req, remote).await, None);
         };
+        if let Some(reason) = refusal(params, req.headers()) {
+            req.extensions_mut().insert(RouteLabel(route.name.clone()));
+            let resp = self.inner.pass.bypass(req, remote, reason).await;
+            return (resp, Some(CacheOutcome::Bypass(reason)));
+        }
+        let params = &params.pairs[..];
         let head = req.method() == Method::HEAD;
         if let Some(resp) = answerer.and_then(|a| a.answer(req.uri().query(), req.headers(), head))
         {
@@ -248,7 +254,7 @@ impl Reader {
             Role::Waiter(w) => (w, false),
             Role::Leader(l) => {
                 let w = l.waiter();
-                let fetch = self.fill_request(&parts, remote, &ctx.policy, &ctx.key);
+                let fetch = self.fill_request(&parts, &ctx.policy, &ctx.key);
                 if remember_key {
                     ctx.sent = fetch.as_ref().ok().map(|r| r.headers().clone());
                 }
@@ -342,25 +348,20 @@ impl Reader {
         }
     }
 
-    /// The GET sent to the MES for a fill: the leader's headers minus validators, the
-    /// normalized path and query of the key.
+    /// The GET sent to the MES for a fill: the normalized path and query of the key, and
+    /// of the leader's headers only those the key accounts for (see [`forward`]).
     fn fill_request(
         &self,
         parts: &Parts,
-        remote: SocketAddr,
         policy: &CachePolicy,
         key: &CacheKey,
     ) -> Result<Request<UpstreamBody>, GatewayError> {
-        let mut headers = parts.headers.clone();
-        forward::fill_headers(&mut headers, &policy.vary);
-        let host = original_host(parts);
-        let upstream = &self.inner.pass.upstream();
-        forward::request_headers(
-            &mut headers,
-            remote.ip(),
+        let headers = forward::fill_headers(
+            &parts.headers,
+            &policy.vary,
+            policy.credentials == CredentialPolicy::PerCredential,
             parts.version,
-            host,
-            upstream.authority(),
+            self.inner.pass.upstream().authority(),
         );
         let label = parts.extensions.get::<RouteLabel>().cloned();
         self.upstream_get(key, headers, label)
@@ -429,6 +430,18 @@ enum Probe {
 thread_local! {
     /// The cache key of the request this thread is looking up.
     static KEY_BUF: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+}
+
+/// Why a request on a cached route is not the cache's to answer, whatever its key: it
+/// spells an entity in a way of its own, or asks the MES for another method or path.
+fn refusal(params: &Params, headers: &HeaderMap) -> Option<BypassReason> {
+    if params.aliased {
+        Some(BypassReason::NonCanonical)
+    } else if forward::overrides_request(headers) {
+        Some(BypassReason::Override)
+    } else {
+        None
+    }
 }
 
 /// Keeps the newer of two stale candidates.
