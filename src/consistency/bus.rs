@@ -13,7 +13,10 @@
 //! counts itself cut off. It then ends everything in L1, stops reading L2 (which it can
 //! no longer vouch for: writes may be queued elsewhere, and Redis may come back from an
 //! old snapshot), and keeps what it fetches in L1 only `redis.cut_off_ttl`. It is back
-//! (resynchronized, as after a resubscription) when it hears the bus again.
+//! (resynchronized, as after a resubscription) when it hears the bus again; L2 stays
+//! unread for `redis.bus_deadline` more, and as long as another instance's heartbeats
+//! say it has invalidations queued for Redis (a write it acknowledged while Redis was
+//! out of reach is not in Redis until its retry lands).
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -46,6 +49,10 @@ pub struct BusMessage {
     /// its origin included, counts it as heard).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub heartbeat: bool,
+    /// On a heartbeat: the origin has invalidations queued for Redis (it could not reach
+    /// it), so what Redis holds may be stale; other instances do not read it meanwhile.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pending: bool,
 }
 
 /// A write's answer for other instances' status indexes.
@@ -86,12 +93,14 @@ pub fn message(
         at_ms,
         delta,
         heartbeat: false,
+        pending: false,
     };
     serde_json::to_string(&m).unwrap_or_default()
 }
 
-/// The JSON of a heartbeat from `origin` (an empty invalidation to older instances).
-pub fn heartbeat_message(origin: &str) -> String {
+/// The JSON of a heartbeat from `origin` (an empty invalidation to older instances);
+/// `pending`: it has invalidations queued for Redis.
+pub fn heartbeat_message(origin: &str, pending: bool) -> String {
     let m = BusMessage {
         origin: origin.to_owned(),
         names: Vec::new(),
@@ -99,6 +108,7 @@ pub fn heartbeat_message(origin: &str) -> String {
         at_ms: 0,
         delta: None,
         heartbeat: true,
+        pending,
     };
     serde_json::to_string(&m).unwrap_or_default()
 }
@@ -190,11 +200,14 @@ async fn follow(inv: &Invalidator, stream: &mut Messages, deadline: Duration, la
 /// Publishes this instance's heartbeat every `every`, which also checks Redis's
 /// generation (a restart or a data loss starts a new one).
 pub async fn beat(inv: Invalidator, l2: L2, every: Duration) {
-    let msg = heartbeat_message(&inv.inner.origin);
     let mut ticks = tokio::time::interval(every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
+        // Sent on the connection the retries use: a heartbeat that says nothing is
+        // pending follows the retry that emptied the queue.
+        let pending = inv.inner.outbox.has_pending();
+        let msg = heartbeat_message(&inv.inner.origin, pending);
         if let Err(e) = l2.heartbeat(&msg).await {
             debug!(error = %e, kind = e.as_str(), tier = "shared", "heartbeat failed");
         }
@@ -223,6 +236,22 @@ impl Invalidator {
     /// Whether this instance counts itself cut off from the bus now.
     pub fn is_cut_off(&self) -> bool {
         self.inner.cut_off.load(Ordering::Acquire)
+    }
+
+    /// Whether L2 may be read now: not while cut off, nor for `redis.bus_deadline` after
+    /// being cut off or after another instance said it has invalidations queued for
+    /// Redis (a write acknowledged elsewhere may not be in Redis yet).
+    pub fn l2_vouched(&self) -> bool {
+        !self.is_cut_off() && mono_ms() >= self.inner.l2_hold_until_ms.load(Ordering::Acquire)
+    }
+
+    /// Keeps L2 unread for `redis.bus_deadline` from now.
+    fn hold_l2(&self) {
+        let deadline = self.inner.bus_deadline_ms.load(Ordering::Relaxed);
+        let until = mono_ms() + deadline;
+        self.inner
+            .l2_hold_until_ms
+            .fetch_max(until, Ordering::AcqRel);
     }
 
     /// While cut off, the longest an entry stored now may stay fresh in L1, ms (`0`:
@@ -256,6 +285,9 @@ impl Invalidator {
         if !self.inner.cut_off.swap(false, Ordering::AcqRel) || first {
             return;
         }
+        // Writes queued elsewhere while Redis was out of reach land in a moment (their
+        // instances retry when they hear the bus again, and say so in their heartbeats).
+        self.hold_l2();
         flush_after_gap(self);
         self.inner.outbox.wake();
         info!("invalidation bus heard again: resynchronized");
@@ -263,6 +295,14 @@ impl Invalidator {
             sink.resumed();
         }
     }
+}
+
+/// Milliseconds on a monotonic clock (since its first use in this process).
+fn mono_ms() -> u64 {
+    static BASE: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    BASE.get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
 }
 
 fn flush_after_gap(inv: &Invalidator) {
@@ -278,7 +318,13 @@ pub fn on_message(inv: &Invalidator, payload: &[u8]) -> Option<u64> {
         warn!("unreadable message on the invalidation bus");
         return None;
     };
-    if m.heartbeat || m.origin == inner.origin {
+    if m.heartbeat {
+        if m.pending && m.origin != inner.origin {
+            inv.hold_l2();
+        }
+        return None;
+    }
+    if m.origin == inner.origin {
         return None;
     }
     let mut names: Vec<Name> = m.names.iter().map(|n| Name::parse(n)).collect();
@@ -333,7 +379,7 @@ mod tests {
             Duration::from_secs(60),
         );
         let f = inv.fence(&Name::all_for(&["status:A".into()]));
-        let hb = heartbeat_message("another instance");
+        let hb = heartbeat_message("another instance", false);
         assert_eq!(on_message(&inv, hb.as_bytes()), None);
         assert!(f.is_valid());
         assert_eq!(inv.stats().received.load(Ordering::Relaxed), 0);
@@ -363,6 +409,7 @@ mod tests {
             at_ms: 0,
             delta: None,
             heartbeat: false,
+            pending: false,
         };
         assert!(on_message(&inv, &serde_json::to_vec(&msg).unwrap()).is_some());
         assert!(!a.is_valid(), "status:A, known here only, is ended too");

@@ -163,6 +163,11 @@ struct Inner {
     cut_off: AtomicBool,
     /// `redis.cut_off_ttl`, ms (set when the bus is started).
     cut_off_ttl_ms: AtomicU64,
+    /// `redis.bus_deadline`, ms (set when the bus is started).
+    bus_deadline_ms: AtomicU64,
+    /// L2 is not read before this instant (`bus::mono_ms`): after a cut-off, and while
+    /// another instance has invalidations queued for Redis.
+    l2_hold_until_ms: AtomicU64,
     // A std Mutex: set once at build, cloned out per message, never held across `.await`.
     sink: Mutex<Option<Arc<dyn bus::DeltaSink>>>,
 }
@@ -196,6 +201,8 @@ impl Invalidator {
                 subscribed: tokio::sync::watch::Sender::new(false),
                 cut_off: AtomicBool::new(shared),
                 cut_off_ttl_ms: AtomicU64::new(0),
+                bus_deadline_ms: AtomicU64::new(0),
+                l2_hold_until_ms: AtomicU64::new(0),
                 sink: Mutex::default(),
             }),
         }
@@ -446,6 +453,10 @@ impl Invalidator {
         };
         let ttl = timing.cut_off_ttl.as_millis() as u64;
         self.inner.cut_off_ttl_ms.store(ttl, Ordering::Relaxed);
+        let deadline = timing.deadline.as_millis() as u64;
+        self.inner
+            .bus_deadline_ms
+            .store(deadline, Ordering::Relaxed);
         let inv = self.clone();
         let retry_l2 = l2.clone();
         tokio::spawn(async move {

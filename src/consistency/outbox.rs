@@ -102,6 +102,11 @@ impl Outbox {
         self.wake_retry.notify_one();
     }
 
+    /// Whether invalidations wait for a Redis retry.
+    pub fn has_pending(&self) -> bool {
+        !lock(&self.pending).is_empty()
+    }
+
     /// Retries what is queued now, whatever the backoff had grown to.
     pub fn wake(&self) {
         self.retry_now.notify_one();

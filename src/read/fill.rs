@@ -106,7 +106,7 @@ impl Reader {
             .as_ref()
             .filter(|_| !ctx.policy.ttl_l2.is_zero())?;
         let inv = &self.inner.invalidator;
-        if inv.is_cut_off() || inv.closed_any(&ctx.names) {
+        if !inv.l2_vouched() || inv.closed_any(&ctx.names) {
             return None;
         }
         match l2.lookup(&ctx.key.key, &ctx.names).await {
