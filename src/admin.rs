@@ -199,12 +199,18 @@ async fn readiness(gateway: &Gateway) -> Response<Full<Bytes>> {
         Some(l2) if l2.breaker_state() == BreakerState::Closed => "ok",
         Some(_) => "degraded",
     };
-    let status = if redis == "degraded" {
+    // Cut off from the bus, the instance still answers (from the MES), so it stays ready.
+    let bus = match gateway.l2() {
+        None => "off",
+        Some(_) if gateway.invalidator().is_cut_off() => "cut_off",
+        Some(_) => "ok",
+    };
+    let status = if redis == "degraded" || bus == "cut_off" {
         "degraded"
     } else {
         "ready"
     };
-    let mut body = json!({"status": status, "redis": redis});
+    let mut body = json!({"status": status, "redis": redis, "bus": bus});
     if let Some(progress) = index_progress(gateway) {
         body["index"] = progress;
     }

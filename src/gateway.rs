@@ -16,6 +16,7 @@ use tracing::info;
 use crate::clock::Clock;
 use crate::config::route::RouteTable;
 use crate::config::{Config, Overrides};
+use crate::consistency::bus::BusTiming;
 use crate::consistency::{Invalidator, Name};
 use crate::index::service::{Answerer, Indexes};
 use crate::l1::L1;
@@ -146,7 +147,14 @@ impl Gateway {
             index_ttl(&config),
             fill_ttl,
         );
-        invalidator.start_background(metrics.bus_latency.clone());
+        if let Some(r) = &config.redis {
+            let timing = BusTiming {
+                heartbeat: r.heartbeat,
+                deadline: r.bus_deadline,
+                cut_off_ttl: r.cut_off_ttl,
+            };
+            invalidator.start_background(metrics.bus_latency.clone(), timing);
+        }
         let upstream = Upstream::new(config.upstream.clone(), &config.timeouts, metrics.clone());
         let pass = Pass::new(upstream);
         let indexes = Indexes::new(&config.routes, l2.as_ref());
@@ -372,6 +380,7 @@ impl Gateway {
             invalidation: self.inner.invalidator.stats(),
             epoch_counters: self.inner.invalidator.epoch_counters(),
             flights_waiting: self.flights_waiting(),
+            bus_cut_off: self.inner.invalidator.is_cut_off(),
             indexes: self.inner.indexes.reports(),
         }
     }

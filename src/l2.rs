@@ -6,7 +6,11 @@
 //! since the fill started (one Lua script, so the check and the store are one step).
 //!
 //! Key layout: every key of a deployment carries the hash tag `{prefix}`, so the
-//! multi-key scripts stay in one slot under Redis Cluster.
+//! multi-key scripts stay in one slot under Redis Cluster. Entries, epochs and entity
+//! sets also carry the *generation* (`{prefix}:GEN:e:KEY`): a Redis that restarted (from
+//! an old snapshot, say: epochs back in time, ended entries valid again) or lost data is
+//! given a new generation by the first heartbeat that sees it ([`L2::heartbeat`]), and
+//! everything stored under the old one is never read again.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,31 +28,38 @@ use crate::entry::{CodecError, Entry};
 /// make an old entry look valid again.
 const EPOCH_EXPIRE_MS: u64 = 7 * 24 * 3600 * 1000;
 
+// Every script that reads or moves entries and epochs first checks that the generation
+// it was built for is the one Redis holds (KEYS[1], ARGV[1]): after a restart or a data
+// loss, an instance still on the old generation cannot touch the new one's keys.
 const LOOKUP: &str = r"
-local out = {redis.call('GET', KEYS[1]) or false}
-for i = 2, #KEYS do out[i] = tonumber(redis.call('GET', KEYS[i]) or '0') end
+if redis.call('HGET', KEYS[1], 'gen') ~= ARGV[1] then return redis.error_reply('GENERATION moved') end
+local out = {redis.call('GET', KEYS[2]) or false}
+for i = 3, #KEYS do out[i - 1] = tonumber(redis.call('GET', KEYS[i]) or '0') end
 return out
 ";
 
 const STORE_FENCED: &str = r"
-for i = 2, #KEYS do
+if redis.call('HGET', KEYS[1], 'gen') ~= ARGV[1] then return redis.error_reply('GENERATION moved') end
+for i = 3, #KEYS do
   if tonumber(redis.call('GET', KEYS[i]) or '0') ~= tonumber(ARGV[i + 1]) then return 0 end
 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
 return 1
 ";
 
-// KEYS: the n epochs to move, then per entry to store: its key and its m epochs.
-// ARGV: channel, epoch expiry, message, n, entry count, then per entry: m, keep ms, the
-// encoded entry, and the m epoch values it must find (it is stored only if it does).
+// KEYS: the generation, the n epochs to move, then per entry to store: its key and its m
+// epochs. ARGV: generation, channel, epoch expiry, message, n, entry count, then per
+// entry: m, keep ms, the encoded entry, and the m epoch values it must find (it is
+// stored only if it does).
 const INVALIDATE: &str = r"
-local n = tonumber(ARGV[4])
-for i = 1, n do
+if redis.call('HGET', KEYS[1], 'gen') ~= ARGV[1] then return redis.error_reply('GENERATION moved') end
+local n = tonumber(ARGV[5])
+for i = 2, n + 1 do
   redis.call('INCR', KEYS[i])
-  redis.call('PEXPIRE', KEYS[i], ARGV[2])
+  redis.call('PEXPIRE', KEYS[i], ARGV[3])
 end
-local k, a, stored = n + 1, 6, 0
-for _ = 1, tonumber(ARGV[5]) do
+local k, a, stored = n + 2, 7, 0
+for _ = 1, tonumber(ARGV[6]) do
   local m = tonumber(ARGV[a])
   local fresh = true
   for i = 1, m do
@@ -62,8 +73,25 @@ for _ = 1, tonumber(ARGV[5]) do
   end
   k, a = k + 1 + m, a + 3 + m
 end
-redis.call('PUBLISH', ARGV[1], ARGV[3])
+redis.call('PUBLISH', ARGV[2], ARGV[4])
 return stored
+";
+
+// The heartbeat and the generation check, in one step. KEYS[1]: the generation marker
+// (a hash: `gen`, and the `run` id of the Redis process that holds it). ARGV: a new
+// generation, the channel, the heartbeat message ('' to publish nothing). A marker
+// missing (data lost) or written by another Redis process (a restart, perhaps from an
+// old snapshot, or a failover) means nothing stored before can be trusted: the new
+// generation replaces it. Returns the generation in force.
+const HEARTBEAT: &str = r"
+local run = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
+local g = redis.call('HMGET', KEYS[1], 'gen', 'run')
+if not g[1] or g[2] ~= run then
+  redis.call('HSET', KEYS[1], 'gen', ARGV[1], 'run', run)
+  g[1] = ARGV[1]
+end
+if ARGV[3] ~= '' then redis.call('PUBLISH', ARGV[2], ARGV[3]) end
+return g[1]
 ";
 
 /// An entry to store in the same step as an invalidation (refresh on write): `entry.epochs`
@@ -85,6 +113,10 @@ pub struct SharedStore {
 /// Why a shared-tier operation gave nothing.
 #[derive(Debug, thiserror::Error)]
 pub enum L2Error {
+    /// No generation known yet, or Redis holds another one than this instance's (it
+    /// restarted or lost data, and this instance has not followed yet).
+    #[error("redis generation not known or moved")]
+    Generation,
     /// The breaker is open: Redis was not asked.
     #[error("breaker open, redis skipped")]
     Skipped,
@@ -103,6 +135,7 @@ impl L2Error {
     /// Stable lowercase name for logs and metrics.
     pub fn as_str(&self) -> &'static str {
         match self {
+            Self::Generation => "generation",
             Self::Skipped => "skipped",
             Self::Timeout => "timeout",
             Self::Redis(_) => "redis",
@@ -120,6 +153,8 @@ pub struct L2Stats {
     pub skipped: AtomicU64,
     /// Stores refused because an epoch moved during the fill.
     pub fenced: AtomicU64,
+    /// Times Redis was found restarted or emptied and a new generation began.
+    pub generations: AtomicU64,
 }
 
 /// What a lookup found.
@@ -141,7 +176,9 @@ pub struct L2 {
     op_timeout: Duration,
     breaker: Arc<Breaker>,
     stats: Arc<L2Stats>,
-    scripts: Arc<[redis::Script; 3]>,
+    scripts: Arc<[redis::Script; 4]>,
+    /// The generation in force (`None` until the first heartbeat or check answers).
+    generation: Arc<tokio::sync::watch::Sender<Option<Arc<str>>>>,
 }
 
 impl L2 {
@@ -166,27 +203,86 @@ impl L2 {
                 redis::Script::new(LOOKUP),
                 redis::Script::new(STORE_FENCED),
                 redis::Script::new(INVALIDATE),
+                redis::Script::new(HEARTBEAT),
             ]),
+            generation: Arc::new(tokio::sync::watch::Sender::new(None)),
         })
     }
 
-    /// The Redis key of a cache entry.
-    pub fn entry_key(&self, key: &str) -> String {
-        format!("{{{}}}:e:{key}", self.prefix)
+    /// The generation of the shared tier in force: the part of every entry, epoch and
+    /// entity key that changes when Redis restarted or lost data (so nothing it held
+    /// before is read again). `None` until the first heartbeat reached Redis. Whatever
+    /// else keeps state in Redis can key it the same way, or watch for a change with
+    /// [`L2::watch_generation`].
+    pub fn generation(&self) -> Option<Arc<str>> {
+        self.generation.borrow().clone()
     }
 
-    /// The Redis key of an epoch.
+    /// Follows the generation: the receiver sees each change (`None` → first known;
+    /// one value → another: Redis restarted or lost data).
+    pub fn watch_generation(&self) -> tokio::sync::watch::Receiver<Option<Arc<str>>> {
+        self.generation.subscribe()
+    }
+
+    fn current_generation(&self) -> Result<Arc<str>, L2Error> {
+        self.generation().ok_or(L2Error::Generation)
+    }
+
+    /// The Redis key of the generation marker (a hash: `gen`, `run`).
+    fn generation_key(&self) -> String {
+        format!("{{{}}}:gen", self.prefix)
+    }
+
+    fn entry_key(&self, generation: &str, key: &str) -> String {
+        format!("{{{}}}:{generation}:e:{key}", self.prefix)
+    }
+
+    fn name_key(&self, generation: &str, name: &Name) -> String {
+        format!("{{{}}}:{generation}:ep:{name}", self.prefix)
+    }
+
+    fn members_key(&self, generation: &str, entity: &str) -> String {
+        format!("{{{}}}:{generation}:m:{entity}", self.prefix)
+    }
+
+    /// The Redis key of an epoch in the generation in force (`-` before one is known).
     pub fn epoch_key(&self, name: &str) -> String {
-        format!("{{{}}}:ep:{name}", self.prefix)
+        let g = self.generation().unwrap_or_else(|| "-".into());
+        self.name_key(&g, &Name::parse(name))
     }
 
-    fn name_key(&self, name: &Name) -> String {
-        self.epoch_key(&name.to_string())
-    }
-
-    /// The Redis key of an entity's known families.
+    /// The Redis key of an entity's known families in the generation in force.
     pub fn entity_key(&self, entity: &str) -> String {
-        format!("{{{}}}:m:{entity}", self.prefix)
+        let g = self.generation().unwrap_or_else(|| "-".into());
+        self.members_key(&g, entity)
+    }
+
+    /// Publishes `message` (a heartbeat; `""`: none) and checks the generation, in one
+    /// step: Redis restarted or emptied since the generation was set gets a new one,
+    /// which this instance then adopts (as every instance will at its next heartbeat).
+    /// Returns the generation in force. Not held back by the breaker (it is the probe
+    /// that closes it), but it reports to it.
+    pub async fn heartbeat(&self, message: &str) -> Result<Arc<str>, L2Error> {
+        let mut inv = self.scripts[3].key(self.generation_key());
+        inv.arg(new_generation()).arg(self.channel()).arg(message);
+        let op = async { inv.invoke_async::<String>(&mut self.conn.clone()).await };
+        let g = match tokio::time::timeout(self.op_timeout, op).await {
+            Ok(Ok(g)) => g,
+            Ok(Err(e)) => return Err(self.probe_failed(L2Error::Redis(e))),
+            Err(_) => return Err(self.probe_failed(L2Error::Timeout)),
+        };
+        self.breaker.on_success();
+        self.generation.send_if_modified(|held| {
+            let moved = held.as_deref() != Some(g.as_str());
+            if moved && held.is_some() {
+                self.stats.generations.fetch_add(1, Ordering::Relaxed);
+            }
+            if moved {
+                *held = Some(g.as_str().into());
+            }
+            moved
+        });
+        self.current_generation()
     }
 
     /// The pub/sub channel of invalidations.
@@ -197,9 +293,11 @@ impl L2 {
     /// Reads an entry with the current epochs of `epoch_names`, in one round trip. An
     /// entry whose recorded epochs differ from the current ones is dropped (invalidated).
     pub async fn lookup(&self, key: &str, epoch_names: &[Name]) -> Result<Lookup, L2Error> {
-        let mut inv = self.scripts[0].key(self.entry_key(key));
+        let g = self.current_generation()?;
+        let mut inv = self.scripts[0].key(self.generation_key());
+        inv.key(self.entry_key(&g, key)).arg(&*g);
         for n in epoch_names {
-            inv.key(self.name_key(n));
+            inv.key(self.name_key(&g, n));
         }
         let values: Vec<redis::Value> = self
             .guarded(|mut c| async move { inv.invoke_async(&mut c).await })
@@ -233,9 +331,11 @@ impl L2 {
         keep: Duration,
         epoch_names: &[Name],
     ) -> Result<bool, L2Error> {
-        let mut inv = self.scripts[1].key(self.entry_key(key));
+        let g = self.current_generation()?;
+        let mut inv = self.scripts[1].key(self.generation_key());
+        inv.key(self.entry_key(&g, key)).arg(&*g);
         for n in epoch_names {
-            inv.key(self.name_key(n));
+            inv.key(self.name_key(&g, n));
         }
         inv.arg(entry.encode().as_ref())
             .arg(keep.as_millis().max(1) as u64);
@@ -253,26 +353,45 @@ impl L2 {
 
     /// Moves the epochs `names` and publishes `message` on the bus, atomically; in the
     /// same step, stores each of `stores` whose epochs then hold exactly the values it
-    /// expects (see [`SharedStore`]). Returns how many were stored.
+    /// expects (see [`SharedStore`]). Returns how many were stored. When Redis holds
+    /// another generation than this instance, the generation is checked again and the
+    /// step tried once more: a write must not wait for the next heartbeat.
     pub async fn invalidate(
         &self,
         names: &[Name],
         message: &str,
         stores: &[SharedStore],
     ) -> Result<usize, L2Error> {
-        let mut inv = self.scripts[2].prepare_invoke();
-        for n in names {
-            inv.key(self.name_key(n));
+        match self.invalidate_once(names, message, stores).await {
+            Err(L2Error::Generation) => {
+                self.heartbeat("").await?;
+                self.invalidate_once(names, message, stores).await
+            }
+            other => other,
         }
-        inv.arg(self.channel())
+    }
+
+    async fn invalidate_once(
+        &self,
+        names: &[Name],
+        message: &str,
+        stores: &[SharedStore],
+    ) -> Result<usize, L2Error> {
+        let g = self.current_generation()?;
+        let mut inv = self.scripts[2].key(self.generation_key());
+        for n in names {
+            inv.key(self.name_key(&g, n));
+        }
+        inv.arg(&*g)
+            .arg(self.channel())
             .arg(EPOCH_EXPIRE_MS)
             .arg(message)
             .arg(names.len())
             .arg(stores.len());
         for st in stores {
-            inv.key(self.entry_key(&st.key));
+            inv.key(self.entry_key(&g, &st.key));
             for n in &st.names {
-                inv.key(self.name_key(n));
+                inv.key(self.name_key(&g, n));
             }
             inv.arg(st.names.len())
                 .arg(st.keep.as_millis().max(1) as u64)
@@ -289,9 +408,10 @@ impl L2 {
 
     /// The current values of the epochs `names` (0 for one never moved).
     pub async fn epochs(&self, names: &[Name]) -> Result<Vec<u64>, L2Error> {
+        let g = self.current_generation()?;
         let mut cmd = redis::cmd("MGET");
         for n in names {
-            cmd.arg(self.name_key(n));
+            cmd.arg(self.name_key(&g, n));
         }
         let values: Vec<Option<u64>> = self
             .guarded(|mut c| async move { cmd.query_async(&mut c).await })
@@ -305,9 +425,10 @@ impl L2 {
         members: &[(String, Vec<String>)],
         keep: Duration,
     ) -> Result<(), L2Error> {
+        let g = self.current_generation()?;
         let mut pipe = redis::pipe();
         for (entity, families) in members.iter().filter(|(_, f)| !f.is_empty()) {
-            let k = self.entity_key(entity);
+            let k = self.members_key(&g, entity);
             pipe.sadd(&k, families).ignore();
             pipe.pexpire(&k, keep.as_millis() as i64).ignore();
         }
@@ -317,8 +438,9 @@ impl L2 {
 
     /// The families `entity` is known to belong to.
     pub async fn known(&self, entity: &str) -> Result<Vec<String>, L2Error> {
+        let g = self.current_generation()?;
         let cmd = redis::cmd("SMEMBERS")
-            .arg(self.entity_key(entity))
+            .arg(self.members_key(&g, entity))
             .to_owned();
         self.guarded(|mut c| async move { cmd.query_async(&mut c).await })
             .await
@@ -326,7 +448,8 @@ impl L2 {
 
     /// Deletes one entry.
     pub async fn delete(&self, key: &str) -> Result<(), L2Error> {
-        let cmd = redis::cmd("DEL").arg(self.entry_key(key)).to_owned();
+        let g = self.current_generation()?;
+        let cmd = redis::cmd("DEL").arg(self.entry_key(&g, key)).to_owned();
         self.guarded(|mut c| async move { cmd.query_async::<()>(&mut c).await })
             .await
     }
@@ -383,6 +506,12 @@ impl L2 {
             })
     }
 
+    fn probe_failed(&self, e: L2Error) -> L2Error {
+        self.stats.errors.fetch_add(1, Ordering::Relaxed);
+        self.breaker.on_failure();
+        e
+    }
+
     /// Runs one operation under the breaker and the op timeout.
     pub(crate) async fn guarded<T, F, Fut>(&self, op: F) -> Result<T, L2Error>
     where
@@ -395,6 +524,11 @@ impl L2 {
         }
         let result = match tokio::time::timeout(self.op_timeout, op(self.conn.clone())).await {
             Ok(Ok(v)) => Ok(v),
+            // Redis answered: it is up, only the generation moved.
+            Ok(Err(e)) if e.code() == Some("GENERATION") => {
+                self.breaker.on_success();
+                return Err(L2Error::Generation);
+            }
             Ok(Err(e)) => Err(L2Error::Redis(e)),
             Err(_) => Err(L2Error::Timeout),
         };
@@ -417,4 +551,15 @@ impl L2 {
     pub fn stats(&self) -> &L2Stats {
         &self.stats
     }
+}
+
+/// A fresh generation: 16 hex digits, random per call (time and a per-process seed).
+fn new_generation() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    h.write_u64(now);
+    format!("{:016x}", h.finish())
 }

@@ -119,6 +119,8 @@ pub struct Snapshot<'a> {
     pub epoch_counters: usize,
     /// Requests waiting on single-flight fetches.
     pub flights_waiting: usize,
+    /// Whether the instance counts itself cut off from the invalidation bus.
+    pub bus_cut_off: bool,
     /// The status indexes.
     pub indexes: Vec<IndexReport>,
 }
@@ -173,6 +175,9 @@ pub struct Metrics {
     invalidations: Family<ReasonLabels, Counter>,
     redis_errors: Family<KindLabels, Counter>,
     breaker_open: Gauge,
+    bus_cut_off: Gauge,
+    bus_cut_offs: Counter,
+    redis_generations: Counter,
     l1_bytes: Gauge,
     l1_entries: Gauge,
     epoch_counters: Gauge,
@@ -223,6 +228,9 @@ impl Metrics {
             invalidations: Family::default(),
             redis_errors: Family::default(),
             breaker_open: Gauge::default(),
+            bus_cut_off: Gauge::default(),
+            bus_cut_offs: Counter::default(),
+            redis_generations: Counter::default(),
             l1_bytes: Gauge::default(),
             l1_entries: Gauge::default(),
             epoch_counters: Gauge::default(),
@@ -293,6 +301,21 @@ impl Metrics {
             "redis_breaker_open",
             "1 while the Redis breaker skips Redis",
             self.breaker_open.clone(),
+        );
+        r.register(
+            "bus_cut_off",
+            "1 while this instance may be missing invalidations (the bus is silent or down): L1 is kept briefly, L2 not read",
+            self.bus_cut_off.clone(),
+        );
+        r.register(
+            "bus_cut_offs",
+            "Times this instance was cut off from the invalidation bus",
+            self.bus_cut_offs.clone(),
+        );
+        r.register(
+            "redis_generations",
+            "Times Redis was found restarted or emptied, so nothing it held before is used",
+            self.redis_generations.clone(),
         );
         r.register(
             "l1_bytes",
@@ -409,10 +432,16 @@ impl Metrics {
                 );
             }
             sync(&self.l2_fenced, s.fenced.load(Ordering::Relaxed));
+            sync(
+                &self.redis_generations,
+                s.generations.load(Ordering::Relaxed),
+            );
             self.breaker_open
                 .set(i64::from(l2.breaker_state() != BreakerState::Closed));
         }
         let s = gw.invalidation;
+        self.bus_cut_off.set(i64::from(gw.bus_cut_off));
+        sync(&self.bus_cut_offs, s.cut_offs.load(Ordering::Relaxed));
         for (reason, v) in [
             ("write", &s.applied),
             ("fallback", &s.fallbacks),

@@ -90,6 +90,23 @@ pub struct RawRedis {
     /// How long the breaker stays open before one probe is let through. Default `2s`.
     #[serde(default = "default_breaker_cooldown")]
     pub breaker_cooldown: String,
+    /// How often this instance publishes a heartbeat on the invalidation bus (and checks
+    /// that Redis was not restarted or emptied: its `run_id` and mesgate's generation
+    /// marker). Default `100ms`.
+    #[serde(default = "default_heartbeat")]
+    pub heartbeat: String,
+    /// Silence on the bus (no heartbeat, not even this instance's own, and no message) for
+    /// this long and the instance counts itself *cut off*: it may be missing other
+    /// instances' invalidations, so it drops its L1, stops reading L2 and keeps new L1
+    /// entries only `cut_off_ttl` until it hears the bus again. More than `heartbeat`;
+    /// default `500ms`.
+    #[serde(default = "default_bus_deadline")]
+    pub bus_deadline: String,
+    /// While cut off, how long an answer fetched from the MES may be served from L1 (the
+    /// bound on what this instance serves without the bus); `0s` keeps nothing. Default
+    /// `200ms`.
+    #[serde(default = "default_cut_off_ttl")]
+    pub cut_off_ttl: String,
 }
 
 fn default_prefix() -> String {
@@ -106,6 +123,15 @@ fn default_breaker_failures() -> u32 {
 }
 fn default_breaker_cooldown() -> String {
     "2s".into()
+}
+fn default_heartbeat() -> String {
+    "100ms".into()
+}
+fn default_bus_deadline() -> String {
+    "500ms".into()
+}
+fn default_cut_off_ttl() -> String {
+    "200ms".into()
 }
 
 /// `[l1]`: the in-process tier.
@@ -566,6 +592,9 @@ impl RawRedis {
             connect_timeout: default_connect_timeout(),
             breaker_failures: default_breaker_failures(),
             breaker_cooldown: default_breaker_cooldown(),
+            heartbeat: default_heartbeat(),
+            bus_deadline: default_bus_deadline(),
+            cut_off_ttl: default_cut_off_ttl(),
         }
     }
 }

@@ -37,6 +37,12 @@ pub struct RedisConfig {
     pub breaker_failures: u32,
     /// Breaker cool-down.
     pub breaker_cooldown: Duration,
+    /// Interval of this instance's heartbeats on the bus.
+    pub heartbeat: Duration,
+    /// Bus silence after which the instance counts itself cut off.
+    pub bus_deadline: Duration,
+    /// Longest L1 freshness of an entry stored while cut off.
+    pub cut_off_ttl: Duration,
 }
 
 /// Validated `[timeouts]`.

@@ -175,6 +175,19 @@ fn bad_upstream_and_addresses() {
 }
 
 #[test]
+fn the_bus_deadline_must_outlast_a_heartbeat() {
+    let redis = |extra: &str| format!("{MINIMAL}[redis]\nurl = \"redis://127.0.0.1:1\"\n{extra}");
+    let e = err(&redis("heartbeat = \"500ms\"\n"));
+    assert!(
+        e.starts_with("redis.bus_deadline: must be more than"),
+        "{e}"
+    );
+    let e = err(&redis("heartbeat = \"0s\"\n"));
+    assert!(e.starts_with("redis.heartbeat"), "{e}");
+    assert!(err(&redis("cut_off_ttl = \"soon\"\n")).starts_with("redis.cut_off_ttl"));
+}
+
+#[test]
 fn sizes_parse_with_units() {
     let s = |t: &str| parse_size("x", &RawSize::Text(t.into()));
     assert_eq!(s("1MiB").unwrap(), 1 << 20);

@@ -108,7 +108,21 @@ impl RawRedis {
         if op_timeout.is_zero() {
             return Err(invalid("redis.op_timeout", "must be more than 0"));
         }
+        let heartbeat = parse_duration("redis.heartbeat", &self.heartbeat)?;
+        if heartbeat.is_zero() {
+            return Err(invalid("redis.heartbeat", "must be more than 0"));
+        }
+        let bus_deadline = parse_duration("redis.bus_deadline", &self.bus_deadline)?;
+        if bus_deadline <= heartbeat {
+            return Err(invalid(
+                "redis.bus_deadline",
+                format!("must be more than redis.heartbeat ({})", self.heartbeat),
+            ));
+        }
         Ok(RedisConfig {
+            heartbeat,
+            bus_deadline,
+            cut_off_ttl: parse_duration("redis.cut_off_ttl", &self.cut_off_ttl)?,
             op_timeout,
             connect_timeout: parse_duration("redis.connect_timeout", &self.connect_timeout)?,
             breaker_cooldown: parse_duration("redis.breaker_cooldown", &self.breaker_cooldown)?,

@@ -45,6 +45,17 @@
 //!    ended here and passed on ([`bus`]). Tests: `other_instances_converge_over_the_bus`,
 //!    `a_family_only_this_instance_knew_is_passed_on_to_the_others`, the convergence
 //!    figures of `tests/consistency.rs`.
+//!    (3a) *An instance that cannot hear the bus knows it*: every instance publishes a
+//!    heartbeat every `redis.heartbeat` and hears its own come back; silence for
+//!    `redis.bus_deadline`, or a dropped subscription, makes it *cut off*: everything in
+//!    L1 ends (the global name), L2 is not read, what it fetches is kept in L1 only
+//!    `redis.cut_off_ttl`, until it hears the bus again and resynchronizes as after a
+//!    resubscription ([`bus`]). Tests: `a_write_on_one_instance_is_not_stale_on_another_
+//!    while_redis_hangs` (SIGSTOP), `..._while_redis_is_dead` (SIGKILL).
+//!    (3b) *A Redis that restarted or lost data is not trusted*: every entry, epoch and
+//!    membership key carries a generation, renewed when Redis's `run_id` or the marker
+//!    changed ([`crate::l2::L2::heartbeat`]); every script checks it; a new one flushes L1.
+//!    Test: `redis_back_from_an_older_snapshot_serves_nothing_a_later_write_ended`.
 //! 4. **No lost invalidation.** The write runs detached from its client; a Redis bump that
 //!    fails is queued and retried, its names closed to the shared tier until it lands
 //!    ([`outbox`]). Tests: `a_client_that_disconnects_mid_patch_still_gets_its_write_
@@ -66,7 +77,7 @@ pub mod hooks;
 pub mod names;
 pub mod outbox;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -106,8 +117,11 @@ pub struct InvalidationStats {
     /// Messages from other instances that this instance passed on with families only it
     /// knew the written entity in.
     pub forwarded: AtomicU64,
-    /// Times the bus subscription (re)started and L1 was flushed.
+    /// Times the bus subscription (re)started, or was heard again after a cut-off, or
+    /// Redis began a new generation, and L1 was flushed.
     pub resubscribes: AtomicU64,
+    /// Times this instance counted itself cut off from the bus (episodes).
+    pub cut_offs: AtomicU64,
     /// Fills not stored because an entity they list was written during the fill.
     pub fenced_fills: AtomicU64,
     /// Entries a write fetched again and put in place (refresh on write).
@@ -146,6 +160,16 @@ struct Inner {
     switches: Mutex<Option<Arc<TestSwitches>>>,
     /// Whether the bus subscription is up (the listener says so).
     subscribed: tokio::sync::watch::Sender<bool>,
+    /// Whether this instance may be missing invalidations (promise 3a): from the start
+    /// until the first subscription, and while the bus is silent or down.
+    cut_off: AtomicBool,
+    /// `redis.cut_off_ttl`, ms (set when the bus is started).
+    cut_off_ttl_ms: AtomicU64,
+    /// `redis.bus_deadline`, ms (set when the bus is started).
+    bus_deadline_ms: AtomicU64,
+    /// L2 is not read before this instant (`bus::mono_ms`): after a cut-off, and while
+    /// another instance has invalidations queued for Redis.
+    l2_hold_until_ms: AtomicU64,
     // A std Mutex: set once at build, cloned out per message, never held across `.await`.
     sink: Mutex<Option<Arc<dyn bus::DeltaSink>>>,
 }
@@ -162,6 +186,7 @@ impl Invalidator {
         fill_ttl: Duration,
     ) -> Self {
         let origin = format!("{}-{:x}", std::process::id(), wall.now_ms() ^ rand_salt());
+        let shared = l2.is_some();
         Self {
             inner: Arc::new(Inner {
                 clock: WriteClock::default(),
@@ -176,6 +201,10 @@ impl Invalidator {
                 hooks: Mutex::new(Arc::new(hooks::NoHooks)),
                 switches: Mutex::default(),
                 subscribed: tokio::sync::watch::Sender::new(false),
+                cut_off: AtomicBool::new(shared),
+                cut_off_ttl_ms: AtomicU64::new(0),
+                bus_deadline_ms: AtomicU64::new(0),
+                l2_hold_until_ms: AtomicU64::new(0),
                 sink: Mutex::default(),
             }),
         }
@@ -451,12 +480,18 @@ impl Invalidator {
         self.inner.entities.none_open()
     }
 
-    /// Starts the retry loop and the bus listener (when Redis is configured).
-    /// Bus latencies are observed into `bus_latency`.
-    pub fn start_background(&self, bus_latency: Histogram) {
+    /// Starts the retry loop, the bus listener, the heartbeats and the generation
+    /// watch (when Redis is configured). Bus latencies are observed into `bus_latency`.
+    pub fn start_background(&self, bus_latency: Histogram, timing: bus::BusTiming) {
         let Some(l2) = self.inner.l2.clone() else {
             return;
         };
+        let ttl = timing.cut_off_ttl.as_millis() as u64;
+        self.inner.cut_off_ttl_ms.store(ttl, Ordering::Relaxed);
+        let deadline = timing.deadline.as_millis() as u64;
+        self.inner
+            .bus_deadline_ms
+            .store(deadline, Ordering::Relaxed);
         let inv = self.clone();
         let retry_l2 = l2.clone();
         tokio::spawn(async move {
@@ -469,7 +504,9 @@ impl Invalidator {
                 .retry_loop(retry_l2, message, &inner.stats.retried)
                 .await;
         });
-        tokio::spawn(bus::listen(self.clone(), l2, bus_latency));
+        tokio::spawn(bus::beat(self.clone(), l2.clone(), timing.heartbeat));
+        tokio::spawn(bus::follow_generation(self.clone(), l2.clone()));
+        tokio::spawn(bus::listen(self.clone(), l2, bus_latency, timing));
     }
 }
 

@@ -32,6 +32,9 @@ pub struct Outbox {
     // A std Mutex: inserts and drains only, never held across `.await`.
     pending: Mutex<HashSet<Name>>,
     wake_retry: Notify,
+    /// Cuts a retry's backoff short: the bus is heard again, so Redis is back, and other
+    /// instances may read L2 until the queued bumps land.
+    retry_now: Notify,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -104,6 +107,16 @@ impl Outbox {
         self.wake_retry.notify_one();
     }
 
+    /// Whether invalidations wait for a Redis retry.
+    pub fn has_pending(&self) -> bool {
+        !lock(&self.pending).is_empty()
+    }
+
+    /// Retries what is queued now, whatever the backoff had grown to.
+    pub fn wake(&self) {
+        self.retry_now.notify_one();
+    }
+
     /// Retries queued bumps with backoff until each lands; `message` spells the bus
     /// message for a set of names; `retried` counts the retries that landed.
     pub async fn retry_loop(
@@ -119,7 +132,10 @@ impl Outbox {
                 self.wake_retry.notified().await;
                 continue;
             }
-            tokio::time::sleep(backoff).await;
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = self.retry_now.notified() => backoff = Duration::from_millis(100),
+            }
             let names: Vec<Name> = lock(&self.pending).iter().cloned().collect();
             match l2.invalidate(&names, &message(&names), &[]).await {
                 Ok(_) => {

@@ -97,14 +97,16 @@ impl Reader {
     }
 
     /// Asks Redis for the entry and the current epochs of its families; `None` when the
-    /// shared tier is off for the route, waits for a queued invalidation, or failed.
+    /// shared tier is off for the route, waits for a queued invalidation, cannot be
+    /// vouched for (cut off from the bus, promise 3a), or failed.
     async fn shared_lookup(&self, ctx: &FillCtx) -> Option<Lookup> {
         let l2 = self
             .inner
             .l2
             .as_ref()
             .filter(|_| !ctx.policy.ttl_l2.is_zero())?;
-        if self.inner.invalidator.closed_any(&ctx.names) {
+        let inv = &self.inner.invalidator;
+        if !inv.l2_vouched() || inv.closed_any(&ctx.names) {
             return None;
         }
         match l2.lookup(&ctx.key.key, &ctx.names).await {
@@ -258,11 +260,19 @@ impl Reader {
         }
         let own_limit = now + policy.ttl_l1.as_millis() as u64;
         let origin_limit = entry.stored_at_ms.saturating_add(entry.ttl_ms);
-        let fresh_until_ms = if policy.ttl_l2.is_zero() {
+        let mut fresh_until_ms = if policy.ttl_l2.is_zero() {
             own_limit
         } else {
             own_limit.min(origin_limit.max(now + 1))
         };
+        // Cut off from the bus (promise 3a): a write elsewhere would go unheard, so what
+        // is stored now is served only briefly.
+        if let Some(limit) = self.inner.invalidator.cut_off_limit_ms() {
+            if limit == 0 {
+                return false;
+            }
+            fresh_until_ms = fresh_until_ms.min(now + limit);
+        }
         let keep_for = Duration::from_millis(fresh_until_ms - now) + policy.stale_if_error;
         let value = L1Entry {
             hit_headers: hit_headers(entry.headers.clone(), CacheOutcome::HitLocal),

@@ -1,5 +1,8 @@
-//! Starts a real `redis-server` on a free port and stops it (also on drop).
+//! Starts a real `redis-server` on a free port and stops it (also on drop); hangs it
+//! (SIGSTOP) and lets it go on (SIGCONT); with a data directory, restarts it from its
+//! last `SAVE`.
 
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -7,6 +10,8 @@ use std::time::Duration;
 pub struct RedisServer {
     port: u16,
     child: Option<Child>,
+    /// Where `SAVE` writes its snapshot and a restart loads it from (none: no data kept).
+    dir: Option<PathBuf>,
 }
 
 const INSTALL_HINT: &str = "redis-server is not installed: the shared-tier tests need a real \
@@ -24,6 +29,23 @@ impl RedisServer {
         let mut server = Self {
             port: free_port(),
             child: None,
+            dir: None,
+        };
+        server.launch().await;
+        server
+    }
+
+    /// Starts a server with a data directory of its own: no automatic snapshots, but
+    /// [`RedisServer::save`] writes one and [`RedisServer::restart`] loads it, as a Redis
+    /// configured to persist would come back after a crash.
+    pub async fn start_with_snapshots() -> Self {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("mesgate-redis-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("redis data dir");
+        let mut server = Self {
+            port,
+            child: None,
+            dir: Some(dir),
         };
         server.launch().await;
         server
@@ -36,12 +58,13 @@ impl RedisServer {
 
     async fn launch(&mut self) {
         for _ in 0..3 {
-            let child = Command::new("redis-server")
-                .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-                .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn();
+            let mut cmd = Command::new("redis-server");
+            cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"]);
+            if let Some(dir) = &self.dir {
+                cmd.arg("--dir").arg(dir).args(["--dbfilename", "dump.rdb"]);
+            }
+            let child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn();
             let child = match child {
                 Ok(c) => c,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!("{INSTALL_HINT}"),
@@ -85,6 +108,43 @@ impl RedisServer {
         self.kill();
     }
 
+    /// Hangs the server (SIGSTOP): its connections stay open, nothing answers.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a hung server go on (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("redis is running").id();
+        let ok = Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(ok.success(), "kill {sig} {pid}");
+    }
+
+    /// `SAVE`: a snapshot in the data directory, which a restart loads.
+    pub async fn save(&self) {
+        assert!(self.dir.is_some(), "started without a data directory");
+        let mut conn = self.conn().await;
+        let _: () = ::redis::cmd("SAVE")
+            .query_async(&mut conn)
+            .await
+            .expect("SAVE");
+    }
+
+    async fn conn(&self) -> ::redis::aio::MultiplexedConnection {
+        let client = ::redis::Client::open(self.url()).expect("redis url");
+        client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect to test redis")
+    }
+
     /// Starts it again on the same port.
     pub async fn restart(&mut self) {
         let port = self.port;
@@ -99,22 +159,24 @@ impl RedisServer {
         }
     }
 
-    /// Number of keys (to check what the gateway stored).
+    /// Number of keys the gateway stored (entries, epochs, memberships), not counting
+    /// its generation marker (`{prefix}:gen`, written by every heartbeat).
     pub async fn dbsize(&self) -> u64 {
-        let client = ::redis::Client::open(self.url()).expect("redis url");
-        let mut conn = client
-            .get_multiplexed_async_connection()
-            .await
-            .expect("connect to test redis");
-        ::redis::cmd("DBSIZE")
+        let mut conn = self.conn().await;
+        let keys: Vec<String> = ::redis::cmd("KEYS")
+            .arg("*")
             .query_async(&mut conn)
             .await
-            .expect("DBSIZE")
+            .expect("KEYS");
+        keys.iter().filter(|k| !k.ends_with("}:gen")).count() as u64
     }
 }
 
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
