@@ -411,6 +411,9 @@ fn need_restart(old: &Config, new: &Config) -> Vec<&'static str> {
             old.redis.as_ref().map(|r| &r.url) != new.redis.as_ref().map(|r| &r.url),
         ),
         ("l1", old.l1_max_bytes != new.l1_max_bytes),
+        // The MES client and the accept loop are built with them at start.
+        ("timeouts", old.timeouts != new.timeouts),
+        ("limits", old.limits != new.limits),
         ("route.index", index_rules(old) != index_rules(new)),
         (
             "log.format",

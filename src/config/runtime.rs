@@ -40,7 +40,7 @@ pub struct RedisConfig {
 }
 
 /// Validated `[timeouts]`.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timeouts {
     /// TCP connect to the MES.
     pub connect: Duration,
@@ -61,7 +61,7 @@ pub struct Timeouts {
 }
 
 /// Validated `[limits]`.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// Request head bytes.
     pub max_header_bytes: usize,
