@@ -61,6 +61,8 @@ pub struct Activity {
     /// Chosen to make way at the cap.
     evicted: AtomicBool,
     evict: Notify,
+    /// A request began or an answer finished: the idle deadline moved.
+    changed: Notify,
 }
 
 /// A connection's place under the cap; dropping it frees the place.
@@ -123,6 +125,7 @@ impl Connections {
             last: Mutex::new(Instant::now()),
             evicted: AtomicBool::new(false),
             evict: Notify::new(),
+            changed: Notify::new(),
         });
         self.lock().insert(id, activity.clone());
         Slot {
@@ -172,6 +175,7 @@ impl Activity {
     pub fn begin(self: &Arc<Self>) -> Busy {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         self.served.store(true, Ordering::Release);
+        self.changed.notify_waiters();
         Busy(self.clone())
     }
 
@@ -196,11 +200,18 @@ impl Activity {
     /// Resolves once the connection has been idle too long (see [`Activity::due`]).
     pub async fn expired(&self, first: Duration, idle: Duration) {
         loop {
+            // Registered before the state is read, so a change in between is not missed.
+            let changed = self.changed.notified();
             match self.due(first, idle) {
                 Some(at) if at <= Instant::now() => return,
-                Some(at) => tokio::time::sleep_until(at).await,
-                // Busy: look again later; an answer in progress sets `last` when done.
-                None => tokio::time::sleep(idle.min(first)).await,
+                Some(at) => {
+                    tokio::select! {
+                        () = tokio::time::sleep_until(at) => {}
+                        () = changed => {}
+                    }
+                }
+                // Busy: the answer's end wakes us.
+                None => changed.await,
             }
         }
     }
@@ -215,6 +226,7 @@ impl Drop for Busy {
     fn drop(&mut self) {
         *self.0.last.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
         self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.0.changed.notify_waiters();
     }
 }
 
@@ -257,5 +269,41 @@ mod tests {
         let _busy_too = third.activity().begin();
         assert!(conns.admit().await.is_none());
         drop(busy);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_deadlines_move_with_requests_and_wait_for_the_answer_to_end() {
+        let (first, idle) = (Duration::from_secs(10), Duration::from_secs(60));
+        let conns = Connections::new(4);
+        let slot = conns.admit().await.expect("room");
+        let a = slot.activity().clone();
+        let start = Instant::now();
+        a.expired(first, idle).await;
+        assert_eq!(start.elapsed(), first, "no request: client_header");
+        let busy = a.begin();
+        let waiting = {
+            let a = a.clone();
+            tokio::spawn(async move { a.expired(first, idle).await })
+        };
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        assert!(!waiting.is_finished(), "an answer in progress is not idle");
+        drop(busy);
+        let done = Instant::now();
+        waiting.await.expect("task");
+        assert_eq!(done.elapsed(), idle, "after the answer: client_idle");
+        // A watch begun before the first request moves when it comes and goes: a short
+        // client_idle is not held to the first-request deadline.
+        let short = Duration::from_millis(300);
+        let fresh = conns.admit().await.expect("room");
+        let a = fresh.activity().clone();
+        let waiting = {
+            let a = a.clone();
+            tokio::spawn(async move { a.expired(first, short).await })
+        };
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        drop(a.begin());
+        let done = Instant::now();
+        waiting.await.expect("task");
+        assert_eq!(done.elapsed(), short);
     }
 }

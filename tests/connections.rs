@@ -222,3 +222,76 @@ async fn requests_are_answered_under_a_256_descriptor_limit_with_300_idle_connec
     }
     drop(idle);
 }
+
+/// A gateway with room for `cap` connections, in front of `mes`.
+async fn capped(mes: &FakeMes, cap: usize) -> support::gateway::TestGateway {
+    let cfg = format!("{CONFIG}[limits]\nmax_connections = {cap}\n");
+    spawn_gateway(&cfg, &mes.url(), None).await
+}
+
+#[tokio::test]
+async fn at_the_cap_an_idle_connection_makes_way_for_a_new_request() {
+    let seen = Arc::default();
+    let mes = mes(&seen).await;
+    let gw = capped(&mes, 1).await;
+    let mut idle = TcpStream::connect(gw.addr).await.expect("connect");
+    // The idle one holds the only slot; a request on a new connection still gets through.
+    let r = get(&gw.url("/plain/live")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, "received=0");
+    assert_eq!(mes.hits("/plain/live"), 1);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let got = read_until_closed(&mut idle, deadline, "the idle connection").await;
+    assert!(got.is_empty(), "{:?}", String::from_utf8_lossy(&got));
+}
+
+#[tokio::test]
+async fn at_the_cap_with_every_connection_busy_a_new_one_gets_503() {
+    let gate = support::fake_mes::Gate::closed();
+    let mes = FakeMes::builder()
+        .gate("/slow", &gate)
+        .handler("*", |_req: Request<hyper::body::Incoming>| async {
+            Response::<FakeBody>::new(full("slow"))
+        })
+        .start()
+        .await;
+    let gw = capped(&mes, 2).await;
+    let mut busy = Vec::new();
+    for _ in 0..2 {
+        let mut s = TcpStream::connect(gw.addr).await.expect("connect");
+        s.write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .expect("write");
+        busy.push(s);
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while mes.hits("/slow") < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the MES saw {}",
+            mes.hits("/slow")
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut third = TcpStream::connect(gw.addr).await.expect("connect");
+    let refused =
+        read_until_closed(&mut third, Instant::now() + Duration::from_secs(5), "third").await;
+    let text = String::from_utf8_lossy(&refused);
+    assert!(text.starts_with("HTTP/1.1 503"), "{text:?}");
+    assert!(text.contains("retry-after: 1"), "{text:?}");
+    assert!(
+        text.contains("urn:mesgate:problem:too-many-connections"),
+        "{text:?}"
+    );
+    // The busy ones were not cut: they finish when the MES answers.
+    gate.open();
+    for (n, s) in busy.iter_mut().enumerate() {
+        let got = read_until_closed(s, Instant::now() + Duration::from_secs(5), "busy").await;
+        let text = String::from_utf8_lossy(&got);
+        assert!(
+            text.starts_with("HTTP/1.1 200") && text.ends_with("slow"),
+            "{n}: {text:?}"
+        );
+    }
+    assert_eq!(mes.hits("/slow"), 2);
+}
