@@ -295,3 +295,28 @@ async fn at_the_cap_with_every_connection_busy_a_new_one_gets_503() {
     }
     assert_eq!(mes.hits("/slow"), 2);
 }
+
+#[tokio::test]
+async fn a_stalled_write_body_gets_408_before_anything_reaches_the_mes() {
+    // A write with invalidation rules is buffered first (to read its fields): the stall
+    // is found there, and the MES is never asked.
+    let seen = Arc::default();
+    let mes = mes(&seen).await;
+    let cfg = format!(
+        "{CONFIG}[timeouts]\nclient_body = \"300ms\"\n\n[[route]]\nname = \"list\"\npath = \"/api/orders\"\n[route.cache]\nfamilies = [\"orders\"]\n\n[[route]]\nname = \"create\"\nmethods = [\"POST\"]\npath = \"/api/orders\"\n[route.invalidate]\nfamilies = [\"orders\"]\n"
+    );
+    let gw = spawn_gateway(&cfg, &mes.url(), None).await;
+    let mut s = TcpStream::connect(gw.addr).await.expect("connect");
+    s.write_all(b"POST /api/orders HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"a\":")
+        .await
+        .expect("write");
+    let sent = Instant::now();
+    let got = read_until_closed(&mut s, sent + Duration::from_secs(5), "stalled write").await;
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text:?}");
+    assert!(
+        text.contains("urn:mesgate:problem:body-timeout"),
+        "{text:?}"
+    );
+    assert_eq!(mes.total_hits(), 0);
+}
