@@ -1,6 +1,6 @@
 //! The top-level error and its one mapping to an `application/problem+json` response.
 //!
-//! Cache-tier errors never get here: they degrade to misses in [`crate::proxy`].
+//! Cache-tier errors never get here: they degrade to misses in [`crate::read`].
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
@@ -38,9 +38,23 @@ pub enum GatewayError {
     /// A write's body is larger than its route's `invalidate.max_body`.
     #[error("request body larger than {0} bytes")]
     BodyTooLarge(usize),
-    /// A write's body could not be read from the client.
+    /// A request body could not be read from the client (bad framing, connection lost).
     #[error("request body could not be read: {0}")]
     BadBody(String),
+    /// The client paused its request body longer than `timeouts.client_body`.
+    #[error("the request body stalled: no bytes for {0:?} (timeouts.client_body)")]
+    BodyTimeout(std::time::Duration),
+    /// `Transfer-Encoding` names a coding other than `chunked`: mesgate passes bodies on
+    /// chunked and cannot pass the coding with them (RFC 9112 §6.1: 501).
+    #[error("transfer coding {0:?} is not supported; send the body with chunked only")]
+    UnsupportedCoding(String),
+    /// An HTTP/1.1 request without `Host`, or any request with more than one
+    /// (RFC 9112 §3.2: 400).
+    #[error("{0}")]
+    BadHost(&'static str),
+    /// All `limits.max_connections` connections are in the middle of a request.
+    #[error("all {0} connections are busy; try again")]
+    TooManyConnections(usize),
 }
 
 impl GatewayError {
@@ -51,8 +65,11 @@ impl GatewayError {
                 StatusCode::BAD_GATEWAY
             }
             Self::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            Self::BadTarget(_) | Self::BadBody(_) => StatusCode::BAD_REQUEST,
+            Self::BadTarget(_) | Self::BadBody(_) | Self::BadHost(_) => StatusCode::BAD_REQUEST,
             Self::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            Self::UnsupportedCoding(_) => StatusCode::NOT_IMPLEMENTED,
+            Self::TooManyConnections(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -66,6 +83,10 @@ impl GatewayError {
             Self::FetchLost => "fetch-lost",
             Self::BodyTooLarge(_) => "body-too-large",
             Self::BadBody(_) => "bad-body",
+            Self::BodyTimeout(_) => "body-timeout",
+            Self::UnsupportedCoding(_) => "unsupported-transfer-coding",
+            Self::BadHost(_) => "bad-host",
+            Self::TooManyConnections(_) => "too-many-connections",
         }
     }
 
@@ -75,8 +96,13 @@ impl GatewayError {
             Self::UpstreamConnect(_) | Self::UpstreamTimeout(_) | Self::UpstreamProtocol(_) => {
                 Fault::Upstream
             }
-            Self::BadTarget(_) | Self::BodyTooLarge(_) | Self::BadBody(_) => Fault::Client,
-            Self::FetchLost => Fault::Internal,
+            Self::BadTarget(_)
+            | Self::BodyTooLarge(_)
+            | Self::BadBody(_)
+            | Self::BodyTimeout(_)
+            | Self::UnsupportedCoding(_)
+            | Self::BadHost(_) => Fault::Client,
+            Self::FetchLost | Self::TooManyConnections(_) => Fault::Internal,
         }
     }
 
@@ -128,6 +154,18 @@ mod tests {
             (GatewayError::FetchLost, 502, Fault::Internal),
             (GatewayError::BodyTooLarge(10), 413, Fault::Client),
             (GatewayError::BadBody("reset".into()), 400, Fault::Client),
+            (
+                GatewayError::BodyTimeout(std::time::Duration::from_secs(30)),
+                408,
+                Fault::Client,
+            ),
+            (
+                GatewayError::UnsupportedCoding("gzip".into()),
+                501,
+                Fault::Client,
+            ),
+            (GatewayError::BadHost("no Host"), 400, Fault::Client),
+            (GatewayError::TooManyConnections(96), 503, Fault::Internal),
         ];
         for (err, status, fault) in rows {
             assert_eq!(err.fault(), fault);

@@ -1,5 +1,6 @@
-//! What crosses the proxy: hop-by-hop removal, `X-Forwarded-*`, `Via`, and the headers a
-//! cache fill may carry.
+//! What crosses the proxy: the framing a request must have to cross (one `Host`, no
+//! transfer coding but chunked), hop-by-hop removal, `X-Forwarded-*`, `Via`, and the
+//! headers a cache fill may carry (those in the key).
 //!
 //! Pure header surgery; it sends nothing.
 //!
@@ -33,6 +34,8 @@ use std::net::IpAddr;
 use http::Version;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
+use crate::error::GatewayError;
+
 /// Headers that describe one connection, never the message (RFC 9110 §7.6.1).
 const HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
@@ -54,6 +57,36 @@ const CONDITIONAL: [HeaderName; 6] = [
     header::IF_RANGE,
     header::RANGE,
 ];
+
+/// Why a request cannot cross, if it cannot (RFC 9112): more than one `Host`, or none on
+/// HTTP/1.1 (§3.2, 400); a transfer coding other than `chunked` (§6.1, 501: the body is
+/// passed on chunked, and a coding such as gzip would be lost with the header).
+pub fn refusal(version: Version, headers: &HeaderMap) -> Option<GatewayError> {
+    let hosts = headers.get_all(header::HOST).iter().count();
+    if hosts > 1 {
+        return Some(GatewayError::BadHost("more than one Host header"));
+    }
+    if hosts == 0 && version == Version::HTTP_11 {
+        return Some(GatewayError::BadHost(
+            "an HTTP/1.1 request needs a Host header",
+        ));
+    }
+    let codings: Vec<String> = headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).to_ascii_lowercase())
+        .flat_map(|v| {
+            v.split(',')
+                .map(|c| c.trim().to_owned())
+                .collect::<Vec<_>>()
+        })
+        .filter(|c| !c.is_empty())
+        .collect();
+    codings
+        .iter()
+        .any(|c| c != "chunked")
+        .then(|| GatewayError::UnsupportedCoding(codings.join(", ")))
+}
 
 /// Removes hop-by-hop headers, including those the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
@@ -172,6 +205,32 @@ pub fn response_headers(headers: &mut HeaderMap, version: Version) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_request_crosses_with_one_host_and_chunked_only() {
+        let h = |pairs: &[(&'static str, &'static str)]| {
+            let mut m = HeaderMap::new();
+            for (k, v) in pairs {
+                m.append(*k, HeaderValue::from_static(v));
+            }
+            m
+        };
+        let v11 = Version::HTTP_11;
+        assert_eq!(refusal(v11, &h(&[("host", "a")])), None);
+        assert_eq!(refusal(Version::HTTP_10, &h(&[])), None);
+        assert_eq!(refusal(Version::HTTP_2, &h(&[])), None);
+        let chunked = h(&[("host", "a"), ("transfer-encoding", "Chunked")]);
+        assert_eq!(refusal(v11, &chunked), None);
+        for bad in [h(&[]), h(&[("host", "a"), ("host", "a")])] {
+            let e = refusal(v11, &bad).map(|e| e.as_str());
+            assert_eq!(e, Some("bad-host"), "{bad:?}");
+        }
+        let coded = h(&[("host", "a"), ("transfer-encoding", "gzip, chunked")]);
+        assert_eq!(
+            refusal(v11, &coded),
+            Some(GatewayError::UnsupportedCoding("gzip, chunked".into()))
+        );
+    }
 
     #[test]
     fn hop_by_hop_and_connection_named_headers_go() {

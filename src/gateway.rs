@@ -10,20 +10,21 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use http::{Method, Request, Response};
-use hyper::body::Incoming;
 use tracing::info;
 
+use crate::client_body::ClientBody;
 use crate::clock::Clock;
 use crate::config::route::RouteTable;
 use crate::config::{Config, Overrides};
 use crate::consistency::bus::BusTiming;
 use crate::consistency::{Invalidator, Name};
+use crate::forward;
 use crate::index::service::{Answerer, Indexes};
 use crate::l1::L1;
 use crate::l2::L2;
 use crate::metrics::{self, Metrics, RouteLabel, RouteRequests, Snapshot};
 use crate::outcome::CacheOutcome;
-use crate::pass::{Body, Pass, RouteTimeout};
+use crate::pass::{Body, Pass, RouteTimeout, problem};
 use crate::read::Reader;
 use crate::upstream::Upstream;
 use crate::write::Writer;
@@ -300,7 +301,7 @@ impl Gateway {
     }
 
     /// Handles one request from `remote`. Never fails: errors become problem responses.
-    pub async fn handle(&self, req: Request<Incoming>, remote: SocketAddr) -> Response<Body> {
+    pub async fn handle(&self, req: Request<ClientBody>, remote: SocketAddr) -> Response<Body> {
         let started = Instant::now();
         let access = self
             .inner
@@ -332,11 +333,14 @@ impl Gateway {
     /// outcome the request counts under.
     async fn dispatch(
         &self,
-        mut req: Request<Incoming>,
+        mut req: Request<ClientBody>,
         remote: SocketAddr,
     ) -> (Response<Body>, Arc<RouteRequests>, &'static str) {
         let pass = &self.inner.pass;
         let routing = self.inner.routes.load();
+        if let Some(e) = forward::refusal(req.version(), req.headers()) {
+            return (problem(&e), routing.unmatched.clone(), FORWARD);
+        }
         let Some(m) = routing.table.find(req.method(), req.uri().path()) else {
             req.extensions_mut()
                 .insert(RouteLabel(metrics::unmatched()));
@@ -411,6 +415,9 @@ fn need_restart(old: &Config, new: &Config) -> Vec<&'static str> {
             old.redis.as_ref().map(|r| &r.url) != new.redis.as_ref().map(|r| &r.url),
         ),
         ("l1", old.l1_max_bytes != new.l1_max_bytes),
+        // The MES client and the accept loop are built with them at start.
+        ("timeouts", old.timeouts != new.timeouts),
+        ("limits", old.limits != new.limits),
         ("route.index", index_rules(old) != index_rules(new)),
         (
             "log.format",

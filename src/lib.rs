@@ -40,11 +40,17 @@
 //!   paths (`validate`, `validate_route`), the typed runtime config (`runtime`), path
 //!   templates with typed parameters and the route table (`route`).
 //! - [`upstream`]: the pooled client to the MES and its timeouts.
-//! - [`forward`]: what crosses the proxy: hop-by-hop removal, `X-Forwarded-*`, `Via`, and
-//!   the only headers a cache fill sends (those in the key).
+//! - [`forward`]: what crosses the proxy: the framing a request needs (one `Host`, only
+//!   chunked), hop-by-hop removal, `X-Forwarded-*`, `Via`, and the only headers a cache
+//!   fill sends (those in the key).
 //! - [`clock`]: wall-clock time, injectable for tests.
 //! - [`metrics`]: Prometheus metrics, rendered on the admin listener from a snapshot.
-//! - [`server`]: accept loop, connection settings, graceful shutdown.
+//! - [`server`]: accept loop, connection settings, closing idle connections, the
+//!   connection cap's refusal, accept backoff, graceful shutdown.
+//! - [`connections`]: the cap on open client connections, each one's activity and idle
+//!   deadline, and which one makes way at the cap.
+//! - [`client_body`]: the client's request body with a read timeout, and its errors as
+//!   the client's fault.
 //! - [`admin`]: the admin listener (health, readiness, purge, reload).
 //! - [`error`]: the top-level error and its one mapping to a problem response.
 //! - [`demo`]: `mesgate demo`, the simulator with the gateway in front of it.
@@ -63,8 +69,10 @@
 
 pub mod admin;
 pub mod breaker;
+pub mod client_body;
 pub mod clock;
 pub mod config;
+pub mod connections;
 pub mod consistency;
 pub mod demo;
 pub mod entry;

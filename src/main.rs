@@ -112,6 +112,9 @@ fn check_config(file: &Path) -> ExitCode {
     match load(file) {
         Some(config) => {
             use std::io::Write;
+            for w in config.warnings() {
+                eprintln!("mesgate: warning: {w}");
+            }
             // A closed pipe (`| head`) is not an error worth a panic.
             let mut out = std::io::stdout().lock();
             let _ = writeln!(out, "{}: ok", file.display());
@@ -153,6 +156,9 @@ async fn reload_on_sighup(gateway: Gateway) {
 }
 
 async fn run(config: Config, path: &Path) -> anyhow::Result<()> {
+    for w in config.warnings() {
+        tracing::warn!("{w}");
+    }
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot bind listen address {}", config.listen))?;

@@ -45,8 +45,12 @@ pub enum NoStoreReason {
     Status,
     /// `Set-Cookie` present: the answer belongs to one caller.
     SetCookie,
-    /// `Cache-Control` with `private`, `no-store` or `no-cache`.
+    /// `Cache-Control` with `private`, `no-store` or `no-cache`, or a zero (or unreadable)
+    /// `max-age` / `s-maxage`.
     CacheControl,
+    /// `Expires` not after the answer's `Date`, or not a date (RFC 9111 §5.3), with no
+    /// `max-age` to override it.
+    Expired,
     /// `Vary: *`.
     VaryStar,
     /// `Vary` names a header the route does not key on.
@@ -62,6 +66,7 @@ impl NoStoreReason {
             Self::Status => "status",
             Self::SetCookie => "set-cookie",
             Self::CacheControl => "cache-control",
+            Self::Expired => "expired",
             Self::VaryStar => "vary-star",
             Self::VaryMismatch => "vary-mismatch",
             Self::Invalidated => "invalidated",

@@ -16,6 +16,7 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use tracing::warn;
 
+use crate::client_body::ClientBody;
 use crate::error::GatewayError;
 use crate::forward;
 use crate::outcome::{BypassReason, CACHE_STATUS, CacheOutcome, MissDetail, X_CACHE, cache_status};
@@ -43,7 +44,7 @@ impl Pass {
 
     pub async fn bypass(
         &self,
-        req: Request<Incoming>,
+        req: Request<ClientBody>,
         remote: SocketAddr,
         reason: BypassReason,
     ) -> Response<Body> {
@@ -64,7 +65,7 @@ impl Pass {
         resp
     }
 
-    pub async fn pass(&self, req: Request<Incoming>, remote: SocketAddr) -> Response<Body> {
+    pub async fn pass(&self, req: Request<ClientBody>, remote: SocketAddr) -> Response<Body> {
         let (parts, body) = req.into_parts();
         self.pass_body(Request::from_parts(parts, Either::Left(body)), remote)
             .await

@@ -1,22 +1,37 @@
-//! The accept loop: connection settings (HTTP/1.1 and h2c, header limits and timeouts)
-//! and graceful shutdown.
+//! The accept loop: connection settings (HTTP/1.1 and h2c, header limits and timeouts),
+//! closing idle connections, the connection cap with its refusal, backoff when accept
+//! fails, and graceful shutdown.
 //!
 //! It knows nothing of caching; every request goes to [`crate::gateway::Gateway::handle`].
+//! Which connection is idle and which makes way at the cap is [`crate::connections`]'.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
+use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
 use tracing::{debug, info, warn};
 
-use crate::config::Config;
+use crate::client_body::ClientBody;
+use crate::config::{Config, Timeouts};
+use crate::connections::{self, Busy, Connections, Slot};
+use crate::error::GatewayError;
 use crate::gateway::Gateway;
+use crate::pass::Body;
+
+/// Refusals being written at once; past it a refused connection is just closed.
+const REFUSALS: usize = 32;
 
 /// Serves `gateway` on `listener` until `shutdown` resolves, then drains open connections
 /// for at most `timeouts.drain`.
@@ -25,17 +40,36 @@ pub async fn run(
     gateway: Gateway,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let builder = connection_builder(gateway.config());
-    let graceful = GracefulShutdown::new();
+    let config = gateway.config();
+    let builder = connection_builder(config);
+    let cap = config
+        .limits
+        .max_connections
+        .unwrap_or_else(|| connections::derived_cap(connections::nofile_limit()));
+    let conns = Connections::new(cap);
+    info!(max_connections = cap, "connection cap");
+    let refusals = Arc::new(Semaphore::new(REFUSALS));
+    let (stop, stopped) = watch::channel(false);
+    let mut backoff = Backoff::default();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, remote)) => serve(&builder, &graceful, stream, remote, gateway.clone()),
+                Ok((stream, remote)) => {
+                    backoff.reset();
+                    match conns.admit().await {
+                        Some(slot) => {
+                            let ctx = ConnCtx { gateway: gateway.clone(), slot, stopped: stopped.clone() };
+                            serve(&builder, stream, remote, ctx);
+                        }
+                        None => refuse(stream, cap, &refusals),
+                    }
+                }
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
-                    warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    let wait = backoff.next();
+                    warn!(error = %e, retry_ms = wait.as_millis() as u64, "accept failed");
+                    tokio::time::sleep(wait).await;
                 }
             },
             () = &mut shutdown => break,
@@ -43,15 +77,34 @@ pub async fn run(
     }
     drop(listener);
     gateway.start_draining();
-    info!(connections = graceful.count(), "draining");
+    info!(connections = conns.open(), "draining");
+    let _ = stop.send(true);
     let deadline = gateway.config().timeouts.drain;
-    if tokio::time::timeout(deadline, graceful.shutdown())
+    if tokio::time::timeout(deadline, conns.all_closed())
         .await
         .is_err()
     {
         warn!("drain deadline passed, closing remaining connections");
     }
     Ok(())
+}
+
+/// Exponential backoff of a failing accept: 10 ms doubling to 1 s, reset by a success.
+#[derive(Default)]
+struct Backoff {
+    failures: u32,
+}
+
+impl Backoff {
+    fn next(&mut self) -> Duration {
+        let wait = Duration::from_millis(10 << self.failures.min(7));
+        self.failures += 1;
+        wait.min(Duration::from_secs(1))
+    }
+
+    fn reset(&mut self) {
+        self.failures = 0;
+    }
 }
 
 fn connection_builder(config: &Config) -> auto::Builder<TokioExecutor> {
@@ -72,23 +125,117 @@ fn connection_builder(config: &Config) -> auto::Builder<TokioExecutor> {
     builder
 }
 
+/// What a connection's task holds.
+struct ConnCtx {
+    gateway: Gateway,
+    slot: Slot,
+    stopped: watch::Receiver<bool>,
+}
+
 fn serve(
     builder: &auto::Builder<TokioExecutor>,
-    graceful: &GracefulShutdown,
     stream: TcpStream,
     remote: SocketAddr,
-    gateway: Gateway,
+    ctx: ConnCtx,
 ) {
     let _ = stream.set_nodelay(true);
-    let service = service_fn(move |req| {
+    let timeouts: Timeouts = ctx.gateway.config().timeouts;
+    let activity = ctx.slot.activity().clone();
+    let gateway = ctx.gateway;
+    let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
         let gateway = gateway.clone();
-        async move { Ok::<_, Infallible>(gateway.handle(req, remote).await) }
-    });
-    let conn = builder.serve_connection(TokioIo::new(stream), service);
-    let conn = graceful.watch(conn.into_owned());
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            debug!(error = %e, %remote, "connection ended with an error");
+        // Held until the answer's body is sent: the connection is not idle before.
+        let busy = activity.begin();
+        let req = req.map(|b| ClientBody::new(b, timeouts.client_body));
+        async move {
+            let resp = gateway.handle(req, remote).await;
+            Ok::<_, Infallible>(resp.map(|body| Tracked { body, _busy: busy }))
         }
     });
+    let conn = builder
+        .serve_connection(TokioIo::new(stream), service)
+        .into_owned();
+    let (slot, mut stopped) = (ctx.slot, ctx.stopped);
+    tokio::spawn(async move {
+        tokio::pin!(conn);
+        let activity = slot.activity().clone();
+        let (first, idle) = (timeouts.client_header, timeouts.client_idle);
+        let mut closing = false;
+        loop {
+            let why = tokio::select! {
+                done = conn.as_mut() => {
+                    if let Err(e) = done {
+                        debug!(error = %e, %remote, "connection ended with an error");
+                    }
+                    break;
+                }
+                () = activity.expired(first, idle), if !closing => "idle",
+                () = activity.evicted(), if !closing => "making way at max_connections",
+                _ = stopped.changed(), if !closing => "shutdown",
+            };
+            // Lets an answer in progress finish; an idle connection closes at once.
+            debug!(%remote, why, "closing connection");
+            conn.as_mut().graceful_shutdown();
+            closing = true;
+        }
+        drop(slot);
+    });
+}
+
+/// Answers `503` and closes: every connection under the cap is in the middle of a request.
+fn refuse(mut stream: TcpStream, cap: usize, refusals: &Arc<Semaphore>) {
+    warn!(
+        max_connections = cap,
+        "connection refused: every connection is busy"
+    );
+    // Writing the refusal must not hold descriptors without bound either.
+    let Ok(permit) = refusals.clone().try_acquire_owned() else {
+        return;
+    };
+    let problem = GatewayError::TooManyConnections(cap).to_response();
+    let status = problem.status();
+    let body = problem.into_body();
+    tokio::spawn(async move {
+        let body = http_body_util::BodyExt::collect(body)
+            .await
+            .map(|c| c.to_bytes())
+            .unwrap_or_default();
+        let head = format!(
+            "HTTP/1.1 {status}\r\ncontent-type: application/problem+json\r\ncache-control: no-store\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        );
+        let write = async {
+            stream.write_all(head.as_bytes()).await?;
+            stream.write_all(&body).await?;
+            stream.shutdown().await
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
+        drop(permit);
+    });
+}
+
+/// An answer's body that keeps its connection marked busy until it is sent (or dropped).
+struct Tracked {
+    body: Body,
+    _busy: Busy,
+}
+
+impl HttpBody for Tracked {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
 }

@@ -15,13 +15,14 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::client_body::{ClientBody, client_fault};
 use crate::config::{Timeouts, UpstreamTarget};
 use crate::error::GatewayError;
 use crate::metrics::{self, Metrics, RouteLabel};
 
 /// Body of a request to the MES: a client's streamed body, or bytes we hold (cache
 /// fills send none; writes with invalidation rules are buffered to read their fields).
-pub type UpstreamBody = Either<Incoming, Full<Bytes>>;
+pub type UpstreamBody = Either<ClientBody, Full<Bytes>>;
 
 /// The client to the MES. Cheap to clone (the pool is shared).
 #[derive(Clone)]
@@ -99,6 +100,8 @@ impl Upstream {
         let result = result.map_err(|_| GatewayError::UpstreamTimeout("response_header"))?;
         match result {
             Ok(resp) => Ok(resp),
+            // The client's body broke (bad framing, a stall): its fault, not the MES's.
+            Err(e) if let Some(fault) = client_fault(&e) => Err(fault),
             Err(e) if e.is_connect() => Err(GatewayError::UpstreamConnect(error_chain(&e))),
             Err(e) => Err(GatewayError::UpstreamProtocol(error_chain(&e))),
         }

@@ -216,6 +216,88 @@ async fn cache_control_max_age_zero_is_not_stored() {
     }
 }
 
+/// A path, the headers the MES answers it with, and the no-store reason (or `None`:
+/// stored).
+type ZeroTtlCase = (
+    &'static str,
+    Vec<(&'static str, String)>,
+    Option<&'static str>,
+);
+
+#[tokio::test]
+async fn zero_ttl_spellings_and_a_past_expires_are_not_stored() {
+    // RFC 9111: `max-age=00` is a delta-seconds of 0 like `max-age=0`; an `Expires` at or
+    // before the answer's `Date`, or one that is not a date at all (§5.3), means "already
+    // stale". A `max-age` wins over `Expires` (§5.3), and a future `Expires` is storable.
+    let past = "Thu, 01 Jan 1970 00:00:00 GMT";
+    let future = httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(3600));
+    let cases: Vec<ZeroTtlCase> = vec![
+        (
+            "/api/items/1",
+            vec![("cache-control", "max-age=00".into())],
+            Some("cache-control"),
+        ),
+        (
+            "/api/items/2",
+            vec![("cache-control", "public, s-maxage=000".into())],
+            Some("cache-control"),
+        ),
+        (
+            "/api/items/3",
+            vec![("cache-control", "max-age=\"0\"".into())],
+            Some("cache-control"),
+        ),
+        (
+            "/api/items/4",
+            vec![("expires", past.into())],
+            Some("expired"),
+        ),
+        (
+            "/api/items/5",
+            vec![("expires", "0".into())],
+            Some("expired"),
+        ),
+        ("/api/items/6", vec![("expires", future.clone())], None),
+        (
+            "/api/items/7",
+            vec![
+                ("cache-control", "max-age=60".into()),
+                ("expires", past.into()),
+            ],
+            None,
+        ),
+    ];
+    let mut builder = FakeMes::builder();
+    for (path, headers, _) in &cases {
+        let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        builder = builder.reply(path, 200, &h, BODY);
+    }
+    let mes = builder.start().await;
+    let gw = gateway(&mes, "").await;
+    for (path, headers, refused) in &cases {
+        let first = get(&gw.url(path)).await;
+        let second = get(&gw.url(path)).await;
+        assert_eq!(
+            (first.status, second.status),
+            (StatusCode::OK, StatusCode::OK),
+            "{path}"
+        );
+        assert_eq!(first.x_cache(), "MISS", "{path} {headers:?}");
+        match refused {
+            Some(reason) => {
+                let cs = format!("mesgate; fwd=miss; fwd-status=200; detail=no-store-{reason}");
+                assert_eq!(first.header("cache-status"), cs, "{path} {headers:?}");
+                assert_eq!(second.x_cache(), "MISS", "{path} {headers:?}: stored");
+                assert_eq!(mes.hits(path), 2, "{path} {headers:?}");
+            }
+            None => {
+                assert_eq!(second.x_cache(), "HIT-L1", "{path} {headers:?}");
+                assert_eq!(mes.hits(path), 1, "{path} {headers:?}");
+            }
+        }
+    }
+}
+
 #[tokio::test]
 async fn vary_star_is_not_stored() {
     let mes = FakeMes::builder()

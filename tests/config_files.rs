@@ -274,3 +274,65 @@ fn index_preload_concurrency_is_bounded() {
         );
     }
 }
+
+#[test]
+fn check_config_rejects_what_cannot_run_and_warns_of_an_open_admin() {
+    // Each passed check-config before, then panicked at start (a duration that overflows
+    // the clock), never matched (a misspelt method), or defeated the breaker.
+    let redis = "[redis]\nurl = \"redis://127.0.0.1:6379\"\n";
+    let cases = [
+        ("[timeouts]\ntotal = \"100000000000y\"\n", "timeouts.total"),
+        (
+            "[timeouts]\nclient_idle = \"5000000000y\"\n",
+            "timeouts.client_idle",
+        ),
+        (
+            "[[route]]\nname = \"w\"\nmethods = [\"PACTH\"]\npath = \"/api/x\"\n",
+            "route[2].methods[0]",
+        ),
+        (
+            "[[route]]\nname = \"c\"\npath = \"/api/c\"\n[route.cache]\nttl_l2 = \"1000y\"\n",
+            "route[2].cache.ttl_l2",
+        ),
+        (
+            &format!("{redis}op_timeout = \"5s\"\nbreaker_cooldown = \"2s\"\n"),
+            "redis.op_timeout",
+        ),
+        (
+            &format!("{redis}op_timeout = \"20s\"\nbreaker_cooldown = \"1m\"\n"),
+            "redis.op_timeout",
+        ),
+        ("[limits]\nmax_connections = 0\n", "limits.max_connections"),
+    ];
+    for (extra, field) in cases {
+        let file = TempConfig::new("cannot-run", &format!("{VALID}{extra}"));
+        let out = check_config(&file.path);
+        let stderr = text(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{extra}: {}{stderr}",
+            text(&out.stdout)
+        );
+        assert!(stderr.contains(&format!("{field}: ")), "{extra}: {stderr}");
+    }
+    // An admin listener other hosts can reach, with no token: allowed, but said.
+    let open = "[admin]\nlisten = \"0.0.0.0:9901\"\n";
+    let file = TempConfig::new("open-admin", &format!("{VALID}{open}"));
+    let out = check_config(&file.path);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("warning: admin.listen: 0.0.0.0:9901") && stderr.contains("admin.token"),
+        "{stderr}"
+    );
+    let closed = format!("{VALID}[admin]\nlisten = \"0.0.0.0:9901\"\ntoken = \"s3cret\"\n");
+    let file = TempConfig::new("closed-admin", &closed);
+    let out = check_config(&file.path);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        !text(&out.stderr).contains("warning"),
+        "{}",
+        text(&out.stderr)
+    );
+}

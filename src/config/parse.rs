@@ -5,14 +5,26 @@ use std::time::Duration;
 
 use super::{ConfigError, RawSize, invalid};
 
-/// Parses a humantime duration, naming the field on error.
+/// The longest duration any field takes: a year. No timeout, TTL or period of mesgate
+/// needs more, and much longer ones overflow when added to a clock reading (a panic at
+/// start, or every fill failing after a reload).
+pub const MAX_DURATION: Duration = Duration::from_secs(366 * 24 * 3600);
+
+/// Parses a humantime duration of at most [`MAX_DURATION`], naming the field on error.
 pub fn parse_duration(path: &str, value: &str) -> Result<Duration, ConfigError> {
-    humantime::parse_duration(value.trim()).map_err(|e| {
+    let d = humantime::parse_duration(value.trim()).map_err(|e| {
         invalid(
             path,
             format!("bad duration {value:?}: {e} (try \"250ms\", \"5s\")"),
         )
-    })
+    })?;
+    if d > MAX_DURATION {
+        return Err(invalid(
+            path,
+            format!("{value:?} is longer than the most any duration may be, 366 days"),
+        ));
+    }
+    Ok(d)
 }
 
 /// Parses a byte size, naming the field on error.

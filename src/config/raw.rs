@@ -167,11 +167,22 @@ pub struct RawTimeouts {
     pub response_header: String,
     /// Whole exchange (headers and body) of a fetch for the cache. Default `30s`.
     /// Pass-through streams are bounded by `response_header` only, so long downloads pass.
-    #[serde(default = "default_total_field")]
+    #[serde(default = "default_total")]
     pub total: String,
-    /// A client must send its request headers within this. Default `10s`.
+    /// A client must send its request headers within this. Default `10s`. It also bounds
+    /// a new connection's wait for its first request: one that sends nothing (or too
+    /// little) for this long is closed.
     #[serde(default = "default_client_header")]
     pub client_header: String,
+    /// A kept-alive connection with no request in progress is closed after this long
+    /// without a new one. Default `60s`.
+    #[serde(default = "default_client_idle")]
+    pub client_idle: String,
+    /// Longest pause while a client sends a request body (between two reads that bring
+    /// bytes): past it the request is answered `408` and the MES request it fed (a
+    /// streamed upload holds an MES connection) is dropped. Default `30s`.
+    #[serde(default = "default_client_body")]
+    pub client_body: String,
     /// Idle pooled connections to the MES are closed after this. Default `90s`.
     #[serde(default = "default_pool_idle")]
     pub pool_idle: String,
@@ -191,6 +202,8 @@ impl Default for RawTimeouts {
             response_header: default_response_header(),
             total: default_total(),
             client_header: default_client_header(),
+            client_idle: default_client_idle(),
+            client_body: default_client_body(),
             pool_idle: default_pool_idle(),
             drain: default_drain(),
         }
@@ -209,6 +222,12 @@ fn default_total() -> String {
 fn default_client_header() -> String {
     "10s".into()
 }
+fn default_client_idle() -> String {
+    "60s".into()
+}
+fn default_client_body() -> String {
+    "30s".into()
+}
 fn default_pool_idle() -> String {
     "90s".into()
 }
@@ -223,6 +242,15 @@ pub struct RawLimits {
     /// Most request headers. Default 100.
     #[serde(default = "default_max_headers")]
     pub max_headers: usize,
+    /// Most client connections open at once. At the cap, the connection idle the longest
+    /// (no request in progress) is closed to make room; when none is idle, the new one
+    /// is answered `503` and closed. Absent: derived from the open-file limit
+    /// (`RLIMIT_NOFILE`, soft) as `(limit - 64) / 2`, since each client connection may
+    /// hold an MES connection too and 64 descriptors are kept for Redis, the listeners
+    /// and the runtime (e.g. 96 under `ulimit -n 256`, 4064 under 8192); 512 where the
+    /// limit cannot be read.
+    #[serde(default)]
+    pub max_connections: Option<usize>,
 }
 
 impl Default for RawLimits {
@@ -230,6 +258,7 @@ impl Default for RawLimits {
         Self {
             max_header_bytes: default_max_header_bytes(),
             max_headers: default_max_headers(),
+            max_connections: None,
         }
     }
 }

@@ -46,7 +46,7 @@ pub struct RedisConfig {
 }
 
 /// Validated `[timeouts]`.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timeouts {
     /// TCP connect to the MES.
     pub connect: Duration,
@@ -54,8 +54,12 @@ pub struct Timeouts {
     pub response_header: Duration,
     /// Whole fetch for the cache.
     pub total: Duration,
-    /// Client header read.
+    /// Client header read, and the wait for a new connection's first request.
     pub client_header: Duration,
+    /// Idle kept-alive client connection.
+    pub client_idle: Duration,
+    /// Longest pause in a client's request body.
+    pub client_body: Duration,
     /// Pool idle.
     pub pool_idle: Duration,
     /// Shutdown drain deadline.
@@ -63,12 +67,14 @@ pub struct Timeouts {
 }
 
 /// Validated `[limits]`.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// Request head bytes.
     pub max_header_bytes: usize,
     /// Request header count.
     pub max_headers: usize,
+    /// Client connections cap; `None`: derived from the open-file limit at start.
+    pub max_connections: Option<usize>,
 }
 
 /// One allowed query parameter.

@@ -219,3 +219,67 @@ fn overrides_win_over_the_file() {
             .is_none()
     );
 }
+
+#[test]
+fn connection_timeouts_and_cap_default_and_a_partial_timeouts_table_keeps_the_rest() {
+    let c: Config = MINIMAL.parse().unwrap();
+    assert_eq!(c.timeouts.client_header, Duration::from_secs(10));
+    assert_eq!(c.timeouts.client_idle, Duration::from_secs(60));
+    assert_eq!(c.timeouts.client_body, Duration::from_secs(30));
+    assert_eq!(c.limits.max_connections, None);
+    // A `[timeouts]` table naming one field used to default `total` to the string "total".
+    let c: Config =
+        format!("{MINIMAL}[timeouts]\nclient_idle = \"5s\"\n[limits]\nmax_connections = 100\n")
+            .parse()
+            .unwrap();
+    assert_eq!(c.timeouts.total, Duration::from_secs(30));
+    assert_eq!(c.timeouts.client_idle, Duration::from_secs(5));
+    assert_eq!(c.limits.max_connections, Some(100));
+}
+
+#[test]
+fn what_cannot_run_names_its_path() {
+    let e = err(&MINIMAL.replace("query =", "ttl_l2 = \"367d\"\nquery ="));
+    assert!(e.starts_with("route[0].cache.ttl_l2: "), "{e}");
+    let c: Config = MINIMAL
+        .replace("query =", "ttl_l2 = \"366d\"\nquery =")
+        .parse()
+        .unwrap();
+    assert_eq!(
+        c.routes.routes()[0].cache.as_ref().unwrap().ttl_l2,
+        super::parse::MAX_DURATION
+    );
+    let e = err(&format!(
+        "{MINIMAL}[[route]]\nname = \"w\"\nmethods = [\"POST\", \"PACTH\"]\npath = \"/o\"\n"
+    ));
+    assert!(e.starts_with("route[1].methods[1]: "), "{e}");
+    let redis = "[redis]\nurl = \"redis://127.0.0.1:6379\"\n";
+    let e = err(&format!("{MINIMAL}{redis}op_timeout = \"3s\"\n"));
+    assert!(
+        e.starts_with("redis.op_timeout: ") && e.contains("redis.breaker_cooldown"),
+        "{e}"
+    );
+    let e = err(&format!(
+        "{MINIMAL}{redis}op_timeout = \"1s\"\nbreaker_cooldown = \"5s\"\n[timeouts]\nresponse_header = \"500ms\"\ntotal = \"1s\"\n"
+    ));
+    assert!(
+        e.starts_with("redis.op_timeout: ") && e.contains("timeouts.response_header"),
+        "{e}"
+    );
+}
+
+#[test]
+fn an_admin_listener_open_to_other_hosts_without_a_token_is_warned_of() {
+    let with = |admin: &str| -> Vec<String> {
+        format!("{MINIMAL}[admin]\n{admin}")
+            .parse::<Config>()
+            .unwrap()
+            .warnings()
+    };
+    assert!(with("").is_empty(), "loopback by default");
+    let w = with("listen = \"0.0.0.0:9901\"\n");
+    assert_eq!(w.len(), 1);
+    assert!(w[0].starts_with("admin.listen: 0.0.0.0:9901"), "{w:?}");
+    assert!(with("listen = \"0.0.0.0:9901\"\ntoken = \"t\"\n").is_empty());
+    assert!(with("listen = \"[::1]:9901\"\n").is_empty());
+}

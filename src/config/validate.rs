@@ -32,19 +32,62 @@ impl RawConfig {
             "" => None,
             a => Some(parse_addr("admin.listen", a)?),
         };
+        let redis = self.redis.map(RawRedis::validate).transpose()?;
+        let timeouts = self.timeouts.validate()?;
+        if let Some(r) = &redis {
+            check_redis_against_timeouts(r, &timeouts)?;
+        }
         Ok(Config {
             listen: parse_addr("listen", &self.listen)?,
             upstream: parse_upstream(&self.upstream)?,
             admin_listen,
             admin_token: self.admin.token.filter(|t| !t.is_empty()),
-            redis: self.redis.map(RawRedis::validate).transpose()?,
+            redis,
             l1_max_bytes: validate_l1(&self.l1)?,
-            timeouts: self.timeouts.validate()?,
+            timeouts,
             limits: self.limits.validate()?,
             routes: Arc::new(validate_routes(self.routes)?),
             log: validate_log(self.log)?,
         })
     }
+}
+
+impl Config {
+    /// What is allowed but probably a mistake, each line naming its field path: printed
+    /// by `check-config` and logged at start.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let public_admin = self.admin_listen.is_some_and(|a| !a.ip().is_loopback());
+        if public_admin && self.admin_token.is_none() {
+            out.push(format!(
+                "admin.listen: {} is reachable from other hosts and admin.token is not set: anyone who reaches it can purge the cache and reload the config",
+                self.admin_listen.map_or_else(String::new, |a| a.to_string())
+            ));
+        }
+        out
+    }
+}
+
+/// Redis is there to be cheaper than the MES: a lookup that may wait longer than the MES
+/// takes to answer, or longer than the breaker stays open, defeats the breaker (each
+/// request pays the whole wait until it opens, and a probe outlasts the pause).
+fn check_redis_against_timeouts(r: &RedisConfig, t: &Timeouts) -> Result<(), ConfigError> {
+    let limits = [
+        ("redis.breaker_cooldown", r.breaker_cooldown),
+        ("timeouts.response_header", t.response_header),
+    ];
+    for (other, limit) in limits {
+        if r.op_timeout >= limit {
+            return Err(invalid(
+                "redis.op_timeout",
+                format!(
+                    "{:?} is not shorter than {other} ({limit:?}): a slow Redis would cost more than the breaker saves",
+                    r.op_timeout
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn validate_log(log: LogConfig) -> Result<LogConfig, ConfigError> {
@@ -147,6 +190,8 @@ impl RawTimeouts {
             response_header: nonzero("timeouts.response_header", &self.response_header)?,
             total: nonzero("timeouts.total", &self.total)?,
             client_header: nonzero("timeouts.client_header", &self.client_header)?,
+            client_idle: nonzero("timeouts.client_idle", &self.client_idle)?,
+            client_body: nonzero("timeouts.client_body", &self.client_body)?,
             pool_idle: nonzero("timeouts.pool_idle", &self.pool_idle)?,
             drain: parse_duration("timeouts.drain", &self.drain)?,
         };
@@ -175,9 +220,16 @@ impl RawLimits {
         if self.max_headers == 0 {
             return Err(invalid("limits.max_headers", "must be at least 1"));
         }
+        if self.max_connections == Some(0) {
+            return Err(invalid(
+                "limits.max_connections",
+                "must be at least 1 (leave it out to derive it from the open-file limit)",
+            ));
+        }
         Ok(Limits {
             max_header_bytes: bytes as usize,
             max_headers: self.max_headers,
+            max_connections: self.max_connections,
         })
     }
 }

@@ -141,6 +141,18 @@ impl RawRoute {
     }
 }
 
+/// Methods a route may name. CONNECT is left out: it is never proxied.
+const KNOWN_METHODS: [Method; 8] = [
+    Method::GET,
+    Method::HEAD,
+    Method::POST,
+    Method::PUT,
+    Method::PATCH,
+    Method::DELETE,
+    Method::OPTIONS,
+    Method::TRACE,
+];
+
 fn validate_methods(at: &str, raw: &[String]) -> Result<Vec<Method>, ConfigError> {
     if raw.is_empty() {
         return Err(invalid(
@@ -152,8 +164,19 @@ fn validate_methods(at: &str, raw: &[String]) -> Result<Vec<Method>, ConfigError
     for (k, m) in raw.iter().enumerate() {
         let path = format!("{at}.methods[{k}]");
         let upper = m.to_ascii_uppercase();
+        // Any token parses as an extension method, so a typo (`PACTH`) would make a
+        // rule that never matches; only the methods of RFC 9110 and RFC 5789 are known.
         let method = Method::from_bytes(upper.as_bytes())
-            .map_err(|_| invalid(&path, format!("{m:?} is not an HTTP method")))?;
+            .ok()
+            .filter(|m| KNOWN_METHODS.contains(m))
+            .ok_or_else(|| {
+                invalid(
+                    &path,
+                    format!(
+                        "{m:?} is not an HTTP method (one of GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS, TRACE)"
+                    ),
+                )
+            })?;
         if out.contains(&method) {
             return Err(invalid(&path, format!("{method} is listed twice")));
         }

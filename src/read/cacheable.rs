@@ -28,20 +28,58 @@ pub fn no_store_reason(
     if headers.contains_key(header::SET_COOKIE) {
         return Some(NoStoreReason::SetCookie);
     }
-    let directives = headers
+    let directives: Vec<String> = headers
         .get_all(header::CACHE_CONTROL)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .map(|d| d.trim().to_ascii_lowercase().replace(' ', ""));
-    for d in directives {
-        let zero_ttl = matches!(d.as_str(), "max-age=0" | "s-maxage=0");
+        .map(|d| d.trim().to_ascii_lowercase().replace(' ', ""))
+        .collect();
+    let mut lifetime_given = false;
+    for d in &directives {
+        let (name, value) = d.split_once('=').unwrap_or((d, ""));
+        let lifetime = matches!(name, "max-age" | "s-maxage");
+        lifetime_given |= lifetime;
+        let zero_ttl = lifetime && delta_seconds(value).is_none_or(|s| s == 0);
         let private = d.starts_with("private=") || d.starts_with("no-cache=");
         if zero_ttl || private || matches!(d.as_str(), "private" | "no-store" | "no-cache") {
             return Some(NoStoreReason::CacheControl);
         }
     }
+    // `max-age` and `s-maxage` override `Expires` (RFC 9111 §5.3).
+    if !lifetime_given && expired(headers) {
+        return Some(NoStoreReason::Expired);
+    }
     vary_reason(policy, headers)
+}
+
+/// A delta-seconds value (`60`, `00`, `"0"` quoted); `None` when it is not one, which
+/// makes the answer unstorable (the strictest reading of a directive we cannot read).
+fn delta_seconds(value: &str) -> Option<u64> {
+    let v = value.trim_matches('"');
+    if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    // Longer than u64: as large as RFC 9111 §1.2.2 lets it be, never zero.
+    Some(v.parse().unwrap_or(u64::MAX))
+}
+
+/// Whether `Expires` says the answer is already stale: not a date (§5.3: "already
+/// expired"), or not after the answer's own `Date` (the MES's clock, not ours; an answer
+/// without `Date` is measured against now).
+fn expired(headers: &HeaderMap) -> bool {
+    let Some(expires) = headers.get(header::EXPIRES) else {
+        return false;
+    };
+    let date = |v: &http::HeaderValue| httpdate::parse_http_date(v.to_str().ok()?).ok();
+    let Some(expires) = date(expires) else {
+        return true;
+    };
+    let reference = headers
+        .get(header::DATE)
+        .and_then(date)
+        .unwrap_or_else(std::time::SystemTime::now);
+    expires <= reference
 }
 
 fn vary_reason(policy: &CachePolicy, headers: &HeaderMap) -> Option<NoStoreReason> {
@@ -168,6 +206,28 @@ mod tests {
             no_store_reason(&p, ok, &h(&[("cache-control", "max-age=60")])),
             None
         );
+        for cc in ["max-age=00", "s-maxage=\"0\"", "max-age=", "max-age=soon"] {
+            let got = no_store_reason(&p, ok, &h(&[("cache-control", cc)]));
+            assert_eq!(got, Some(NoStoreReason::CacheControl), "{cc}");
+        }
+        let date = ("date", "Mon, 07 Dec 2026 12:00:00 GMT");
+        for (expires, want) in [
+            (
+                "Mon, 07 Dec 2026 12:00:00 GMT",
+                Some(NoStoreReason::Expired),
+            ),
+            (
+                "Thu, 01 Jan 1970 00:00:00 GMT",
+                Some(NoStoreReason::Expired),
+            ),
+            ("0", Some(NoStoreReason::Expired)),
+            ("Mon, 07 Dec 2026 12:00:01 GMT", None),
+        ] {
+            let got = no_store_reason(&p, ok, &h(&[date, ("expires", expires)]));
+            assert_eq!(got, want, "{expires}");
+        }
+        let overridden = h(&[date, ("expires", "0"), ("cache-control", "max-age=5")]);
+        assert_eq!(no_store_reason(&p, ok, &overridden), None);
         for cc in ["max-age=0", "public, s-maxage=0", "private=\"x\""] {
             let got = no_store_reason(&p, ok, &h(&[("cache-control", cc)]));
             assert_eq!(got, Some(NoStoreReason::CacheControl), "{cc}");

@@ -23,6 +23,7 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use tracing::debug;
 
+use crate::client_body::ClientBody;
 use crate::clock::Clock;
 use crate::config::route::{Params, Route};
 use crate::config::{CachePolicy, CredentialPolicy};
@@ -106,7 +107,7 @@ impl Reader {
 
     pub async fn read(
         &self,
-        mut req: Request<Incoming>,
+        mut req: Request<ClientBody>,
         remote: SocketAddr,
         route: &Route,
         params: &Params,

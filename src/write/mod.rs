@@ -8,10 +8,10 @@ pub mod refresh;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use crate::client_body::{ClientBody, ClientBodyError};
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Either, Full, Limited};
-use hyper::body::Incoming;
 use serde_json::Value;
 use tokio::sync::oneshot;
 use tracing::{debug, warn};
@@ -89,7 +89,7 @@ impl Writer {
     /// task of its own: a client that goes away cannot cancel either.
     pub async fn write(
         &self,
-        req: Request<Incoming>,
+        req: Request<ClientBody>,
         remote: SocketAddr,
         rule: Arc<InvalidateRule>,
         params: Vec<(String, String)>,
@@ -100,7 +100,14 @@ impl Writer {
             Err(e) if e.is::<http_body_util::LengthLimitError>() => {
                 return problem(&GatewayError::BodyTooLarge(rule.max_body));
             }
-            Err(e) => return problem(&GatewayError::BadBody(error_chain(&*e))),
+            Err(e) => {
+                let fault = e.downcast_ref::<ClientBodyError>();
+                let err = fault.map_or_else(
+                    || GatewayError::BadBody(error_chain(&*e)),
+                    |f| f.to_gateway(),
+                );
+                return problem(&err);
+            }
         };
         let gw = self.clone();
         let (tx, rx) = oneshot::channel();
