@@ -39,6 +39,13 @@
 //!    write_drops_what_another_invalidation_overtook`, `refresh_on_write_survives_a_
 //!    write_the_mes_had_before_its_fetch`, `refresh_on_write_keeps_out_of_redis_what_
 //!    another_instance_moved`.
+//!    (2c) *What is derived from a write's answer* (the detail it `represents`, an
+//!    unfiltered page patched in place) counts as begun at the write's tick, or before
+//!    any other write acknowledged earlier and not yet bumped, if older
+//!    ([`Invalidator::watermark_besides`]), and is not derived from an answer the status
+//!    index already holds a newer state of. Tests: `the_cached_detail_becomes_the_
+//!    writes_answer_with_no_mes_request`, `unfiltered_pages_are_patched_from_the_writes_
+//!    answer_with_no_mes_request` (their races are not provoked by a test).
 //! 3. **Other instances converge.** The Redis bump and the bus message are one script; a
 //!    message takes a tick on arrival and bumps its names; a resubscription flushes L1
 //!    (messages may have been missed); families only this instance saw the entity in are
