@@ -918,3 +918,59 @@ async fn unfiltered_pages_are_patched_from_the_writes_answer_with_no_mes_request
         .expect("x is among the 200 newest orders");
     assert_eq!(item["status"], to, "x shows its new status in place");
 }
+
+#[tokio::test]
+async fn a_write_while_redis_hangs_is_in_the_other_instances_index_once_it_is_back() {
+    let redis = RedisServer::start().await;
+    let sim = start_sim(SimConfig::instant()).await;
+    let (a, _) = ready_gateway(&sim, &redis).await;
+    wait_copied(&a).await;
+    let (b, _) = ready_gateway(&sim, &redis).await;
+    let (x, from, _) = order_to_move(&sim).await;
+    let to = other_preloaded(&from);
+    let to_page = list_path(to, None, Some(200));
+    assert_eq!(get(&b.url(&to_page)).await.x_cache(), HIT_INDEX);
+
+    // A hung Redis: A's write reaches the MES and A's mirror; its put in the copy and its
+    // bus message wait. B, cut off, answers from the MES meanwhile.
+    redis.pause();
+    assert_eq!(patch_status(&a.url(""), x, to).await.status, 200);
+    let deadline = Instant::now() + Duration::from_millis(1500);
+    loop {
+        let got = get(&b.url(&to_page)).await;
+        if got.status == 200 && got.x_cache() != HIT_INDEX && got.item_ids().contains(&x) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "B still stale 1.5 s after the write ({})",
+            got.x_cache()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(2500)).await; // the hang lasts: retries back off
+    redis.resume();
+
+    // Back: B warms its index from the copy again; from then on it never leaves x out.
+    let bx = order_index(&b);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut served = 0;
+    while served < 50 {
+        let got = get(&b.url(&to_page)).await;
+        assert_eq!(got.status, 200);
+        if got.x_cache() == HIT_INDEX {
+            assert!(
+                got.item_ids().contains(&x),
+                "B's index left out the write made while redis hung ({} index answers before)",
+                served
+            );
+            served += 1;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "B's index never answered again: {:?}",
+            bx.states()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}

@@ -488,6 +488,9 @@ impl LiveIndex {
             }
         }
         info!(route = %self.route, "index reloads: messages may have been missed");
+        if let Some(shared) = &self.shared {
+            shared.nudge();
+        }
         self.reload.notify_one();
     }
 }

@@ -59,6 +59,7 @@ pub struct SharedIndex {
     // A std Mutex: pushes and drains only, never held across `.await`.
     pending: Mutex<Vec<(Row, bool)>>,
     wake: Notify,
+    nudge: Notify,
 }
 
 /// A chunk read back: members and their rows.
@@ -79,6 +80,7 @@ impl SharedIndex {
             ],
             pending: Mutex::default(),
             wake: Notify::new(),
+            nudge: Notify::new(),
         }
     }
 
@@ -301,6 +303,17 @@ impl SharedIndex {
             }
             self.wake.notified().await;
         }
+    }
+
+    /// Waits for [`SharedIndex::nudge`] (a retry waiting out its backoff tries at once).
+    pub async fn nudged(&self) {
+        self.nudge.notified().await;
+    }
+
+    /// Redis is back (the bus was heard again): a waiting retry tries now, so the rows
+    /// it holds reach the copy before other instances warm from it, or soon after.
+    pub fn nudge(&self) {
+        self.nudge.notify_one();
     }
 
     /// The first `n` queued rows landed. (Only the retry removes, and queueing appends:

@@ -383,7 +383,10 @@ impl LiveIndex {
         let mut backoff = Duration::from_millis(100);
         loop {
             let rows = shared.queued().await;
-            tokio::time::sleep(backoff).await;
+            tokio::select! {
+                () = tokio::time::sleep(backoff) => {}
+                () = shared.nudged() => backoff = Duration::from_millis(100),
+            }
             let only: Vec<Row> = rows.iter().map(|(r, _)| r.clone()).collect();
             if let Err(e) = shared.put(&only, None).await {
                 debug!(route = %self.route, error = %e, "retry of queued index rows failed");
