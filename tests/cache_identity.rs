@@ -6,10 +6,9 @@ mod support;
 
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
-use http::{HeaderMap, Method, Response};
+use http::{HeaderMap, Response};
 use mes_sim::{self as sim, SimConfig, SimHandle};
-use support::client::{get, get_with, patch_status, send};
+use support::client::{get, get_with, patch_status, patch_status_spelled};
 use support::fake_mes::{FakeMes, full};
 use support::gateway::{TestGateway, spawn_gateway, without_index};
 use support::redis::RedisServer;
@@ -56,19 +55,6 @@ async fn an_order(sim: &SimHandle) -> (u64, String, &'static str) {
     (o["id"].as_u64().unwrap(), from, to)
 }
 
-/// `PATCH {base}/api/orders/{id}/status` with the id spelled as given.
-async fn patch_spelled(base: &str, id: &str, status: &str) -> support::client::Resp {
-    let body = Bytes::from(format!("{{\"status\":\"{status}\"}}"));
-    let url = format!("{base}/api/orders/{id}/status");
-    send(
-        Method::PATCH,
-        &url,
-        &[("content-type", "application/json")],
-        body,
-    )
-    .await
-}
-
 /// Issue 13, item 2, from the write side: the MES reads `/api/orders/077` as order 77, so
 /// a status change sent as `077` must end the cached detail of `77`.
 #[tokio::test]
@@ -84,7 +70,7 @@ async fn a_write_through_another_spelling_of_an_id_ends_the_cached_detail() {
     );
     let before = e.sim.stats().detail;
 
-    let r = patch_spelled(&e.gw.url(""), &format!("0{id}"), to).await;
+    let r = patch_status_spelled(&e.gw.url(""), &format!("0{id}"), to).await;
     assert_eq!(r.status, 200, "the MES parses 0{id} as {id}");
     assert_eq!(r.json()["id"], id);
 

@@ -10,9 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use http::{Request, Response};
-use http_body_util::BodyExt;
 use support::client::get;
-use support::fake_mes::{FakeBody, FakeMes, full};
+use support::fake_mes::{FakeBody, FakeMes, body_noting_mes as mes, full};
 use support::gateway::spawn_gateway;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -21,29 +20,6 @@ const BIN: &str = env!("CARGO_BIN_EXE_mesgate");
 
 /// Pass-through only.
 const CONFIG: &str = "upstream = \"http://127.0.0.1:1\"\n";
-
-/// A MES that reads the whole body, answers `received=N` and notes `complete:N` or
-/// `broken` for each body.
-async fn mes(seen: &Arc<Mutex<Vec<String>>>) -> FakeMes {
-    let log = seen.clone();
-    FakeMes::builder()
-        .handler("*", move |req: Request<hyper::body::Incoming>| {
-            let log = log.clone();
-            async move {
-                let (note, answer) = match req.into_body().collect().await {
-                    Ok(b) => {
-                        let n = b.to_bytes().len();
-                        (format!("complete:{n}"), format!("received={n}"))
-                    }
-                    Err(_) => ("broken".to_owned(), "broken".to_owned()),
-                };
-                log.lock().unwrap().push(note);
-                Response::<FakeBody>::new(full(answer))
-            }
-        })
-        .start()
-        .await
-}
 
 /// Reads until the peer closes, failing at `deadline`; returns what was read.
 async fn read_until_closed(s: &mut TcpStream, deadline: Instant, what: &str) -> Vec<u8> {

@@ -8,10 +8,8 @@ mod support;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use http::{Request, Response};
-use http_body_util::BodyExt;
 use support::client::get;
-use support::fake_mes::{FakeBody, FakeMes, full};
+use support::fake_mes::{FakeMes, body_noting_mes as mes};
 use support::gateway::{TestGateway, spawn_gateway};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -21,29 +19,6 @@ const CONFIG: &str = "upstream = \"http://127.0.0.1:1\"\n";
 
 /// What the MES made of each request body: `complete:N` or `broken`.
 type Seen = Arc<Mutex<Vec<String>>>;
-
-/// A MES that reads the whole body and answers `received=N`, noting what it saw.
-async fn mes(seen: &Seen) -> FakeMes {
-    let log = seen.clone();
-    FakeMes::builder()
-        .handler("*", move |req: Request<hyper::body::Incoming>| {
-            let log = log.clone();
-            async move {
-                let body = req.into_body().collect().await;
-                let (note, answer) = match body {
-                    Ok(b) => {
-                        let n = b.to_bytes().len();
-                        (format!("complete:{n}"), format!("received={n}"))
-                    }
-                    Err(_) => ("broken".to_owned(), "broken".to_owned()),
-                };
-                log.lock().unwrap().push(note);
-                Response::<FakeBody>::new(full(answer))
-            }
-        })
-        .start()
-        .await
-}
 
 /// Writes `bytes` on a fresh connection and reads until the server closes (bounded).
 async fn raw(gw: &TestGateway, bytes: &[u8]) -> String {

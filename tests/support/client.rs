@@ -91,6 +91,11 @@ pub async fn get_owned(url: String) -> Resp {
 
 /// `PATCH {base}/api/orders/{id}/status` with `{"status": status}`: a status change.
 pub async fn patch_status(base: &str, id: u64, status: &str) -> Resp {
+    patch_status_spelled(base, &id.to_string(), status).await
+}
+
+/// `PATCH {base}/api/orders/{id}/status` with the id spelled as given (`077`).
+pub async fn patch_status_spelled(base: &str, id: &str, status: &str) -> Resp {
     let body = Bytes::from(format!("{{\"status\":\"{status}\"}}"));
     let url = format!("{base}/api/orders/{id}/status");
     send(

@@ -194,3 +194,27 @@ impl Drop for FakeMes {
         self.task.abort();
     }
 }
+
+/// A MES that reads each request body whole, answers `received=N`, and notes in `seen`
+/// what it made of it: `complete:N`, or `broken` when the body failed mid-way.
+pub async fn body_noting_mes(seen: &Arc<Mutex<Vec<String>>>) -> FakeMes {
+    use http_body_util::BodyExt;
+    let log = seen.clone();
+    FakeMes::builder()
+        .handler("*", move |req: Request<hyper::body::Incoming>| {
+            let log = log.clone();
+            async move {
+                let (note, answer) = match req.into_body().collect().await {
+                    Ok(b) => {
+                        let n = b.to_bytes().len();
+                        (format!("complete:{n}"), format!("received={n}"))
+                    }
+                    Err(_) => ("broken".to_owned(), "broken".to_owned()),
+                };
+                log.lock().unwrap().push(note);
+                Response::<FakeBody>::new(full(answer))
+            }
+        })
+        .start()
+        .await
+}
