@@ -974,3 +974,47 @@ async fn a_write_while_redis_hangs_is_in_the_other_instances_index_once_it_is_ba
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
+
+#[tokio::test]
+async fn an_instance_cut_off_from_the_bus_loads_nothing_until_it_hears_it_again() {
+    let redis = RedisServer::start().await;
+    let sim = start_sim(SimConfig::instant()).await;
+    // Audit rounds every 200 ms: the index's loop would have many chances to load.
+    let config = shipped_config().replace("audit = \"0s\"", "audit = \"200ms\"");
+    let a = spawn_gateway(&config, &sim.base_url(), Some(&redis.url())).await;
+    wait_indexed(&a).await;
+    wait_copied(&a).await;
+    let b = spawn_gateway(&config, &sim.base_url(), Some(&redis.url())).await;
+    wait_indexed(&b).await;
+    let bx = order_index(&b);
+    let (x, from, _) = order_to_move(&sim).await;
+    let to = other_preloaded(&from);
+    let to_page = list_path(to, None, Some(200));
+
+    redis.pause();
+    assert_eq!(patch_status(&a.url(""), x, to).await.status, 200);
+    // B hears nothing (not A's delta either): whatever its loop does meanwhile, no
+    // partition may become ready again from the MES while deltas can still be missed.
+    let until = Instant::now() + Duration::from_secs(3);
+    let mut polls = 0;
+    while Instant::now() < until {
+        let got = get(&b.url(&to_page)).await;
+        polls += 1;
+        assert_eq!(got.status, 200);
+        let cut_off_for = Duration::from_secs(3) - until.saturating_duration_since(Instant::now());
+        if cut_off_for > Duration::from_millis(1000) {
+            assert!(
+                bx.states().iter().all(|(_, s)| *s != PartitionState::Ready),
+                "B's index is ready while it is cut off from the bus (poll {polls}): {:?}",
+                bx.states()
+            );
+            assert_ne!(got.x_cache(), HIT_INDEX);
+            assert!(got.item_ids().contains(&x), "B fresh from the MES");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    redis.resume();
+    wait_indexed(&b).await;
+    let got = get(&b.url(&to_page)).await;
+    assert_index_hit(&got, &from_sim(&sim.base_url(), &to_page).await, &to_page);
+}

@@ -124,6 +124,9 @@ pub struct LiveIndex {
     /// By position in `rule.preload`: whether the partition, since it was last ready, is
     /// in the copy in Redis too (complete there).
     copied: Vec<AtomicBool>,
+    /// Set while the bus is down or this instance is cut off: nothing is loaded or made
+    /// ready (deltas may be missed) until the bus is heard again.
+    paused: AtomicBool,
     /// By position in `rule.preload`: audit rounds, which choose the deeper page audited.
     audit_round: Vec<AtomicUsize>,
     // A std Mutex: a map lookup or insert, never held across `.await`.
@@ -170,6 +173,7 @@ impl LiveIndex {
             mirror: RwLock::new(Mirror::new(&rule.preload, rule.max_entities)),
             states: rule.preload.iter().map(|_| AtomicU8::new(0)).collect(),
             audit_round: rule.preload.iter().map(|_| AtomicUsize::new(0)).collect(),
+            paused: AtomicBool::new(false),
             copied: rule
                 .preload
                 .iter()
@@ -454,6 +458,25 @@ impl LiveIndex {
         }
     }
 
+    /// Partitions refused for a cause that may have passed (the MES kept disagreeing
+    /// while writes flowed, or was down) are loaded again; not when the mirror is full.
+    pub(super) fn retry_refused(&self) {
+        if self.read_mirror().is_overflowed() {
+            return;
+        }
+        for at in 0..self.states.len() {
+            if self.state(at) == PartitionState::Refused {
+                self.set_state(at, PartitionState::Loading);
+            }
+        }
+    }
+
+    /// Whether the bus is down (or this instance cut off from it): deltas may be missed,
+    /// so no partition may become ready until [`LiveIndex::gap`].
+    pub(super) fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::Acquire)
+    }
+
     fn refuse_all(&self) {
         for at in 0..self.states.len() {
             self.set_state(at, PartitionState::Refused);
@@ -470,6 +493,7 @@ impl LiveIndex {
     /// Deltas may be missed from now on (the bus is down): nothing is served until the
     /// bus is back and the partitions are loaded again.
     pub fn pause(&self) {
+        self.paused.store(true, Ordering::Release);
         self.counts.forget();
         for at in 0..self.states.len() {
             if self.state(at) == PartitionState::Ready {
@@ -482,6 +506,8 @@ impl LiveIndex {
     /// loaded again, nothing served meanwhile.
     pub fn gap(&self) {
         self.counts.forget();
+        self.paused.store(false, Ordering::Release);
+        self.retry_refused();
         for at in 0..self.states.len() {
             if self.state(at) == PartitionState::Ready {
                 self.set_state(at, PartitionState::Loading);

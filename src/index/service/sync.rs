@@ -23,6 +23,9 @@ use super::{ATTEMPTS, AUDIT_RELOCATE, LiveIndex, MAX_LIST_BODY, PROBES, Partitio
 /// may already show it (well above the bus's write-to-applied latency).
 const BUS_GRACE: Duration = Duration::from_millis(200);
 
+/// Every how many rounds (of `audit`, or 5 s) a refused partition is tried again.
+const REFUSED_RETRY_TICKS: u64 = 12;
+
 /// How long the index waits for the bus before it reads its copy in Redis.
 const BUS_WAIT: Duration = Duration::from_secs(2);
 
@@ -44,10 +47,12 @@ impl LiveIndex {
             true => Duration::from_secs(5),
             false => self.rule.audit,
         };
+        let mut ticks = 0u64;
         loop {
             let server = self.copy_server(&bus).await;
+            let paused = self.is_paused();
             let loading = (0..self.rule.preload.len())
-                .filter(|&at| self.state(at) == PartitionState::Loading);
+                .filter(|&at| !paused && self.state(at) == PartitionState::Loading);
             futures_util::stream::iter(loading)
                 .for_each_concurrent(self.rule.preload_concurrency, |at| {
                     let (this, server, pass) = (&*self, &server, &pass);
@@ -75,6 +80,10 @@ impl LiveIndex {
                         self.learn_counts(&pass).await;
                     }
                     self.sweep(&mut seqs);
+                    ticks += 1;
+                    if ticks.is_multiple_of(REFUSED_RETRY_TICKS) && !self.is_paused() {
+                        self.retry_refused();
+                    }
                 }
             }
         }
@@ -304,8 +313,19 @@ impl LiveIndex {
         self.learn_headers(&mut headers.clone());
         info!(route = %self.route, partition, held, "index partition ready from redis");
         self.stats.warmed.fetch_add(1, Ordering::Relaxed);
+        if self.ready_unless_paused(at) {
+            self.copied[at].store(true, Ordering::Release);
+        }
+        true
+    }
+
+    /// Makes a loaded partition ready, unless the bus went down meanwhile (then it loads
+    /// again once the bus is back); whether it did.
+    fn ready_unless_paused(&self, at: usize) -> bool {
+        if self.is_paused() {
+            return false;
+        }
         self.set_state(at, PartitionState::Ready);
-        self.copied[at].store(true, Ordering::Release);
         true
     }
 
@@ -416,7 +436,7 @@ impl LiveIndex {
                 Ok(true) => {
                     let held = self.read_mirror().len(&partition).unwrap_or(0);
                     info!(route = %self.route, %partition, held, attempt, "index partition ready");
-                    self.set_state(at, PartitionState::Ready);
+                    self.ready_unless_paused(at);
                     return;
                 }
                 Ok(false) => {
