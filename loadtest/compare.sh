@@ -5,7 +5,8 @@
 #   1. the hit path: loadtest/bench-hit.sh (oha, one warm 50-order page, 64 connections):
 #      mesgate L1 hits, mesgate L2 hits (L1 skipped, Redis), nginx hits, a bare hyper server;
 #   2. the k6 scenarios: loadtest/k6/run.sh all (shift-start storm, live shift, Redis outage,
-#      two instances), each against mesgate and nginx, in interleaved rounds;
+#      two instances; two instances with Redis stopped, mesgate only), each against mesgate
+#      and nginx, in interleaved rounds;
 #
 # collects everything in loadtest/results/compare-<UTC stamp>/ and prints ONE markdown
 # summary table (one row per target), followed by the paths of the detailed tables, the k6

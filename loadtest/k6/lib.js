@@ -92,6 +92,13 @@ export const m = {
   crossStale2s: new Counter('cross_stale_beyond_2s'),
   crossStalePolls: new Counter('cross_stale_polls'),
   crossWarmDetails: new Counter('cross_warm_reads'),
+  // Stale reads on B (two_instances_outage): a read of the detail on B sent
+  // B_STALE_AFTER_MS or more after A acknowledged the write that still shows an older
+  // version. b_checks: writes checked that way (tag phase: of the acknowledgement);
+  // b_late_reads / b_stale_reads: B reads sent that late / those stale (phase: of the send).
+  bChecks: new Counter('b_checks'),
+  bLateReads: new Counter('b_late_reads'),
+  bStale: new Counter('b_stale_reads'),
 };
 
 export function zeroCounters() {
@@ -220,7 +227,7 @@ function newPageCheck(base, status, id, version, ack) {
   const gwItems = ok ? items(res) : [];
   const info = describe(res, ack);
   const truth = http.get(`${SIM}/api/orders?status=${status}`, params({ role: 'truth', name: 'truth list' }));
-  m.truthLists.add(1);
+  m.truthLists.add(1, { phase: phase() });
   if (!ok) return { check: 'new_page', failed: true, gateway: info };
   const truthItems = items(truth);
   const pos = truthItems.findIndex((o) => o.id === id);
@@ -279,19 +286,49 @@ function tally(n, results, ctx) {
   reportStale(ctx.kind, ctx, stale);
 }
 
+// B_STALE_AFTER_MS: 0 (two_instances) = no late read; run.sh sets 1500 for
+// two_instances_outage.
+const B_STALE_AFTER_MS = envNum('B_STALE_AFTER_MS', 0);
+
+// Milliseconds since the scenario started (the clock of phase()), for the logs.
+function sinceStart(t) {
+  return t - exec.scenario.startTime;
+}
+
+// A read of the detail on B sent `sentAt`, `sentAt - ack` ms after A acknowledged the
+// write of `version`: counts it as late (and stale when it shows an older version) once
+// it was sent B_STALE_AFTER_MS or more after the acknowledgement.
+function lateB(res, ok, sentAt, version, ack, ctx, tags, where) {
+  if (!B_STALE_AFTER_MS || sentAt - ack < B_STALE_AFTER_MS) return;
+  m.bLateReads.add(1, { phase: tags.phase });
+  if (!ok) return;
+  const o = jsonOr(res, {}) || {};
+  if (o.version >= version) return;
+  m.bStale.add(1, { phase: tags.phase });
+  const info = describe(res, ack);
+  info.shown = { status: o.status, version: o.version };
+  info.sent_ms_after_ack = sentAt - ack;
+  info.sent_at_s = (sinceStart(sentAt) / 1000).toFixed(3);
+  info.phase = tags.phase;
+  const ackAt = (sinceStart(ack) / 1000).toFixed(3);
+  console.error(`B-STALE ${JSON.stringify({ where, ...ctx, ack_at_s: ackAt, b_answer: info })}`);
+}
+
 // Polls instance B's detail until it shows our write, bounded; records the time from the
 // write's acknowledgement on A to the first answer from B that shows it (an upper bound:
 // it includes B's refetch from the MES), and to the sending of that request.
 function crossCheck(baseB, id, version, ack, ctx) {
   const timeout = envNum('CROSS_TIMEOUT_MS', 2000);
   const every = envNum('CROSS_POLL_MS', 5) / 1000;
-  m.crossChecks.add(1);
+  m.crossChecks.add(1, { phase: phase() });
   let last;
   for (let i = 0; i < 10000; i++) {
     const tags = { role: 'cross', phase: phase(), name: 'cross detail B', inst: 'B' };
     const sentAt = Date.now();
     const res = http.get(`${baseB}/api/orders/${id}`, params(tags));
-    if (record(res, [200], tags)) {
+    const ok = record(res, [200], tags);
+    lateB(res, ok, sentAt, version, ack, ctx, tags, 'poll');
+    if (ok) {
       const o = jsonOr(res, {}) || {};
       if (o.version >= version) {
         m.crossMs.add(Date.now() - ack);
@@ -306,7 +343,7 @@ function crossCheck(baseB, id, version, ack, ctx) {
     sleep(every);
   }
   // Versions only grow: B still showing an older one after the bound is stale.
-  m.crossStale2s.add(1);
+  m.crossStale2s.add(1, { phase: phase() });
   console.error(`CROSS-STALE ${JSON.stringify({ ...ctx, ms_after_ack: Date.now() - ack, last_b_answer: last })}`);
 }
 
@@ -315,7 +352,7 @@ function crossCheck(baseB, id, version, ack, ctx) {
 export function statusChange(base, baseB) {
   const from = pickStatus();
   const list = http.get(`${SIM}/api/orders?status=${from}`, params({ role: 'truth', name: 'truth list' }));
-  m.truthLists.add(1);
+  m.truthLists.add(1, { phase: phase() });
   const candidates = items(list);
   if (candidates.length === 0) return;
   const id = candidates[randInt(candidates.length)].id;
@@ -346,7 +383,7 @@ export function statusChange(base, baseB) {
   }
   m.writes.add(1, { kind: 'change', phase: tags.phase });
   const ctx = {
-    kind: 'status_change', id, from, to, version, sent_ms: sent, ack_ms: ack,
+    kind: 'status_change', id, from, to, version, sent_ms: sent, ack_ms: ack, write_phase: tags.phase,
     write: `PATCH ${base}/api/orders/${id}/status {"status":"${to}"} -> ${res.status} v${version} (${xcache(res)})`,
   };
   if (baseB) crossCheck(baseB, id, version, ack, ctx);
@@ -356,6 +393,20 @@ export function statusChange(base, baseB) {
     oldPageCheck(base, from, id, version, ack),
   ];
   tally(3, results, ctx);
+  if (baseB && B_STALE_AFTER_MS) lateCheck(baseB, id, version, ack, ctx);
+}
+
+// After the convergence poll and A's own-read checks: waits until B_STALE_AFTER_MS after
+// the acknowledgement and reads B's detail once more. Converging once is not enough: an
+// instance that missed the invalidation could refill its cache with the old version.
+function lateCheck(baseB, id, version, ack, ctx) {
+  m.bChecks.add(1, { phase: ctx.write_phase });
+  const wait = ack + B_STALE_AFTER_MS - Date.now();
+  if (wait > 0) sleep(wait / 1000);
+  const tags = { role: 'cross', phase: phase(), name: 'late detail B', inst: 'B' };
+  const sentAt = Date.now();
+  const res = http.get(`${baseB}/api/orders/${id}`, params(tags));
+  lateB(res, record(res, [200], tags), sentAt, version, ack, ctx, tags, 'late');
 }
 
 // One order creation through `base`, then page 1 of SUBMITTED must list it.

@@ -20,7 +20,8 @@ import re
 import statistics
 import sys
 
-SCENARIOS = ["shift_start", "live_shift", "redis_outage", "two_instances"]
+SCENARIOS = ["shift_start", "live_shift", "redis_outage", "two_instances", "two_instances_outage"]
+PHASES = ["before", "during", "after"]
 KINDS = ["list_p1", "list_p2", "detail", "counts"]
 XCACHE = {
     "mesgate": ["HIT-L1", "HIT-L2", "HIT-INDEX", "MISS", "STALE", "BYPASS"],
@@ -92,7 +93,7 @@ def row(results, name):
         "failed": cnt("failed_requests"),
         "xcache": " / ".join(f"{t.replace('nginx-', '')} {xc[t]}" for t in shown),
         "sim": {k: delta(k) for k in ("list", "detail", "counts")},
-        "stale_lines": 0, "cross_stale_lines": 0,
+        "stale_lines": 0, "cross_stale_lines": 0, "b_stale_lines": 0,
     }
     try:
         for line in open(f"{results}/{name}.k6.log", errors="replace"):
@@ -100,6 +101,8 @@ def row(results, name):
                 r["stale_lines"] += 1
             elif line.startswith("CROSS-STALE "):
                 r["cross_stale_lines"] += 1
+            elif line.startswith("B-STALE "):
+                r["b_stale_lines"] += 1
     except OSError:
         pass
 
@@ -154,7 +157,7 @@ def row(results, name):
         else:
             r["counters"] = ("nginx does not use Redis: the same load and the same redis-server "
                              "stop, for comparison only")
-    if meta["scenario"] == "two_instances":
+    if meta["scenario"] in ("two_instances", "two_instances_outage"):
         c, cs = "cross_converge_ms", "cross_converge_sent_ms"
         r["cross"] = {
             "checks": cnt("cross_checks"), "converged": int(v(c) or 0),
@@ -166,8 +169,69 @@ def row(results, name):
             else "n/a (nginx has no invalidation bus)",
             "p99_a": v("op_read_ms{inst:A}", "p(99)"), "p99_b": v("op_read_ms{inst:B}", "p(99)"),
         }
+    if meta["scenario"] == "two_instances_outage":
+        r["outage"] = meta.get("outage", "")
+        r["b_stale_after_ms"] = meta.get("b_stale_after_ms", "1500")
+        marks = {"t0": json.loads(meta.get("sim_t0") or "{}"), "down": json.loads(meta.get("sim_down") or "{}"),
+                 "back": json.loads(meta.get("sim_back") or "{}"), "end": after}
+        ms = {"t0": 0, "down": int(meta.get("ms_down", 0)), "back": int(meta.get("ms_back", 0)),
+              "end": int(meta.get("ms_end", 0))}
+        spans = {"before": ("t0", "down"), "during": ("down", "back"), "after": ("back", "end")}
+        phases = []
+        for ph in PHASES:
+            a, b = spans[ph]
+            dt = (ms[b] - ms[a]) / 1000.0
+
+            def d(k):
+                return max(0, int(marks[b].get(k, 0)) - int(marks[a].get(k, 0)))
+            lists = max(0, d("list") - cnt(f"truth_list_reads{{phase:{ph}}}"))
+            phases.append({
+                "phase": ph, "secs": dt,
+                "b_checks": cnt(f"b_checks{{phase:{ph}}}"), "b_late": cnt(f"b_late_reads{{phase:{ph}}}"),
+                "b_stale": cnt(f"b_stale_reads{{phase:{ph}}}"),
+                "cross_checks": cnt(f"cross_checks{{phase:{ph}}}"),
+                "cross_beyond": cnt(f"cross_stale_beyond_2s{{phase:{ph}}}"),
+                "checks": cnt(f"own_checks{{phase:{ph}}}"), "stale": cnt(f"stale_reads{{phase:{ph}}}"),
+                "failed": cnt(f"failed_requests{{phase:{ph}}}"), "reads": cnt(f"op_reads{{phase:{ph}}}"),
+                "p99_b": v(f"op_read_ms{{phase:{ph},inst:B}}", "p(99)"),
+                "write_p99": v(f"write_ms{{phase:{ph}}}", "p(99)"),
+                "list_per_s": lists / dt if dt > 0 else None,
+                "detail_per_s": d("detail") / dt if dt > 0 else None,
+                "counts_per_s": d("counts") / dt if dt > 0 else None,
+            })
+        r["phases"] = phases
+        r["b_total"] = {"checks": cnt("b_checks"), "late": cnt("b_late_reads"), "stale": cnt("b_stale_reads")}
+        r["cut_offs"] = {
+            "b_at_resume": cut_offs(f"{results}/{name}.gw-b.outage.metrics"),
+            "b_end": cut_offs(f"{results}/{name}.gw-b.metrics"),
+            "a_end": cut_offs(f"{results}/{name}.gw-a.metrics"),
+        }
+        r["bus_log"] = bus_log(f"{results}/{name}.bus.log")
     json.dump(r, open(f"{results}/{name}.row.json", "w"), indent=1)
     print(scenario_tables([r]))
+
+
+def cut_offs(path):
+    """mesgate_bus_cut_offs_total (episodes) and mesgate_bus_cut_off (now) in a scrape."""
+    t = metric_text(path)
+    if t is None:
+        return "not scraped"
+    n = re.search(r"^mesgate_bus_cut_offs(?:_total)? (\S+)$", t, re.M)
+    g = re.search(r"^mesgate_bus_cut_off (\S+)$", t, re.M)
+    return (f"{int(float(n.group(1))) if n else '-'} episode(s), "
+            f"cut off now {int(float(g.group(1))) if g else '-'}")
+
+
+def bus_log(path):
+    """run.sh's bus watcher: '+MS PORT STATE' lines, as 'PORT: STATE at +S s, ...'."""
+    try:
+        lines = [ln.split() for ln in open(path) if ln.strip()]
+    except OSError:
+        return "-"
+    by = {}
+    for ms, port, st in (x for x in lines if len(x) == 3):
+        by.setdefault(port, []).append(f"{st} at +{int(ms.lstrip('+')) / 1000:.1f} s")
+    return "; ".join(f"admin :{p}: " + ", ".join(v) for p, v in by.items()) or "-"
 
 
 def metric_text(path):
@@ -299,7 +363,7 @@ def scenario_tables(rows):
         out.append("")
         for r in rows:
             out.append(f"- {who(r, nr)}: {r['counters']}.")
-    if sc == "two_instances":
+    if sc in ("two_instances", "two_instances_outage"):
         out.append("")
         tmo = rows[0]["cross"]["timeout_ms"]
         cols = ["target", "cross-instance checks", "converged",
@@ -313,12 +377,41 @@ def scenario_tables(rows):
                          " / ".join(f(x) for x in c["sent"]), f"**{c['stale_beyond']}**", c["stale_polls"],
                          c["bus"], f"{f(c['p99_a'])} / {f(c['p99_b'])}"])
         out.append(md_table(cols, body))
-    notes = [r for r in rows if r["stale_lines"] or r["cross_stale_lines"]]
+    if sc == "two_instances_outage":
+        out.append("")
+        out.append("Outage: " + "; ".join(f"{who(r, nr)}: {r['outage']}" for r in rows) + ".")
+        out.append("")
+        late = rows[0]["b_stale_after_ms"]
+        cols = ["target", "phase", "s", "B checks (writes)", f"B reads ≥ {late} ms after A's ack",
+                f"**stale reads on B** (≥ {late} ms)", "B still stale after 2 s", "A own-read checks / stale",
+                "failed requests", "operator reads", "read p99 ms on B", "write p99 ms",
+                "MES list req/s", "MES detail req/s", "MES counts req/s"]
+        body = []
+        for r in rows:
+            for p in r["phases"]:
+                body.append([who(r, nr), p["phase"], f"{p['secs']:.1f}", p["b_checks"], p["b_late"],
+                             f"**{p['b_stale']}**", p["cross_beyond"], f"{p['checks']} / {p['stale']}",
+                             p["failed"], p["reads"], f(p["p99_b"]), f(p["write_p99"]), f(p["list_per_s"]),
+                             f(p["detail_per_s"]), f(p["counts_per_s"])])
+        out.append(md_table(cols, body))
+        out.append("")
+        for r in rows:
+            b = r["b_total"]
+            out.append(f"- {who(r, nr)}: stale reads on B **{b['stale']}** in {b['late']} late B reads "
+                       f"({b['checks']} writes checked); B's bus cut-offs: {r['cut_offs']['b_at_resume']} "
+                       f"just before Redis came back, {r['cut_offs']['b_end']} at the end (A: "
+                       f"{r['cut_offs']['a_end']}); bus state from /readyz: {r['bus_log']}.")
+        out.append("")
+        out.append("MES req/s per phase: the simulator's counters at the first request, at the stop, "
+                   "at the resume and at the end, over the phase's seconds; lists minus the writers' "
+                   "truth reads of that phase.")
+    notes = [r for r in rows if r["stale_lines"] or r["cross_stale_lines"] or r.get("b_stale_lines")]
     if notes:
         out.append("")
         for r in notes:
-            out.append(f"- {who(r, nr)}: {r['stale_lines']} STALE and {r['cross_stale_lines']} CROSS-STALE "
-                       f"report line(s), request sequences in `{r['name']}.k6.log`")
+            out.append(f"- {who(r, nr)}: {r['stale_lines']} STALE, {r['cross_stale_lines']} CROSS-STALE "
+                       f"and {r.get('b_stale_lines', 0)} B-STALE report line(s), request sequences in "
+                       f"`{r['name']}.k6.log`")
     return "\n".join(out)
 
 
@@ -345,6 +438,17 @@ def tables(results):
 
 # ---------------------------------------------------------------- compare.sh's summary
 
+def outage_b(rs, target):
+    """compare's cell for two_instances_outage: stale reads on B / late B reads, whole run and
+    during the outage."""
+    if not rs:
+        return "n/a (no bus)" if target == "nginx" else "-"
+    st = sum(r["b_total"]["stale"] for r in rs)
+    late = sum(r["b_total"]["late"] for r in rs)
+    dur = [p for r in rs for p in r["phases"] if p["phase"] == "during"]
+    return (f"{st} / {late} ({sum(p['b_stale'] for p in dur)} / {sum(p['b_late'] for p in dur)})")
+
+
 def compare(hit_json, k6_results):
     hit = json.load(open(hit_json)) if hit_json and os.path.exists(hit_json) else None
     rows = load_rows(k6_results) if k6_results else []
@@ -369,7 +473,8 @@ def compare(hit_json, k6_results):
             "shift start: upstream list req / distinct pages", "live shift: stale reads / own-read checks",
             "live shift: read p99 ms", "live shift: upstream list req/s",
             "Redis outage: failed requests", "Redis outage: stale reads / checks",
-            "two instances: B stale after 2 s / cross checks", "two instances: convergence p50 / max ms"]
+            "two instances: B stale after 2 s / cross checks", "two instances: convergence p50 / max ms",
+            "two instances, Redis stopped: stale reads on B / late B reads (during the outage)"]
     body = []
     fig = {}
     for target in ("mesgate", "nginx", "bare"):
@@ -379,8 +484,8 @@ def compare(hit_json, k6_results):
             l1, l2 = target, None
         if target == "bare" and "bare" not in H:
             continue
-        ss, ls, ro, ti = (pick(target, s) for s in SCENARIOS)
-        if target != "bare" and not (ss or ls or ro or ti) and l1 not in H:
+        ss, ls, ro, ti, tio = (pick(target, s) for s in SCENARIOS)
+        if target != "bare" and not (ss or ls or ro or ti or tio) and l1 not in H:
             continue
         l2cell = "-"
         if l2 and l2 in H:
@@ -413,7 +518,7 @@ def compare(hit_json, k6_results):
                      "-" if lup is None else f"{lup:.1f}",
                      "-" if not ro else str(ksum(ro, "failed")),
                      counts(ro, "stale", "checks") + (" (no Redis in nginx)" if ro and target == "nginx" else ""),
-                     cross, conv])
+                     cross, conv, outage_b(tio, target)])
     out = [md_table(cols, body)]
     if "mesgate" in fig and "nginx" in fig:
         a, b = fig["mesgate"], fig["nginx"]

@@ -4,11 +4,12 @@
 # (loadtest/nginx/storm.conf: every GET cached 10 s, proxy_cache_lock on) in front of the
 # same simulator. For each round, each scenario and each target (in that order, so the
 # targets are interleaved) it starts a fresh redis-server, mes-sim and the target (two
-# instances for two_instances) on fixed 127.0.0.1 ports, runs k6, reads the simulator's
+# instances for two_instances and two_instances_outage) on fixed 127.0.0.1 ports, runs k6, reads the simulator's
 # counters before and after, stops everything, and prints that run's row; at the end, one
 # markdown table per scenario with a row per target and round and the mesgate/nginx ratios.
 #
-#   loadtest/k6/run.sh [shift_start|live_shift|redis_outage|two_instances|all]   (default all)
+#   loadtest/k6/run.sh [shift_start|live_shift|redis_outage|two_instances|two_instances_outage|all]
+#   (default all; two_instances_outage runs against mesgate only: nginx has no bus)
 #
 # Knobs (environment):
 #   TARGETS="mesgate nginx"   what to run each scenario against, in this order
@@ -19,6 +20,10 @@
 #   LIVE_DURATION=60s OPERATORS=32 THINK=0 CHANGES=10 CREATES=3    live shift (all three)
 #   OUTAGE_DURATION=60s OUTAGE_AT=20 OUTAGE_LEN=20 OUTAGE_SIGNAL=KILL   redis_outage
 #   TWO_DURATION=60s CROSS_TIMEOUT_MS=2000 CROSS_POLL_MS=5                 two_instances
+#   two_instances_outage: TWO_DURATION, OUTAGE_AT, OUTAGE_LEN, OUTAGE_SIGNAL=STOP (a hung
+#     Redis: SIGSTOP, SIGCONT after OUTAGE_LEN s; KILL: killed and restarted empty),
+#     B_STALE_AFTER_MS=1500 (a read on B sent that long after A's ack must show the write).
+#     OUTAGE_SIGNAL unset: KILL for redis_outage, STOP here; set: both use it.
 #   GW_PORT=18280 GW_B_PORT=18281 ADMIN_PORT=18282 ADMIN_B_PORT=18283
 #   SIM_PORT=19290 REDIS_PORT=16490   (nginx listens on GW_PORT, and GW_B_PORT for B)
 #   GW_REDIS=on          off: the gateways run L1 only (MESGATE_REDIS_URL=off), for
@@ -55,7 +60,8 @@ CREATES=${CREATES:-3}
 OUTAGE_DURATION=${OUTAGE_DURATION:-60s}
 OUTAGE_AT=${OUTAGE_AT:-20}
 OUTAGE_LEN=${OUTAGE_LEN:-20}
-OUTAGE_SIGNAL=${OUTAGE_SIGNAL:-KILL}
+OUTAGE_SIGNAL=${OUTAGE_SIGNAL:-}
+B_STALE_AFTER_MS=${B_STALE_AFTER_MS:-1500}
 TWO_DURATION=${TWO_DURATION:-60s}
 CROSS_TIMEOUT_MS=${CROSS_TIMEOUT_MS:-2000}
 CROSS_POLL_MS=${CROSS_POLL_MS:-5}
@@ -76,10 +82,13 @@ note() { echo "k6/run.sh: $*" >&2; }
 [[ "$GW_REDIS" == on || "$GW_REDIS" == off ]] || die "GW_REDIS: on or off"
 [[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || die "ROUNDS: a positive integer"
 [[ "$NGINX_VALID" =~ ^[0-9]+[smh]$ ]] || die "NGINX_VALID: an nginx time such as 10s"
+[[ -z "$OUTAGE_SIGNAL" || "$OUTAGE_SIGNAL" == STOP || "$OUTAGE_SIGNAL" == KILL ]] \
+  || die "OUTAGE_SIGNAL: STOP or KILL"
+[[ "$B_STALE_AFTER_MS" =~ ^[0-9]+$ ]] || die "B_STALE_AFTER_MS: whole milliseconds"
 case "$SCENARIO" in
-  all) SCENARIOS=(shift_start live_shift redis_outage two_instances) ;;
-  shift_start|live_shift|redis_outage|two_instances) SCENARIOS=("$SCENARIO") ;;
-  *) die "unknown scenario '$SCENARIO' (shift_start, live_shift, redis_outage, two_instances, all)" ;;
+  all) SCENARIOS=(shift_start live_shift redis_outage two_instances two_instances_outage) ;;
+  shift_start|live_shift|redis_outage|two_instances|two_instances_outage) SCENARIOS=("$SCENARIO") ;;
+  *) die "unknown scenario '$SCENARIO' (shift_start, live_shift, redis_outage, two_instances, two_instances_outage, all)" ;;
 esac
 read -r -a TARGET_LIST <<<"$TARGETS"
 (( ${#TARGET_LIST[@]} > 0 )) || die "TARGETS is empty (mesgate, nginx)"
@@ -102,6 +111,10 @@ done
 [[ "$OUTAGE_AT" =~ ^[0-9]+$ && "$OUTAGE_LEN" =~ ^[0-9]+$ ]] || die "OUTAGE_AT, OUTAGE_LEN: whole seconds"
 (( OUTAGE_AT + OUTAGE_LEN < $(secs "$OUTAGE_DURATION") )) \
   || die "OUTAGE_AT + OUTAGE_LEN must end before OUTAGE_DURATION"
+if [[ " ${SCENARIOS[*]} " == *" two_instances_outage "* ]]; then
+  (( OUTAGE_AT > 0 && OUTAGE_AT + OUTAGE_LEN < $(secs "$TWO_DURATION") )) \
+    || die "two_instances_outage: OUTAGE_AT (> 0) + OUTAGE_LEN must end before TWO_DURATION"
+fi
 
 # ---------------------------------------------------------------- tools
 command -v redis-server >/dev/null || die "install redis-server (apt-get install -y redis-server)"
@@ -144,7 +157,8 @@ cleanup() {
   local rc=$?
   trap - EXIT INT TERM
   local p
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  # CONT: a redis-server stopped by two_instances_outage (SIGSTOP) must run to see TERM.
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; kill -CONT "$p" 2>/dev/null || true; done
   for p in "${pids[@]}"; do
     for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
     kill -KILL "$p" 2>/dev/null || true
@@ -387,42 +401,61 @@ sleep_until() {
   return 0
 }
 
+# first_request NAME BEFORE -> t0: the scenario's clock starts with its first request: the
+# first list the simulator counts (a writer's truth read or an operator's miss) above the
+# list counter BEFORE. Bounded: k6 starts in ~1-3 s.
+first_request() {
+  t0=
+  local l
+  for _ in $(seq 1 1500); do
+    kill -0 "$k6_pid" 2>/dev/null || break
+    l=$(sim_stats 2>/dev/null | sed -n 's/.*"list":\([0-9]*\).*/\1/p' || true)
+    if (( ${l:-0} > $2 )); then t0=$(now_ms); break; fi
+    sleep 0.01
+  done
+  [[ -n "$t0" ]] || die "$1: k6 never sent a request (see $RESULTS/$1.k6.log)"
+}
+list_count() { python3 -c 'import json,sys; print(json.loads(sys.argv[1]).get("list",0))' "$1"; }
+
+# redis_down SIGNAL: STOP freezes redis-server (a hung Redis: its connections stay open and
+# nothing answers); KILL (or another signal) stops it for good.
+redis_down() {
+  if [[ "$1" == STOP ]]; then kill -STOP "$redis_pid"; else stop "$redis_pid" "$1"; fi
+}
+# redis_up SIGNAL LOG: CONT for a stopped one; otherwise a fresh (empty) redis-server on the
+# same port.
+redis_up() {
+  if [[ "$1" == STOP ]]; then kill -CONT "$redis_pid"; else start_redis "$2"; fi
+}
+signal_text() { [[ "$1" == STOP ]] && echo "stopped (SIGSTOP)" || echo "killed (SIG$1)"; }
+resume_text() { [[ "$1" == STOP ]] && echo "resumed (SIGCONT)" || echo "restarted (empty)"; }
+
 run_redis_outage() { # NAME TARGET ROUND
-  local name=$1 target=$2 round=$3
+  local name=$1 target=$2 round=$3 sig=${OUTAGE_SIGNAL:-KILL}
   # nginx does not use Redis; it runs here for the same load, and the same Redis stop.
   stack "$name" "$target" redis
   local before; before=$(sim_stats)
-  local b_list; b_list=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1]).get("list",0))' "$before")
   mapfile -t la < <(live_args)
   run_k6 "$name" redis_outage.js "$(secs "$OUTAGE_DURATION")" -e DURATION="$OUTAGE_DURATION" \
     -e OUTAGE_AT="$OUTAGE_AT" -e OUTAGE_LEN="$OUTAGE_LEN" "${la[@]}"
-  # The scenario's clock starts with its first request: the first list the simulator
-  # counts (a writer's truth read or an operator's miss). Bounded: k6 starts in ~1-3 s.
-  local t0=
-  for _ in $(seq 1 1500); do
-    kill -0 "$k6_pid" 2>/dev/null || break
-    local l; l=$(sim_stats 2>/dev/null | sed -n 's/.*"list":\([0-9]*\).*/\1/p' || true)
-    if (( ${l:-0} > b_list )); then t0=$(now_ms); break; fi
-    sleep 0.01
-  done
-  [[ -n "$t0" ]] || die "$name: k6 never sent a request (see $RESULTS/$name.k6.log)"
+  first_request "$name" "$(list_count "$before")"
   local kill_at=$(( t0 + OUTAGE_AT * 1000 )) back_at=$(( t0 + (OUTAGE_AT + OUTAGE_LEN) * 1000 ))
   sleep_until "$kill_at"
   local killed; killed=$(now_ms)
-  stop "$redis_pid" "$OUTAGE_SIGNAL"
-  note "$name: redis-server killed (SIG$OUTAGE_SIGNAL) at +$(( killed - t0 )) ms"
+  redis_down "$sig"
+  note "$name: redis-server $(signal_text "$sig") at +$(( killed - t0 )) ms"
   sleep_until "$back_at"
   local restarted; restarted=$(now_ms)
-  start_redis "$RESULTS/$name.redis.log"
+  redis_up "$sig" "$RESULTS/$name.redis.log"
   local up; up=$(now_ms)
-  note "$name: redis-server restarted at +$(( restarted - t0 )) ms, listening at +$(( up - t0 )) ms"
+  note "$name: redis-server $(resume_text "$sig") at +$(( restarted - t0 )) ms, listening at +$(( up - t0 )) ms"
   wait_k6 "$name"
   local after; after=$(sim_stats)
   scrape_a "$name" "$target"
   teardown "$gw_a_pid" "$sim_pid" "$redis_pid"
   meta "$name" "$before" "$after" target="$target" "label=$(label "$target")" round="$round" scenario=redis_outage \
-    title="the live shift ($OPERATORS operators, $CHANGES changes/s, $CREATES creates/s, $OUTAGE_DURATION) with redis-server killed (SIG$OUTAGE_SIGNAL) after ${OUTAGE_AT} s and restarted (empty) ${OUTAGE_LEN} s later; nginx does not use Redis (same load, same stop)" \
-    outage="killed at +$(( killed - t0 )) ms, restarted at +$(( restarted - t0 )) ms, listening at +$(( up - t0 )) ms after the first request" \
+    title="the live shift ($OPERATORS operators, $CHANGES changes/s, $CREATES creates/s, $OUTAGE_DURATION) with redis-server $(signal_text "$sig") after ${OUTAGE_AT} s and $(resume_text "$sig") ${OUTAGE_LEN} s later; nginx does not use Redis (same load, same stop)" \
+    outage="$(signal_text "$sig") at +$(( killed - t0 )) ms, $(resume_text "$sig") at +$(( restarted - t0 )) ms, listening at +$(( up - t0 )) ms after the first request" \
     outage_at="$OUTAGE_AT" outage_len="$OUTAGE_LEN"
   table "$name"
 }
@@ -449,11 +482,82 @@ run_two_instances() { # NAME TARGET ROUND
   table "$name"
 }
 
+# bus_watch T0 OUT PORT...: every 100 ms, each gateway's /readyz "bus" state (ok, cut_off, ...;
+# "-" when it does not answer within 1 s); writes a line "+MS PORT STATE" to OUT when a
+# state changes (MS since T0). Runs in the background until stopped.
+bus_watch() {
+  local t0=$1 out=$2; shift 2
+  local -A last=()
+  local p st now
+  while :; do
+    for p in "$@"; do
+      st=$(curl -sS --max-time 1 "http://127.0.0.1:$p/readyz" 2>/dev/null \
+        | sed -n 's/.*"bus":"\([a-z_]*\)".*/\1/p' || true)
+      st=${st:--}
+      if [[ "${last[$p]:-}" != "$st" ]]; then
+        now=$(now_ms)
+        echo "+$(( now - t0 )) $p $st" >>"$out"
+        last[$p]=$st
+      fi
+    done
+    sleep 0.1
+  done
+}
+
+run_two_instances_outage() { # NAME TARGET ROUND
+  local name=$1 target=$2 round=$3 sig=${OUTAGE_SIGNAL:-STOP}
+  stack "$name" "$target"
+  start_front "$target" "$GW_B_PORT" "$ADMIN_B_PORT" "$name" b; local gw_b_pid=$gw_pid
+  local before; before=$(sim_stats)
+  mapfile -t la < <(live_args)
+  run_k6 "$name" two_instances.js "$(secs "$TWO_DURATION")" -e DURATION="$TWO_DURATION" \
+    -e GW_B="http://127.0.0.1:$GW_B_PORT" -e CROSS_TIMEOUT_MS="$CROSS_TIMEOUT_MS" \
+    -e CROSS_POLL_MS="$CROSS_POLL_MS" -e OUTAGE_AT="$OUTAGE_AT" -e OUTAGE_LEN="$OUTAGE_LEN" \
+    -e B_STALE_AFTER_MS="$B_STALE_AFTER_MS" "${la[@]}"
+  first_request "$name" "$(list_count "$before")"
+  local at_t0; at_t0=$(sim_stats)
+  : >"$RESULTS/$name.bus.log"
+  bus_watch "$t0" "$RESULTS/$name.bus.log" "$ADMIN_PORT" "$ADMIN_B_PORT" &
+  local watch_pid=$!; pids+=("$watch_pid")
+  local down_at=$(( t0 + OUTAGE_AT * 1000 )) back_at=$(( t0 + (OUTAGE_AT + OUTAGE_LEN) * 1000 ))
+  sleep_until "$down_at"
+  local at_down; at_down=$(sim_stats)
+  local down; down=$(now_ms)
+  redis_down "$sig"
+  note "$name: redis-server $(signal_text "$sig") at +$(( down - t0 )) ms"
+  sleep_until "$back_at"
+  local at_back; at_back=$(sim_stats)
+  scrape "$ADMIN_B_PORT" "$RESULTS/$name.gw-b.outage.metrics"
+  local back; back=$(now_ms)
+  redis_up "$sig" "$RESULTS/$name.redis.log"
+  local up; up=$(now_ms)
+  note "$name: redis-server $(resume_text "$sig") at +$(( back - t0 )) ms, listening at +$(( up - t0 )) ms"
+  wait_k6 "$name"
+  local after; after=$(sim_stats)
+  local end; end=$(now_ms)
+  stop "$watch_pid"
+  scrape_a "$name" "$target"
+  scrape "$ADMIN_B_PORT" "$RESULTS/$name.gw-b.metrics"
+  teardown "$gw_a_pid" "$gw_b_pid" "$sim_pid" "$redis_pid"
+  meta "$name" "$before" "$after" target="$target" "label=$(label "$target") A + B" round="$round" \
+    scenario=two_instances_outage \
+    title="two mesgate instances on one Redis, the live shift ($OPERATORS operators split over A and B, $CHANGES changes/s and $CREATES creates/s through A; $TWO_DURATION) with redis-server $(signal_text "$sig") after ${OUTAGE_AT} s and $(resume_text "$sig") ${OUTAGE_LEN} s later; after every write B's detail polled until fresh, then read again ${B_STALE_AFTER_MS} ms after A's ack" \
+    outage="$(signal_text "$sig") at +$(( down - t0 )) ms, $(resume_text "$sig") at +$(( back - t0 )) ms, listening at +$(( up - t0 )) ms after the first request" \
+    signal="$sig" cross_timeout_ms="$CROSS_TIMEOUT_MS" b_stale_after_ms="$B_STALE_AFTER_MS" \
+    "sim_t0=$at_t0" "sim_down=$at_down" "sim_back=$at_back" \
+    ms_down=$(( down - t0 )) ms_back=$(( back - t0 )) ms_end=$(( end - t0 ))
+  table "$name"
+}
+
 # ---------------------------------------------------------------- main
 for round in $(seq 1 "$ROUNDS"); do
   for s in "${SCENARIOS[@]}"; do
     for t in "${TARGET_LIST[@]}"; do
       name="$s-$t-r$round"
+      if [[ "$s" == two_instances_outage && "$t" != mesgate ]]; then
+        note "$name: skipped (nginx has no invalidation bus and no Redis: nothing to cut off)"
+        continue
+      fi
       note "$name: starting ($(date -u +%T), load average $(cut -d' ' -f1-3 /proc/loadavg))"
       # Not in $(...): the servers must stay children of this shell, under its trap.
       "run_$s" "$name" "$t" "$round" >"$RESULTS/$name.md"
