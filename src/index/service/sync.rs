@@ -66,11 +66,13 @@ impl LiveIndex {
                     }
                 })
                 .await;
-            if let Some(server) = &server {
-                self.copy_out(server).await;
-            }
+            // The counts first: until they are known every write waits for their
+            // refresh; the copy to Redis (a bus grace per partition) can wait.
             if !self.counts.known() {
                 self.learn_counts(&pass).await;
+            }
+            if let Some(server) = &server {
+                self.copy_out(server).await;
             }
             tokio::select! {
                 _ = self.reload.notified() => {}
