@@ -14,7 +14,7 @@ use bytes::Bytes;
 use http::Method;
 use mes_sim::{self as sim, SimConfig, SimHandle};
 use mesgate::index::service::{LiveIndex, PartitionState};
-use support::client::{Resp, get, get_with, patch_status, send};
+use support::client::{Resp, get, get_with, newest, other_status, patch_status, send};
 use support::gateway::{TestGateway, spawn_gateway, wait_indexed};
 use support::redis::RedisServer;
 
@@ -139,16 +139,6 @@ fn assert_index_hit(ours: &Resp, theirs: &Resp, what: &str) {
     assert_same_body(ours, theirs, what);
 }
 
-/// The newest order of all and its status, asked of the simulator directly.
-async fn newest(sim: &SimHandle) -> (u64, String) {
-    let r = from_sim(&sim.base_url(), "/api/orders?size=1").await;
-    let o = &r.json()["items"][0];
-    (
-        o["id"].as_u64().unwrap(),
-        o["status"].as_str().unwrap().to_owned(),
-    )
-}
-
 /// An order to move and its preloaded status: the newest order of all when its status is
 /// preloaded (then it is first wherever it goes), else the newest MANUFACTURING_APPROVED.
 async fn order_to_move(sim: &SimHandle) -> (u64, String, bool) {
@@ -159,15 +149,6 @@ async fn order_to_move(sim: &SimHandle) -> (u64, String, bool) {
     let status = "MANUFACTURING_APPROVED";
     let r = from_sim(&sim.base_url(), &list_path(status, None, Some(1))).await;
     (r.item_ids()[0], status.to_owned(), false)
-}
-
-/// Another preloaded status.
-fn other_preloaded(s: &str) -> &'static str {
-    if s == "MANUFACTURING_STARTED" {
-        "SHIPPED"
-    } else {
-        "MANUFACTURING_STARTED"
-    }
 }
 
 #[tokio::test]
@@ -265,7 +246,7 @@ async fn a_status_change_moves_the_order_with_no_list_fetched_again() {
     let base = sim.base_url();
     let (gw, ready) = ready_gateway(&sim, &redis).await;
     let (x, a, x_is_newest) = order_to_move(&sim).await;
-    let b = other_preloaded(&a);
+    let b = other_status(&a);
     let (a1, a2, b1) = (
         list_path(&a, None, None),
         list_path(&a, Some(2), None),
@@ -400,7 +381,7 @@ async fn another_instance_applies_the_move_from_the_bus() {
     let (a, ready) = ready_gateway(&sim, &redis).await;
     let (b, _) = ready_gateway(&sim, &redis).await;
     let (x, from, _) = order_to_move(&sim).await;
-    let to = other_preloaded(&from);
+    let to = other_status(&from);
     let (from_page, to_page) = (list_path(&from, None, None), list_path(to, None, None));
     // B answers the old state from its index.
     let before = get(&b.url(&from_page)).await;
@@ -769,7 +750,7 @@ async fn a_new_instance_warms_from_redis_with_no_mes_list_request() {
 
     // Writes through A after the copy: moved in the copy too, not only in A's mirror.
     let (x, from, _) = order_to_move(&sim).await;
-    let to = other_preloaded(&from);
+    let to = other_status(&from);
     assert_eq!(patch_status(&a.url(""), x, to).await.status, 200);
     // And one to history (a status not kept): it leaves the copy's sets.
     let shipped = from_sim(&sim.base_url(), &list_path("SHIPPED", None, Some(2))).await;
@@ -819,7 +800,7 @@ async fn a_redis_that_lost_the_copy_is_loaded_again_from_the_mes() {
     // Redis dies: a write on A meanwhile is applied to A's mirror and queued for the copy.
     redis.stop();
     let (x, from, _) = order_to_move(&sim).await;
-    let to = other_preloaded(&from);
+    let to = other_status(&from);
     assert_eq!(patch_status(&a.url(""), x, to).await.status, 200);
     redis.restart().await;
 
@@ -853,7 +834,7 @@ async fn the_cached_detail_becomes_the_writes_answer_with_no_mes_request() {
     let sim = start_sim(SimConfig::instant()).await;
     let (gw, _) = ready_gateway(&sim, &redis).await;
     let (x, from, _) = order_to_move(&sim).await;
-    let to = other_preloaded(&from);
+    let to = other_status(&from);
     let detail = format!("/api/orders/{x}");
     assert_eq!(get(&gw.url(&detail)).await.x_cache(), "MISS");
     assert_eq!(get(&gw.url(&detail)).await.x_cache(), "HIT-L1");
@@ -888,7 +869,7 @@ async fn unfiltered_pages_are_patched_from_the_writes_answer_with_no_mes_request
     let sim = start_sim(SimConfig::instant()).await;
     let (gw, _) = ready_gateway(&sim, &redis).await;
     let (x, from, _) = order_to_move(&sim).await;
-    let to = other_preloaded(&from);
+    let to = other_status(&from);
     // The unfiltered list, newest first: x is on page 1 when it is the newest order.
     let pages = ["/api/orders", "/api/orders?page=2", "/api/orders?size=200"];
     for p in pages {
@@ -927,7 +908,7 @@ async fn a_write_while_redis_hangs_is_in_the_other_instances_index_once_it_is_ba
     wait_copied(&a).await;
     let (b, _) = ready_gateway(&sim, &redis).await;
     let (x, from, _) = order_to_move(&sim).await;
-    let to = other_preloaded(&from);
+    let to = other_status(&from);
     let to_page = list_path(to, None, Some(200));
     assert_eq!(get(&b.url(&to_page)).await.x_cache(), HIT_INDEX);
 
@@ -988,7 +969,7 @@ async fn an_instance_cut_off_from_the_bus_loads_nothing_until_it_hears_it_again(
     wait_indexed(&b).await;
     let bx = order_index(&b);
     let (x, from, _) = order_to_move(&sim).await;
-    let to = other_preloaded(&from);
+    let to = other_status(&from);
     let to_page = list_path(to, None, Some(200));
 
     redis.pause();

@@ -11,7 +11,7 @@ use http::Method;
 use mes_sim::{self as sim, SimConfig, SimHandle};
 use mesgate::consistency::Name;
 use serde_json::Value;
-use support::client::{Resp, get, patch_status, send};
+use support::client::{Resp, get, newest, other_status, patch_status, send};
 use support::gateway::{TestGateway, spawn_gateway, without_index};
 use support::redis::RedisServer;
 use tokio::io::AsyncWriteExt;
@@ -58,24 +58,6 @@ async fn env_with(config: SimConfig, gateway_config: &str) -> Env {
 
 fn ids(r: &Resp) -> Vec<u64> {
     r.item_ids()
-}
-
-/// The newest order of all and its status, asked of the simulator directly.
-async fn newest(sim: &SimHandle) -> (u64, String) {
-    let r = get(&format!("{}/api/orders?size=1", sim.base_url())).await;
-    let o = &r.json()["items"][0];
-    (
-        o["id"].as_u64().unwrap(),
-        o["status"].as_str().unwrap().to_owned(),
-    )
-}
-
-fn other_status(s: &str) -> &'static str {
-    if s == "MANUFACTURING_STARTED" {
-        "SHIPPED"
-    } else {
-        "MANUFACTURING_STARTED"
-    }
 }
 
 /// Waits (bounded) until the simulator has been asked for `count` lists in all: the sign

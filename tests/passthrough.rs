@@ -16,11 +16,9 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use support::client::{Resp, get, send};
+use support::client::{Resp, get, raw, send, status_line};
 use support::fake_mes::{FakeBody, FakeMes, full};
 use support::gateway::{TestGateway, spawn_gateway};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
 /// A cached list route (reads only), a forward-only write route on the same path, and
@@ -680,30 +678,6 @@ async fn h2c_prior_knowledge_client_is_served() {
 // Garbage.
 // ---------------------------------------------------------------------------------------
 
-/// Writes raw bytes on a fresh connection and reads until the server closes it.
-async fn raw(gw: &TestGateway, bytes: &[u8]) -> String {
-    let mut s = TcpStream::connect(gw.addr).await.expect("connect");
-    s.write_all(bytes).await.expect("write");
-    let mut out = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
-    match read {
-        Ok(Ok(_)) => {}
-        // A reset after an error answer is a close too.
-        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
-        Ok(Err(e)) => panic!("read: {e}"),
-        Err(_) => panic!(
-            "the server neither answered nor closed: {:?}",
-            String::from_utf8_lossy(&out)
-        ),
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// The status line of a raw answer, or "" when the server just closed.
-fn status_line(answer: &str) -> &str {
-    answer.lines().next().unwrap_or("")
-}
-
 #[tokio::test]
 async fn garbage_on_the_socket_does_not_kill_the_server() {
     let mes = FakeMes::builder().handler("*", echo).start().await;
@@ -716,7 +690,7 @@ async fn garbage_on_the_socket_does_not_kill_the_server() {
         b"\x00\xff\x13\x37PRI * HTTP/2.0\r\n\r\n",
     ];
     for bytes in cases {
-        let answer = raw(&gw, bytes).await;
+        let answer = raw(gw.addr, bytes).await;
         let line = status_line(&answer);
         assert!(
             line.is_empty() || line.starts_with("HTTP/1.1 4"),
@@ -737,7 +711,7 @@ async fn oversized_request_head_gets_431_and_the_server_lives_on() {
     let gw = gateway(&mes).await;
     let big = "a".repeat(80 * 1024);
     let req = format!("GET /plain HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\n\r\n");
-    let answer = raw(&gw, req.as_bytes()).await;
+    let answer = raw(gw.addr, req.as_bytes()).await;
     let line = status_line(&answer);
     assert!(
         line.is_empty() || line.starts_with("HTTP/1.1 431"),
@@ -762,8 +736,7 @@ async fn absolute_form_target_still_goes_to_the_mes() {
         .await;
     let gw = gateway(&mes).await;
     // A proxy-style request for another host must not turn mesgate into an open proxy.
-    let answer = raw(
-        &gw,
+    let answer = raw(gw.addr,
         b"GET http://elsewhere.example/plain/abs?q=1 HTTP/1.1\r\nHost: elsewhere.example\r\nConnection: close\r\n\r\n",
     )
     .await;
@@ -786,7 +759,7 @@ async fn authority_form_target_on_get_is_rejected_not_rewritten() {
     // and must not become a `GET /` the client never asked for.
     for target in ["foo", "foo.example:80"] {
         let answer = raw(
-            &gw,
+            gw.addr,
             format!("GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
         )
         .await;

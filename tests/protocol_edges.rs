@@ -6,41 +6,16 @@
 mod support;
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use support::client::get;
+use support::client::{get, raw, status_line};
 use support::fake_mes::{FakeMes, body_noting_mes as mes};
 use support::gateway::{TestGateway, spawn_gateway};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 /// Nothing but pass-through: no route claims `/upload` or `/plain`.
 const CONFIG: &str = "upstream = \"http://127.0.0.1:1\"\n";
 
 /// What the MES made of each request body: `complete:N` or `broken`.
 type Seen = Arc<Mutex<Vec<String>>>;
-
-/// Writes `bytes` on a fresh connection and reads until the server closes (bounded).
-async fn raw(gw: &TestGateway, bytes: &[u8]) -> String {
-    let mut s = TcpStream::connect(gw.addr).await.expect("connect");
-    s.write_all(bytes).await.expect("write");
-    let mut out = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
-    match read {
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
-        Ok(Err(e)) => panic!("read: {e}"),
-        Err(_) => panic!(
-            "the server neither answered nor closed: {:?}",
-            String::from_utf8_lossy(&out)
-        ),
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn status_line(answer: &str) -> &str {
-    answer.lines().next().unwrap_or("")
-}
 
 /// The gateway still serves an ordinary request after the misbehaving ones.
 async fn still_serves(gw: &TestGateway, mes: &FakeMes) {
@@ -57,8 +32,7 @@ async fn malformed_chunked_upload_on_a_pass_through_route_is_the_clients_400() {
     let mes = mes(&seen).await;
     let gw = spawn_gateway(CONFIG, &mes.url(), None).await;
     // One good chunk, then a chunk size that is not hex: the client broke the framing.
-    let answer = raw(
-        &gw,
+    let answer = raw(gw.addr,
         b"POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nZZ\r\nmore\r\n",
     )
     .await;
@@ -92,7 +66,7 @@ async fn transfer_coding_other_than_chunked_is_refused_with_501() {
         let req = format!(
             "POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: {te}\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
         );
-        let answer = raw(&gw, req.as_bytes()).await;
+        let answer = raw(gw.addr, req.as_bytes()).await;
         assert!(
             status_line(&answer).starts_with("HTTP/1.1 501"),
             "{te}: {answer:?}"
@@ -104,8 +78,7 @@ async fn transfer_coding_other_than_chunked_is_refused_with_501() {
     }
     assert_eq!(mes.total_hits(), 0, "no coded body reached the MES");
     // Plain chunked still passes, body intact.
-    let answer = raw(
-        &gw,
+    let answer = raw(gw.addr,
         b"POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
     )
     .await;
@@ -128,7 +101,7 @@ async fn request_without_exactly_one_host_is_400() {
         b"GET /plain/two10 HTTP/1.0\r\nHost: a\r\nHost: a\r\n\r\n",
     ];
     for bytes in cases {
-        let answer = raw(&gw, bytes).await;
+        let answer = raw(gw.addr, bytes).await;
         let text = String::from_utf8_lossy(bytes);
         let line = status_line(&answer);
         assert!(
@@ -142,7 +115,7 @@ async fn request_without_exactly_one_host_is_400() {
     }
     assert_eq!(mes.total_hits(), 0, "none reached the MES");
     // HTTP/1.0 has no Host requirement: one without is still served.
-    let answer = raw(&gw, b"GET /plain/ten HTTP/1.0\r\n\r\n").await;
+    let answer = raw(gw.addr, b"GET /plain/ten HTTP/1.0\r\n\r\n").await;
     assert!(
         status_line(&answer).starts_with("HTTP/1.0 200")
             || status_line(&answer).starts_with("HTTP/1.1 200"),

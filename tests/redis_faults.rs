@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use mes_sim::{self as sim, SimConfig, SimHandle};
-use support::client::{Resp, get, patch_status};
+use support::client::{Resp, get, newest, other_status, patch_status};
 use support::gateway::{TestGateway, spawn_gateway, without_index};
 use support::redis::RedisServer;
 
@@ -40,24 +40,6 @@ async fn two_instances(redis: RedisServer) -> Env {
     let a = spawn_gateway(&config, &sim.base_url(), Some(&redis.url())).await;
     let b = spawn_gateway(&config, &sim.base_url(), Some(&redis.url())).await;
     Env { redis, sim, a, b }
-}
-
-/// The newest order and its status, asked of the simulator directly.
-async fn newest(sim: &SimHandle) -> (u64, String) {
-    let r = get(&format!("{}/api/orders?size=1", sim.base_url())).await;
-    let o = &r.json()["items"][0];
-    (
-        o["id"].as_u64().unwrap(),
-        o["status"].as_str().unwrap().to_owned(),
-    )
-}
-
-fn other_status(s: &str) -> &'static str {
-    if s == "MANUFACTURING_STARTED" {
-        "SHIPPED"
-    } else {
-        "MANUFACTURING_STARTED"
-    }
 }
 
 /// Reads `path` on `gw` until it comes from L1.

@@ -106,3 +106,48 @@ pub async fn patch_status_spelled(base: &str, id: &str, status: &str) -> Resp {
     )
     .await
 }
+
+/// Writes raw bytes on a fresh connection to `addr` and reads until the server closes it
+/// (10 s at most; a reset after an error answer counts as a close).
+pub async fn raw(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(bytes).await.expect("write");
+    let mut out = Vec::new();
+    let read =
+        tokio::time::timeout(std::time::Duration::from_secs(10), s.read_to_end(&mut out)).await;
+    match read {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        Ok(Err(e)) => panic!("read: {e}"),
+        Err(_) => panic!(
+            "the server neither answered nor closed: {:?}",
+            String::from_utf8_lossy(&out)
+        ),
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The status line of a raw answer, or "" when the server just closed.
+pub fn status_line(answer: &str) -> &str {
+    answer.lines().next().unwrap_or("")
+}
+
+/// The newest order of all and its status, asked of the simulator at `sim` directly.
+pub async fn newest(sim: &mes_sim::SimHandle) -> (u64, String) {
+    let r = get(&format!("{}/api/orders?size=1", sim.base_url())).await;
+    let o = &r.json()["items"][0];
+    (
+        o["id"].as_u64().unwrap(),
+        o["status"].as_str().unwrap().to_owned(),
+    )
+}
+
+/// Another status a test can move an order to: both are preloaded by the shipped index.
+pub fn other_status(s: &str) -> &'static str {
+    if s == "MANUFACTURING_STARTED" {
+        "SHIPPED"
+    } else {
+        "MANUFACTURING_STARTED"
+    }
+}

@@ -278,7 +278,7 @@ impl LiveIndex {
             return false;
         };
         let partition = self.rule.preload[at].as_str();
-        let Ok(Some(headers)) = shared.headers().await else {
+        let Ok(Some(mut headers)) = shared.headers().await else {
             return false;
         };
         self.write_mirror().forget(partition);
@@ -312,7 +312,7 @@ impl LiveIndex {
             }
             mirror.len(partition).unwrap_or(0)
         };
-        self.learn_headers(&mut headers.clone());
+        self.learn_headers(&mut headers);
         info!(route = %self.route, partition, held, "index partition ready from redis");
         self.stats.warmed.fetch_add(1, Ordering::Relaxed);
         if self.ready_unless_paused(at) {
