@@ -18,6 +18,7 @@ use http_body_util::{BodyExt, Either, Full, Limited};
 use tracing::{debug, info, warn};
 
 use super::{ATTEMPTS, AUDIT_RELOCATE, LiveIndex, MAX_LIST_BODY, PROBES, PartitionState};
+use crate::index::Applied;
 
 /// How long after the MES's counts answer a delta from the bus still means the answer
 /// may already show it (well above the bus's write-to-applied latency).
@@ -210,6 +211,10 @@ impl LiveIndex {
                 .filter(|id| !listed.contains(id))
                 .take(AUDIT_RELOCATE)
                 .collect();
+            // Counted while the mirror is still held: whoever sees a repair sees it counted.
+            self.stats
+                .audit_repairs
+                .fetch_add(repairs, Ordering::Relaxed);
             (repairs, extra, theirs.total)
         };
         for row in changed {
@@ -229,13 +234,11 @@ impl LiveIndex {
                 warn!(route = %self.route, partition, error = %e, "index copy in redis not marked incomplete");
             }
             repairs += 1;
+            self.stats.audit_repairs.fetch_add(1, Ordering::Relaxed);
             self.reload.notify_one();
         }
         if repairs > 0 {
             info!(route = %self.route, partition, repairs, "index audit repaired writes made behind mesgate's back");
-            self.stats
-                .audit_repairs
-                .fetch_add(repairs, Ordering::Relaxed);
         }
         Ok(())
     }
@@ -247,10 +250,20 @@ impl LiveIndex {
             None => format!("{}/{id}", self.path),
         };
         match self.get(&path, pass).await {
-            Ok((_, body)) => self
-                .apply_answer(&body, false)
-                .await
-                .is_some_and(|a| a.changed()),
+            Ok((_, body)) => {
+                let Some(applied) = self.apply(&body, false, false) else {
+                    return false;
+                };
+                // Counted before the copy in Redis is told (a round trip): whoever sees
+                // the repair served sees it counted.
+                if applied.changed() {
+                    self.stats.audit_repairs.fetch_add(1, Ordering::Relaxed);
+                }
+                if applied != Applied::Older {
+                    self.share(body, false).await;
+                }
+                applied.changed()
+            }
             Err(e) => {
                 debug!(route = %self.route, id, error = %e, "index audit could not look an order up");
                 false
