@@ -385,6 +385,7 @@ impl Gateway {
             epoch_counters: self.inner.invalidator.epoch_counters(),
             flights_waiting: self.flights_waiting(),
             bus_cut_off: self.inner.invalidator.is_cut_off(),
+            mes_unreachable: self.inner.pass.upstream().unreachable(),
             indexes: self.inner.indexes.reports(),
         }
     }

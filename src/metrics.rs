@@ -121,6 +121,8 @@ pub struct Snapshot<'a> {
     pub flights_waiting: usize,
     /// Whether the instance counts itself cut off from the invalidation bus.
     pub bus_cut_off: bool,
+    /// Whether the last exchange with the MES found it unreachable.
+    pub mes_unreachable: bool,
     /// The status indexes.
     pub indexes: Vec<IndexReport>,
 }
@@ -177,6 +179,7 @@ pub struct Metrics {
     breaker_open: Gauge,
     bus_cut_off: Gauge,
     bus_cut_offs: Counter,
+    mes_unreachable: Gauge,
     redis_generations: Counter,
     l1_bytes: Gauge,
     l1_entries: Gauge,
@@ -230,6 +233,7 @@ impl Metrics {
             breaker_open: Gauge::default(),
             bus_cut_off: Gauge::default(),
             bus_cut_offs: Counter::default(),
+            mes_unreachable: Gauge::default(),
             redis_generations: Counter::default(),
             l1_bytes: Gauge::default(),
             l1_entries: Gauge::default(),
@@ -306,6 +310,11 @@ impl Metrics {
             "bus_cut_off",
             "1 while this instance may be missing invalidations (the bus is silent or down): L1 is kept briefly, L2 not read",
             self.bus_cut_off.clone(),
+        );
+        r.register(
+            "upstream_unreachable",
+            "1 while the last exchange with the MES failed as an unreachable MES does (indexed pages are then marked detail=index-mes-unreachable)",
+            self.mes_unreachable.clone(),
         );
         r.register(
             "bus_cut_offs",
@@ -441,6 +450,7 @@ impl Metrics {
         }
         let s = gw.invalidation;
         self.bus_cut_off.set(i64::from(gw.bus_cut_off));
+        self.mes_unreachable.set(i64::from(gw.mes_unreachable));
         sync(&self.bus_cut_offs, s.cut_offs.load(Ordering::Relaxed));
         for (reason, v) in [
             ("write", &s.applied),

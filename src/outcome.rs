@@ -141,6 +141,11 @@ pub struct MissDetail {
     pub no_store: Option<NoStoreReason>,
 }
 
+/// The `Cache-Status` of an index hit served while the MES is unreachable: the answer
+/// is still exact (the index needs no MES to know it), and says it was not checked.
+pub const INDEX_WITHOUT_MES: http::HeaderValue =
+    http::HeaderValue::from_static("mesgate; hit; detail=index-mes-unreachable");
+
 /// The RFC 9211 `Cache-Status` value for an outcome.
 pub fn cache_status(outcome: CacheOutcome, miss: MissDetail, fwd_status: Option<u16>) -> String {
     match outcome {

@@ -13,6 +13,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use crate::client_body::{ClientBody, client_fault};
@@ -31,6 +32,10 @@ pub struct Upstream {
     client: Client<HttpConnector, UpstreamBody>,
     target: UpstreamTarget,
     response_header: Duration,
+    /// Set by an exchange that failed as an unreachable MES does (no connection, no
+    /// answer in time, a broken answer, or 502/503/504), cleared by any other answer:
+    /// what served without the MES is marked as such meanwhile.
+    unreachable: Arc<AtomicBool>,
 }
 
 impl Upstream {
@@ -50,6 +55,7 @@ impl Upstream {
             client,
             target,
             response_header: t.response_header,
+            unreachable: Arc::default(),
         }
     }
 
@@ -71,6 +77,16 @@ impl Upstream {
     /// `timeouts.response_header`, the default wait for response headers.
     pub fn response_header(&self) -> Duration {
         self.response_header
+    }
+
+    fn failed(&self, e: GatewayError) -> GatewayError {
+        self.unreachable.store(true, Ordering::Relaxed);
+        e
+    }
+
+    /// Whether the last exchange with the MES found it unreachable (see the field).
+    pub fn unreachable(&self) -> bool {
+        self.unreachable.load(Ordering::Relaxed)
     }
 
     /// Sends a request and waits for the response headers within `wait`; `None` waits as
@@ -97,13 +113,20 @@ impl Upstream {
         };
         let secs = started.elapsed().as_secs_f64();
         self.metrics.observe_upstream(route, status, secs);
-        let result = result.map_err(|_| GatewayError::UpstreamTimeout("response_header"))?;
+        let result =
+            result.map_err(|_| self.failed(GatewayError::UpstreamTimeout("response_header")))?;
         match result {
-            Ok(resp) => Ok(resp),
+            Ok(resp) => {
+                let down = matches!(resp.status().as_u16(), 502..=504);
+                self.unreachable.store(down, Ordering::Relaxed);
+                Ok(resp)
+            }
             // The client's body broke (bad framing, a stall): its fault, not the MES's.
             Err(e) if let Some(fault) = client_fault(&e) => Err(fault),
-            Err(e) if e.is_connect() => Err(GatewayError::UpstreamConnect(error_chain(&e))),
-            Err(e) => Err(GatewayError::UpstreamProtocol(error_chain(&e))),
+            Err(e) if e.is_connect() => {
+                Err(self.failed(GatewayError::UpstreamConnect(error_chain(&e))))
+            }
+            Err(e) => Err(self.failed(GatewayError::UpstreamProtocol(error_chain(&e)))),
         }
     }
 }

@@ -33,6 +33,7 @@ const NOT_PRELOADED: &str = "DELIVERED";
 
 const HIT_INDEX: &str = "HIT-INDEX";
 const INDEX_CACHE_STATUS: &str = "mesgate; hit; detail=index";
+const INDEX_WITHOUT_MES: &str = "mesgate; hit; detail=index-mes-unreachable";
 
 /// The shipped config, with the audit off: its page-1 requests to the MES would move the
 /// list counters these tests assert on (the audit has tests of its own, index_audit.rs).
@@ -132,10 +133,15 @@ fn assert_same_body(ours: &Resp, theirs: &Resp, what: &str) {
 
 /// A 200 from the index, byte for byte the simulator's answer `theirs`.
 fn assert_index_hit(ours: &Resp, theirs: &Resp, what: &str) {
+    assert_index_hit_marked(ours, theirs, what, INDEX_CACHE_STATUS);
+}
+
+/// [`assert_index_hit`] with this `Cache-Status`.
+fn assert_index_hit_marked(ours: &Resp, theirs: &Resp, what: &str, cache_status: &str) {
     assert_eq!(theirs.status, 200, "{what}: the simulator's answer");
     assert_eq!(ours.status, 200, "{what}");
     assert_eq!(ours.x_cache(), HIT_INDEX, "{what}");
-    assert_eq!(ours.header("cache-status"), INDEX_CACHE_STATUS, "{what}");
+    assert_eq!(ours.header("cache-status"), cache_status, "{what}");
     assert_same_body(ours, theirs, what);
 }
 
@@ -474,9 +480,21 @@ async fn the_index_keeps_answering_while_the_mes_is_down() {
     assert_eq!(problem["type"], "urn:mesgate:problem:upstream-unreachable");
     assert_eq!(problem["status"], 502);
     assert_ne!(down.x_cache(), HIT_INDEX);
-    // And the indexed pages still answer after that failure.
-    let again = get(&gw.url(&paths[0])).await;
-    assert_index_hit(&again, &before[0], &paths[0]);
+    assert!(gw.gateway.snapshot().mes_unreachable, "the metrics say so");
+    // And the indexed pages still answer after that failure, marked as answered while
+    // the MES is unreachable.
+    for (p, theirs) in paths.iter().zip(&before) {
+        let again = get(&gw.url(p)).await;
+        assert_index_hit_marked(&again, theirs, p, INDEX_WITHOUT_MES);
+    }
+    // The MES back on its address: its first answer clears the mark.
+    let l = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let _sim = sim::spawn(l, SimConfig::instant());
+    let back = get(&gw.url(&list_path(NOT_PRELOADED, None, None))).await;
+    assert_eq!(back.status, 200, "{}", String::from_utf8_lossy(&back.body));
+    let after = get(&gw.url(&paths[0])).await;
+    assert_index_hit(&after, &before[0], &paths[0]);
+    assert!(!gw.gateway.snapshot().mes_unreachable);
 }
 
 /// Every id of a partition, read from the gateway's index page by page (200 a page).

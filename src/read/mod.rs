@@ -38,7 +38,7 @@ use crate::key::{self, CacheKey};
 use crate::l1::{L1, L1Entry};
 use crate::l2::L2;
 use crate::metrics::RouteLabel;
-use crate::outcome::{BypassReason, CacheOutcome, MissDetail, NoStoreReason};
+use crate::outcome::{self, BypassReason, CacheOutcome, MissDetail, NoStoreReason};
 use crate::pass::{Body, Pass, mark_bypass, problem};
 use crate::upstream::UpstreamBody;
 use recent::RecentFills;
@@ -124,8 +124,13 @@ impl Reader {
         }
         let params = &params.pairs[..];
         let head = req.method() == Method::HEAD;
-        if let Some(resp) = answerer.and_then(|a| a.answer(req.uri().query(), req.headers(), head))
+        if let Some(mut resp) =
+            answerer.and_then(|a| a.answer(req.uri().query(), req.headers(), head))
         {
+            if self.inner.pass.upstream().unreachable() {
+                resp.headers_mut()
+                    .insert(outcome::CACHE_STATUS, outcome::INDEX_WITHOUT_MES);
+            }
             return (resp, Some(CacheOutcome::HitIndex));
         }
         let now = self.inner.clock.now_ms();
