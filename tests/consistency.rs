@@ -62,6 +62,16 @@ struct World {
     deadline: Instant,
 }
 
+/// Writes a run makes at least, however slow the machine: fewer would mean nothing.
+const MIN_WRITES: u64 = 20;
+
+impl World {
+    /// Whether the load goes on: until the deadline, and then until [`MIN_WRITES`].
+    fn going(&self) -> bool {
+        Instant::now() < self.deadline || self.report.lock().unwrap().writes < MIN_WRITES
+    }
+}
+
 fn ids(r: &Resp) -> Vec<u64> {
     r.item_ids()
 }
@@ -175,7 +185,7 @@ async fn final_pages(sim: &SimHandle, gws: [&TestGateway; 2], report: &mut Repor
 }
 
 async fn reader(w: Arc<World>, pool: Vec<u64>, mut rng: Rng) {
-    while Instant::now() < w.deadline {
+    while w.going() {
         let gw = if rng.below(2) == 0 { &w.a } else { &w.b };
         let path = match rng.below(5) {
             0 => format!("/api/orders/{}", pool[rng.below(pool.len())]),
@@ -193,7 +203,7 @@ async fn reader(w: Arc<World>, pool: Vec<u64>, mut rng: Rng) {
 }
 
 async fn writer(w: Arc<World>, pool: Vec<u64>, mut rng: Rng) {
-    while Instant::now() < w.deadline {
+    while w.going() {
         let id = pool[rng.below(pool.len())];
         let from = w.sim.order_status(id).unwrap();
         let to = HOT[rng.below(HOT.len())];
@@ -287,11 +297,7 @@ async fn no_read_your_writes_violation_under_concurrent_load() {
         conv.len(),
         r.writes
     );
-    assert!(
-        r.writes >= 20,
-        "too few writes to mean anything: {}",
-        r.writes
-    );
+    assert!(r.writes >= MIN_WRITES, "{} writes", r.writes);
     assert!(r.violations.is_empty(), "{:#?}", r.violations);
     assert_eq!(
         conv.len() as u64,
@@ -329,11 +335,7 @@ async fn no_violation_with_the_status_index_and_pages_equal_the_mes_after() {
         r.final_index_hits,
         r.final_mismatches
     );
-    assert!(
-        r.writes >= 20,
-        "too few writes to mean anything: {}",
-        r.writes
-    );
+    assert!(r.writes >= MIN_WRITES, "{} writes", r.writes);
     assert!(r.violations.is_empty(), "{:#?}", r.violations);
     assert!(r.final_mismatches.is_empty(), "{:?}", r.final_mismatches);
     assert_eq!(r.final_index_hits, 16, "every hot page from the index");
