@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # bench-hit.sh: hit throughput and CPU per request of mesgate, from L1 (in-process) and
-# from L2 (Redis, L1 skipped), against nginx proxy_cache (the peer) and a bare hyper server
+# from L2 (Redis, L1 skipped) and from the status index, against nginx proxy_cache (the peer) and a bare hyper server
 # serving the same bytes (the ceiling), measured in the same run.
 #
 # Starts mes-sim (instant), mesgate with loadtest/hit.toml in front of it (gateway-L1),
 # warms one 50-order list page, captures the hit's body and headers, starts
 # examples/bare_hyper with them; with MODES containing l2, a redis-server and a second
 # mesgate with loadtest/hit-l2.toml (ttl_l1 = "0s": every hit comes from Redis,
-# gateway-L2, warmed until X-Cache: HIT-L2); nginx with loadtest/nginx/hit.conf in front
+# gateway-L2, warmed until X-Cache: HIT-L2); with MODES containing index, a third mesgate
+# with loadtest/hit-index.toml (the page served from the status index, gateway-index,
+# warmed until X-Cache: HIT-INDEX); nginx with loadtest/nginx/hit.conf in front
 # of the same simulator (warmed until X-Cache-Status: HIT); then runs oha against each
 # target, interleaved, ROUNDS times. For each run: req/s (oha JSON), the server's CPU time
 # (utime+stime from /proc/PID/stat; for nginx the master and all its children; for
@@ -16,8 +18,9 @@
 # medians to hit-<date>.json). Everything talks to 127.0.0.1 only.
 #
 # Knobs (environment):
-#   MODES="l1 l2"   gateway modes measured: l1 (loadtest/hit.toml, HIT-L1) and/or l2
-#                   (loadtest/hit-l2.toml + redis-server, HIT-L2)
+#   MODES="l1 index l2"  gateway modes measured: l1 (loadtest/hit.toml, HIT-L1), index
+#                   (loadtest/hit-index.toml, HIT-INDEX) and l2 (loadtest/hit-l2.toml +
+#                   redis-server, HIT-L2); l1 is always started (its hit is the reference)
 #   ROUNDS=3        interleaved rounds, each one run per target
 #   DURATION=10s    oha -z per run
 #   CONNS=64        oha -c
@@ -28,7 +31,7 @@
 #   BUILD=1         0: use the binaries already in $BIN
 #   BIN=target/release   where mesgate, mes-sim and examples/bare_hyper are
 #   OHA=oha         the oha binary (falls back to ~/.cargo/bin/oha)
-#   GW_PORT=18080  GW_L2_PORT=18083  BARE_PORT=18081  SIM_PORT=19090  REDIS_PORT=16590
+#   GW_PORT=18080  GW_L2_PORT=18083  GW_IX_PORT=18084  BARE_PORT=18081  SIM_PORT=19090  REDIS_PORT=16590
 #   PAGE=/api/orders?status=MANUFACTURING_APPROVED
 #   QUIET_WAIT=30   before each run, wait up to this many seconds for the machine to be
 #   QUIET_MAX=25    idle (busy below QUIET_MAX % of one CPU over 1 s); 0 disables the wait
@@ -54,8 +57,9 @@ BUILD=${BUILD:-1}
 BIN=${BIN:-target/release}
 GW_PORT=${GW_PORT:-18080}
 GW_L2_PORT=${GW_L2_PORT:-18083}
+GW_IX_PORT=${GW_IX_PORT:-18084}
 REDIS_PORT=${REDIS_PORT:-16590}
-MODES=${MODES:-l1 l2}
+MODES=${MODES:-l1 index l2}
 BARE_PORT=${BARE_PORT:-18081}
 SIM_PORT=${SIM_PORT:-19090}
 PAGE=${PAGE:-/api/orders?status=MANUFACTURING_APPROVED}
@@ -81,14 +85,16 @@ for tool in curl python3 getconf pgrep; do
 done
 L1=0
 L2=0
+IX=0
 for m in $MODES; do
     case "$m" in
         l1) L1=1 ;;
         l2) L2=1 ;;
-        *) die "MODES: a list of l1 and l2, got '$m'" ;;
+        index) IX=1 ;;
+        *) die "MODES: a list of l1, index and l2, got '$m'" ;;
     esac
 done
-(( L1 + L2 > 0 )) || die "MODES is empty (l1, l2 or both)"
+(( L1 + L2 + IX > 0 )) || die "MODES is empty (l1, index, l2)"
 if (( L2 )); then
     command -v redis-server >/dev/null 2>&1 \
         || die "MODES has l2: redis-server not found (apt-get install -y redis-server)"
@@ -111,6 +117,7 @@ elif ! nginx_find bench-hit; then
 fi
 TARGETS=()
 (( L1 )) && TARGETS+=(gateway-L1)
+(( IX )) && TARGETS+=(gateway-index)
 (( L2 )) && TARGETS+=(gateway-L2)
 [[ -z "$NGINX_SKIPPED" ]] && TARGETS+=(nginx)
 TARGETS+=(bare)
@@ -185,8 +192,8 @@ wait_http() {
 # a request or two), then checks the answer is a 200 with the gateway-L1 body ($TMP/body).
 # Leaves the head in $TMP/FILE.h and the body in $TMP/FILE.body.
 warm_until() {
-    local name=$1 url=$2 file=$3 header=$4 value=$5
-    for _ in $(seq 20); do
+    local name=$1 url=$2 file=$3 header=$4 value=$5 tries=${6:-20}
+    for _ in $(seq "$tries"); do
         curl -s --max-time 5 "${REQ_HEADERS[@]}" -D "$TMP/$file.headers" -o "$TMP/$file.body" "$url"
         tr -d '\r' <"$TMP/$file.headers" >"$TMP/$file.h"
         grep -qi "^$header: $value\$" "$TMP/$file.h" && break
@@ -262,6 +269,7 @@ done
 
 PORTS=("$GW_PORT" "$BARE_PORT" "$SIM_PORT" "$NGINX_PORT")
 (( L2 )) && PORTS+=("$GW_L2_PORT" "$REDIS_PORT")
+(( IX )) && PORTS+=("$GW_IX_PORT")
 for p in "${PORTS[@]}"; do
     port_free "$p" || die "something already answers on 127.0.0.1:$p"
     (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null && die "something already listens on 127.0.0.1:$p"
@@ -347,6 +355,22 @@ if (( L2 )); then
     grep -qi '^x-cache: HIT-L2' "$TMP/l2b.headers" || die "gateway-L2's second hit was not HIT-L2"
 fi
 
+# The index mode: a third gateway whose page is composed from the status index, preloaded
+# from the simulator at start (no Redis).
+GW3_PID=
+GW3_URL="http://127.0.0.1:$GW_IX_PORT$PAGE"
+if (( IX )); then
+    env -u MESGATE_REDIS_URL -u MESGATE_ADMIN_LISTEN \
+        MESGATE_LISTEN="127.0.0.1:$GW_IX_PORT" MESGATE_UPSTREAM="http://127.0.0.1:$SIM_PORT" \
+        "${SERVER_PIN[@]}" "$BIN/mesgate" --config loadtest/hit-index.toml \
+        >"$TMP/gw3.out" 2>"$TMP/gw3.log" &
+    GW3_PID=$!
+    PIDS+=("$GW3_PID")
+    wait_http "$GW3_URL" "$GW3_PID"
+    # Until the preload is done the page takes the ordinary path (MISS, then HIT-L1).
+    warm_until gateway-index "$GW3_URL" ix x-cache HIT-INDEX 300
+fi
+
 NGINX_PID=
 NGINX_URL="http://127.0.0.1:$NGINX_PORT$PAGE"
 if [[ -z "$NGINX_SKIPPED" ]]; then
@@ -371,6 +395,10 @@ if [[ -n "$GW2_PID" ]]; then
     echo "gateway-L2 hit headers:" >&2
     sed 's/^/  /' "$TMP/l2.h" >&2
 fi
+if [[ -n "$GW3_PID" ]]; then
+    echo "gateway-index hit headers:" >&2
+    sed 's/^/  /' "$TMP/ix.h" >&2
+fi
 if [[ -n "$NGINX_PID" ]]; then
     echo "nginx hit headers ($NGINX_WORKERS workers):" >&2
     sed 's/^/  /' "$TMP/nginx.h" >&2
@@ -387,6 +415,7 @@ server_ticks() {
     case $1 in
         gateway-L1) cpu_ticks "$GW_PID" ;;
         gateway-L2) cpu_ticks "$GW2_PID" ;;
+        gateway-index) cpu_ticks "$GW3_PID" ;;
         bare) cpu_ticks "$BARE_PID" ;;
         nginx) nginx_ticks "$NGINX_PID" ;;
     esac
@@ -396,6 +425,7 @@ target_url() {
     case $1 in
         gateway-L1) echo "$GW_URL" ;;
         gateway-L2) echo "$GW2_URL" ;;
+        gateway-index) echo "$GW3_URL" ;;
         nginx) echo "$NGINX_URL" ;;
         bare) echo "$BARE_URL" ;;
     esac
@@ -414,7 +444,7 @@ run_oha() {
     local name=$1 url=$2 target=$3 out=$4 dur=${5:-$DURATION}
     local pid t0 t1 w0 w1 sim0 sim1 m0 m1 c0 c1 l0 l1 r0 r1 q0 q1
     case $target in
-        gateway-L1) pid=$GW_PID ;; gateway-L2) pid=$GW2_PID ;;
+        gateway-L1) pid=$GW_PID ;; gateway-L2) pid=$GW2_PID ;; gateway-index) pid=$GW3_PID ;;
         bare) pid=$BARE_PID ;; nginx) pid=$NGINX_PID ;;
     esac
     l0=$(sim_lists)
@@ -503,6 +533,10 @@ if [[ -n "$GW2_PID" ]]; then
     curl -s -o /dev/null --max-time 5 "${REQ_HEADERS[@]}" -D "$TMP/l2-after.h" "$GW2_URL"
     grep -qi '^x-cache: HIT-L2' "$TMP/l2-after.h" || die "after the runs gateway-L2 no longer answers HIT-L2"
 fi
+if [[ -n "$GW3_PID" ]]; then
+    curl -s -o /dev/null --max-time 5 "${REQ_HEADERS[@]}" -D "$TMP/ix-after.h" "$GW3_URL"
+    grep -qi '^x-cache: HIT-INDEX' "$TMP/ix-after.h" || die "after the runs gateway-index no longer answers HIT-INDEX"
+fi
 NGINX_AFTER=
 if [[ -n "$NGINX_PID" ]]; then
     # nginx's entry expires every NGINX_VALID: the first request after that refills it.
@@ -545,7 +579,7 @@ for r, t, rps, cpu, n, pct, p50, p99, oha, other, fetches, rcpu, rcmds in rows:
     by.setdefault(t, []).append(dict(rps=rps, cpu=cpu, other=other, rcpu=rcpu, rcmds=rcmds, total=total))
     f = lambda x, d=1: "-" if x is None else f"{x:.{d}f}"
     print(f"| {r} | {t} | {rps:,.0f} | {cpu:.1f} | {f(rcpu)} | {total:.1f} | {f(rcmds, 2)} | {pct:.0f} | {oha:.0f} | {other:.0f} | {fetches} | {p50:.2f} | {p99:.2f} |")
-targets = [t for t in ("gateway-L1", "gateway-L2", "nginx", "bare") if t in by]
+targets = [t for t in ("gateway-L1", "gateway-index", "gateway-L2", "nginx", "bare") if t in by]
 def med(t, k):
     xs = [x[k] for x in by[t] if x[k] is not None]
     return statistics.median(xs) if xs else None
@@ -557,7 +591,8 @@ for t in targets:
     r = M[t]["rcpu"]
     print(f"| {t} | {M[t]['rps']:,.0f} | {M[t]['cpu']:.1f} | {'-' if r is None else f'{r:.1f}'} | {M[t]['total']:.1f} |")
 # Ratios of medians: throughput, and CPU per request (total: gateway-L2 + redis-server).
-pairs = [(a, b) for a, b in (("gateway-L1", "bare"), ("gateway-L1", "nginx"), ("gateway-L2", "nginx"),
+pairs = [(a, b) for a, b in (("gateway-L1", "bare"), ("gateway-L1", "nginx"), ("gateway-index", "nginx"),
+                             ("gateway-index", "gateway-L1"), ("gateway-L2", "nginx"),
                              ("gateway-L2", "gateway-L1")) if a in by and b in by]
 ratios = {}
 for a, b in pairs:
@@ -616,6 +651,9 @@ PY
     echo "- page: \`GET $PAGE\`, $BODY_BYTES body bytes; gateway-L1: loadtest/hit.toml, X-Cache HIT-L1; bare server: examples/bare_hyper ($BARE_MODE builder) with gateway-L1's hit headers and body"
     if [[ -n "$GW2_PID" ]]; then
         echo "- gateway-L2: loadtest/hit-l2.toml (ttl_l1 = \"0s\": L1 skipped), redis-server $REDIS_VERSION on 127.0.0.1:$REDIS_PORT (no persistence), X-Cache HIT-L2 before and after the rounds, same body; \"total CPU\" = gateway + redis-server"
+    fi
+    if [[ -n "$GW3_PID" ]]; then
+        echo "- gateway-index: loadtest/hit-index.toml (the page composed from the status index, preloaded at start, no Redis), X-Cache HIT-INDEX before and after the rounds, same body"
     fi
     if [[ -n "$NGINX_PID" ]]; then
         echo "- nginx: $NGINX_VERSION, loadtest/nginx/hit.conf, worker_processes auto ($NGINX_WORKERS workers), proxy_cache_valid 200 $NGINX_VALID, proxy_cache_lock on; X-Cache-Status HIT before and after the rounds; \"MES fetches\": lists the simulator served during the run (nginx refills the page every $NGINX_VALID)"

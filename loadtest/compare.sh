@@ -19,7 +19,7 @@
 #   ROUNDS=2 [1]            k6 rounds (each: every scenario against mesgate, then nginx)
 #   HIT_ROUNDS=3 [1]        bench-hit rounds;  HIT_DURATION=10s [3s]  HIT_WARMUP=2s [1s]
 #   HIT_QUIET_WAIT=10 [0]   bench-hit's QUIET_WAIT (s to wait for an idle box before a run)
-#   MODES="l1 l2"           bench-hit's gateway modes
+#   MODES="l1 index l2"     bench-hit's gateway modes
 #   SHIFT_POLL=20s [10s]  LIVE_DURATION=45s [10s]  OUTAGE_DURATION=45s [10s]
 #   OUTAGE_AT=12 [3]  OUTAGE_LEN=20 [4]  TWO_DURATION=45s [10s]      (see k6/README.md)
 #   TARGETS="mesgate nginx" (k6)   RUN_HIT=1 / RUN_K6=1 (0 leaves that part out)
@@ -42,7 +42,7 @@ HIT_ROUNDS=${HIT_ROUNDS:-$(q 1 3)}
 HIT_DURATION=${HIT_DURATION:-$(q 3s 10s)}
 HIT_WARMUP=${HIT_WARMUP:-$(q 1s 2s)}
 HIT_QUIET_WAIT=${HIT_QUIET_WAIT:-$(q 0 10)}
-MODES=${MODES:-l1 l2}
+MODES=${MODES:-l1 index l2}
 SHIFT_POLL=${SHIFT_POLL:-$(q 10s 20s)}
 LIVE_DURATION=${LIVE_DURATION:-$(q 10s 45s)}
 OUTAGE_DURATION=${OUTAGE_DURATION:-$(q 10s 45s)}
