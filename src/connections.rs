@@ -22,7 +22,7 @@ const FALLBACK_CAP: usize = 512;
 const MAKE_WAY_WAIT: Duration = Duration::from_secs(1);
 
 /// The cap derived from the soft open-file limit (see `limits.max_connections`): half of
-/// what is left after [`RESERVED_FDS`], since a client connection may hold an MES one.
+/// what is left after `RESERVED_FDS`, since a client connection may hold an MES one.
 pub fn derived_cap(nofile: Option<u64>) -> usize {
     match nofile {
         Some(n) => (n.saturating_sub(RESERVED_FDS) / 2).clamp(1, 1 << 20) as usize,
@@ -197,7 +197,7 @@ impl Activity {
         Some(self.last_active() + wait)
     }
 
-    /// Resolves once the connection has been idle too long (see [`Activity::due`]).
+    /// Resolves once the connection has been idle too long (see `Activity::due`).
     pub async fn expired(&self, first: Duration, idle: Duration) {
         loop {
             // Registered before the state is read, so a change in between is not missed.

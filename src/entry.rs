@@ -1,6 +1,6 @@
 //! A cached response and its versioned wire codec for the shared tier.
 //!
-//! It does not decide freshness against a route's policy ([`crate::proxy`] does) and it
+//! It does not decide freshness against a route's policy ([`crate::read`] does) and it
 //! does not talk to Redis ([`crate::l2`] does).
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};

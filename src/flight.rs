@@ -1,6 +1,6 @@
 //! Single-flight: one fetch per key per instance, however many requests miss at once.
 //!
-//! It coordinates; what the flight does (shared tier, MES, store) is [`crate::proxy`]'s.
+//! It coordinates; what the flight does (shared tier, MES, store) is `read::fill`'s.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -9,7 +9,7 @@
 //! - [`read`]: the read path (GET/HEAD on a cached route): phases in `read`, the flight's
 //!   fetch and store in `read::fill`, the security defaults and member extraction in
 //!   `read::cacheable`, responses in `read::response`, keys filled lately in `read::recent`.
-//! - [`write`]: the write path: forward detached, plan the invalidation, apply it; refresh
+//! - [`write`](mod@write): the write path: forward detached, plan the invalidation, apply it; refresh
 //!   on write in `write::refresh` (handed the read path).
 //! - [`pass`]: pass-through to the MES, and answers marked as a bypass.
 //!

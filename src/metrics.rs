@@ -27,7 +27,7 @@ pub fn unmatched() -> Arc<String> {
         .clone()
 }
 
-/// One route's `requests_total` children, one per [`OUTCOMES`] entry, resolved when the
+/// One route's `requests_total` children, one per `OUTCOMES` entry, resolved when the
 /// route table is put in force: counting a request is an index and an atomic add, with no
 /// label hashing (the gateway holds one per route, and one for unmatched requests).
 #[derive(Debug)]
@@ -166,7 +166,7 @@ pub struct Metrics {
     pub requests: Family<RequestLabels, Counter>,
     /// Time to response headers by outcome.
     pub duration: HistogramFamily<OutcomeLabels>,
-    /// The children of `duration` for [`OUTCOMES`], in that order.
+    /// The children of `duration` for `OUTCOMES`, in that order.
     durations: Vec<Histogram>,
     /// Requests sent to the MES by route and status class.
     pub upstream: Family<UpstreamLabels, Counter>,

@@ -1,6 +1,6 @@
 //! The cache decisions and their names: one `as_str()` feeds the header, the log and the metric.
 //!
-//! It does not make decisions; [`crate::proxy`] does, and reports them with these types.
+//! It does not make decisions; the paths ([`crate::read`], [`crate::write`], [`crate::pass`]) do, and report them with these types.
 
 /// Why a request on a cached route was forwarded without consulting the cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -10,7 +10,7 @@ use super::{ConfigError, RawSize, invalid};
 /// start, or every fill failing after a reload).
 pub const MAX_DURATION: Duration = Duration::from_secs(366 * 24 * 3600);
 
-/// Parses a humantime duration of at most [`MAX_DURATION`], naming the field on error.
+/// Parses a humantime duration of at most `MAX_DURATION`, naming the field on error.
 pub fn parse_duration(path: &str, value: &str) -> Result<Duration, ConfigError> {
     let d = humantime::parse_duration(value.trim()).map_err(|e| {
         invalid(

@@ -2,7 +2,7 @@
 //! the key → local tier → one single-flight per key (shared tier, then the MES) → store if
 //! cacheable → respond with `Cache-Status`, `X-Cache` and `Age`.
 //!
-//! It owns the read decisions. The flight's fetch and store are in [`fill`], what may be
+//! It owns the read decisions. The flight's fetch and store are in `fill`, what may be
 //! stored in [`cacheable`], the responses in [`response`], the keys a write may refresh
 //! in [`recent`]; the tiers, the client and the consistency state are handed to it.
 

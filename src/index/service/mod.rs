@@ -6,8 +6,8 @@
 //! It decides nothing about the ordinary read path: a request it cannot answer exactly
 //! (a partition not ready, a parameter it does not know, credentials) is left to it. The
 //! pure parts (version rule, composition, the scan's verdict) are [`crate::index`]'s; the
-//! preload, the warm-up from Redis and the audit are in [`sync`], the copy in Redis in
-//! [`shared`], the set of indexes in [`set`].
+//! preload, the warm-up from Redis and the audit are in `sync`, the copy in Redis in
+//! [`shared`], the set of indexes in `set`.
 
 mod counts;
 mod set;
