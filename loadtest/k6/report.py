@@ -469,7 +469,7 @@ def compare(hit_json, k6_results):
         x = H.get(t, {}).get(k)
         return "-" if x is None else (f"{x:,.0f}" if k == "rps" else f"{x:.{d}f}")
 
-    cols = ["target", "L1 hit req/s", "L1 hit CPU µs/req", "L2 hit req/s (CPU µs/req, gateway + Redis)",
+    cols = ["target", "L1 hit req/s", "L1 hit CPU µs/req", "index hit req/s (CPU µs/req)", "L2 hit req/s (CPU µs/req, gateway + Redis)",
             "shift start: upstream list req / distinct pages", "live shift: stale reads / own-read checks",
             "live shift: read p99 ms", "live shift: upstream list req/s",
             "Redis outage: failed requests", "Redis outage: stale reads / checks",
@@ -487,6 +487,11 @@ def compare(hit_json, k6_results):
         ss, ls, ro, ti, tio = (pick(target, s) for s in SCENARIOS)
         if target != "bare" and not (ss or ls or ro or ti or tio) and l1 not in H:
             continue
+        ixcell = "-"
+        if target == "mesgate" and "gateway-index" in H:
+            ixcell = f"{cell_hit('gateway-index', 'rps')} ({cell_hit('gateway-index', 'total')})"
+        elif target == "nginx":
+            ixcell = "n/a (no index)"
         l2cell = "-"
         if l2 and l2 in H:
             l2cell = f"{cell_hit(l2, 'rps')} ({cell_hit(l2, 'total')})"
@@ -510,10 +515,12 @@ def compare(hit_json, k6_results):
                 conv += f" ({conv_n} converged)"
         lp99 = agg(ls, lambda r: r["read_p99"])
         lup = agg(ls, lambda r: r["upstream_list_per_s"])
+        ix = "gateway-index" if target == "mesgate" else l1
         fig[target] = {"l1_rps": H.get(l1, {}).get("rps"), "l1_cpu": H.get(l1, {}).get("total"),
+                       "ix_rps": H.get(ix, {}).get("rps"), "ix_cpu": H.get(ix, {}).get("total"),
                        "p99": lp99, "up": lup}
         body.append([f"**{target}**" + (" (hit path only)" if target == "bare" else ""),
-                     cell_hit(l1, "rps"), cell_hit(l1, "total"), l2cell,
+                     cell_hit(l1, "rps"), cell_hit(l1, "total"), ixcell, l2cell,
                      shift, counts(ls, "stale", "checks"), f(lp99),
                      "-" if lup is None else f"{lup:.1f}",
                      "-" if not ro else str(ksum(ro, "failed")),
@@ -524,7 +531,8 @@ def compare(hit_json, k6_results):
         a, b = fig["mesgate"], fig["nginx"]
         out.append("")
         out.append(f"**mesgate / nginx**: L1 hit req/s {ratio(a['l1_rps'], b['l1_rps'])}, "
-                   f"L1 hit CPU per request {ratio(a['l1_cpu'], b['l1_cpu'])}; live shift read p99 "
+                   f"L1 hit CPU per request {ratio(a['l1_cpu'], b['l1_cpu'])}; index hit req/s "
+                   f"{ratio(a['ix_rps'], b['ix_rps'])} (CPU per request {ratio(a['ix_cpu'], b['ix_cpu'])}); live shift read p99 "
                    f"{ratio(a['p99'], b['p99'])}, upstream list req/s {ratio(a['up'], b['up'])}")
     rounds = sorted({r["round"] for r in rows})
     out.append("")
