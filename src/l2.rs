@@ -17,12 +17,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 
 use crate::breaker::{Breaker, BreakerState};
 use crate::config::RedisConfig;
 use crate::consistency::names::Name;
 use crate::entry::{CodecError, Entry};
+use crate::redis_master::Endpoints;
 
 /// Epoch keys live far longer than any entry, so an expired epoch (read as 0) can never
 /// make an old entry look valid again.
@@ -120,6 +121,9 @@ pub enum L2Error {
     /// The breaker is open: Redis was not asked.
     #[error("breaker open, redis skipped")]
     Skipped,
+    /// Sentinel mode: no master known yet.
+    #[error("no redis master known yet (sentinels not asked or not answering)")]
+    NoMaster,
     /// No answer within `redis.op_timeout`.
     #[error("redis operation timed out")]
     Timeout,
@@ -137,6 +141,7 @@ impl L2Error {
         match self {
             Self::Generation => "generation",
             Self::Skipped => "skipped",
+            Self::NoMaster => "no_master",
             Self::Timeout => "timeout",
             Self::Redis(_) => "redis",
             Self::Codec(_) => "codec",
@@ -169,9 +174,8 @@ pub struct Lookup {
 /// The shared tier. Cheap to clone.
 #[derive(Clone)]
 pub struct L2 {
-    client: redis::Client,
+    endpoints: Endpoints,
     connect_timeout: Duration,
-    conn: ConnectionManager,
     prefix: Arc<str>,
     op_timeout: Duration,
     breaker: Arc<Breaker>,
@@ -185,15 +189,8 @@ impl L2 {
     /// Prepares a connection without connecting: the gateway starts even when Redis is
     /// down, and the manager reconnects in the background when it comes back.
     pub fn new(cfg: &RedisConfig) -> Result<Self, redis::RedisError> {
-        let client = redis::Client::open(cfg.url.as_str())?;
-        let manager_cfg = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(cfg.connect_timeout))
-            .set_response_timeout(Some(cfg.op_timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
         Ok(Self {
-            conn: ConnectionManager::new_lazy_with_config(client.clone(), manager_cfg)?,
-            client,
+            endpoints: Endpoints::new(cfg)?,
             connect_timeout: cfg.connect_timeout,
             prefix: cfg.prefix.as_str().into(),
             op_timeout: cfg.op_timeout,
@@ -265,7 +262,8 @@ impl L2 {
     pub async fn heartbeat(&self, message: &str) -> Result<Arc<str>, L2Error> {
         let mut inv = self.scripts[3].key(self.generation_key());
         inv.arg(new_generation()).arg(self.channel()).arg(message);
-        let op = async { inv.invoke_async::<String>(&mut self.conn.clone()).await };
+        let mut conn = self.connection().map_err(|e| self.probe_failed(e))?;
+        let op = async { inv.invoke_async::<String>(&mut conn).await };
         let g = match tokio::time::timeout(self.op_timeout, op).await {
             Ok(Ok(g)) => g,
             Ok(Err(e)) => return Err(self.probe_failed(L2Error::Redis(e))),
@@ -462,9 +460,15 @@ impl L2 {
     ) -> Result<std::pin::Pin<Box<dyn futures_util::Stream<Item = Vec<u8>> + Send>>, L2Error> {
         use futures_util::StreamExt;
         let connect = async {
-            let mut ps = self.client.get_async_pubsub().await?;
+            let client = self
+                .endpoints
+                .current()
+                .ok_or(L2Error::NoMaster)?
+                .client
+                .clone();
+            let mut ps = client.get_async_pubsub().await?;
             ps.subscribe(channel).await?;
-            Ok::<_, redis::RedisError>(ps)
+            Ok::<_, L2Error>(ps)
         };
         let ps = tokio::time::timeout(self.connect_timeout, connect)
             .await
@@ -522,7 +526,15 @@ impl L2 {
             self.stats.skipped.fetch_add(1, Ordering::Relaxed);
             return Err(L2Error::Skipped);
         }
-        let result = match tokio::time::timeout(self.op_timeout, op(self.conn.clone())).await {
+        let conn = match self.connection() {
+            Ok(c) => c,
+            Err(e) => {
+                self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                self.breaker.on_failure();
+                return Err(e);
+            }
+        };
+        let result = match tokio::time::timeout(self.op_timeout, op(conn)).await {
             Ok(Ok(v)) => Ok(v),
             // Redis answered: it is up, only the generation moved.
             Ok(Err(e)) if e.code() == Some("GENERATION") => {
@@ -540,6 +552,27 @@ impl L2 {
             }
         }
         result
+    }
+
+    /// The managed connection to the Redis in force.
+    fn connection(&self) -> Result<ConnectionManager, L2Error> {
+        Ok(self
+            .endpoints
+            .current()
+            .ok_or(L2Error::NoMaster)?
+            .conn
+            .clone())
+    }
+
+    /// Under Sentinel, follows the master (see [`crate::redis_master`]); returns at once
+    /// in standalone mode.
+    pub async fn follow_master(self, every: Duration) {
+        self.endpoints.clone().follow(every).await;
+    }
+
+    /// Sees each change of master (a failover followed): subscriptions must be made again.
+    pub fn watch_master(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.endpoints.watch_moves()
     }
 
     /// Breaker state, for health and metrics.

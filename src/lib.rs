@@ -89,6 +89,7 @@ pub mod metrics;
 pub mod outcome;
 pub mod pass;
 pub mod read;
+pub mod redis_master;
 pub mod server;
 pub mod upstream;
 pub mod write;

@@ -876,6 +876,8 @@ fn compose_environment_agrees_with_the_docker_config() {
             redis_url: env.get("MESGATE_REDIS_URL").cloned(),
             admin_listen: env.get("MESGATE_ADMIN_LISTEN").cloned(),
             admin_token: env.get("MESGATE_ADMIN_TOKEN").cloned(),
+            redis_mode: env.get("MESGATE_REDIS_MODE").cloned(),
+            redis_master: env.get("MESGATE_REDIS_MASTER").cloned(),
         };
         let effective = Config::load(&root().join("config/docker.toml"), overrides)
             .unwrap_or_else(|e| panic!("{name}: config under its environment: {e}"));

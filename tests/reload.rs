@@ -16,7 +16,7 @@ fn overrides(upstream: &str) -> Overrides {
         upstream: Some(upstream.into()),
         redis_url: Some("off".into()),
         admin_listen: Some(String::new()),
-        admin_token: None,
+        ..Overrides::default()
     }
 }
 

@@ -33,7 +33,7 @@ pub use raw::{
 };
 pub use runtime::{
     AnswerPath, CachePolicy, IndexRule, InvalidateRule, Limits, Members, QueryParam, RedisConfig,
-    Timeouts, UpstreamTarget,
+    RedisTopology, Timeouts, UpstreamTarget,
 };
 
 /// Why a config was rejected. Every variant names where.
@@ -106,6 +106,10 @@ pub struct Overrides {
     pub upstream: Option<String>,
     /// `MESGATE_REDIS_URL`; `off` turns the shared tier off whatever the file says.
     pub redis_url: Option<String>,
+    /// `MESGATE_REDIS_MODE`: `standalone` or `sentinel`.
+    pub redis_mode: Option<String>,
+    /// `MESGATE_REDIS_MASTER`: the master's name in sentinel mode.
+    pub redis_master: Option<String>,
     /// `MESGATE_ADMIN_LISTEN`.
     pub admin_listen: Option<String>,
     /// `MESGATE_ADMIN_TOKEN`.
@@ -120,6 +124,8 @@ impl Overrides {
             listen: var("MESGATE_LISTEN"),
             upstream: var("MESGATE_UPSTREAM"),
             redis_url: var("MESGATE_REDIS_URL"),
+            redis_mode: var("MESGATE_REDIS_MODE"),
+            redis_master: var("MESGATE_REDIS_MASTER"),
             admin_listen: var("MESGATE_ADMIN_LISTEN"),
             admin_token: var("MESGATE_ADMIN_TOKEN"),
         }
@@ -144,6 +150,14 @@ impl Overrides {
             match &mut raw.redis {
                 Some(r) => r.url = url,
                 None => raw.redis = Some(RawRedis::with_url(url)),
+            }
+        }
+        if let Some(r) = &mut raw.redis {
+            if let Some(mode) = self.redis_mode {
+                r.mode = mode;
+            }
+            if let Some(master) = self.redis_master {
+                r.master_name = Some(master);
             }
         }
     }

@@ -73,8 +73,18 @@ fn default_admin_listen() -> String {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRedis {
-    /// `redis://host:port/db`. Env: `MESGATE_REDIS_URL`.
+    /// `standalone` (default: one Redis at `url`) or `sentinel` (the master named
+    /// `master_name`, found through the sentinels at `url` and followed through
+    /// failovers). Env: `MESGATE_REDIS_MODE`. (`cluster` is not supported yet.)
+    #[serde(default = "default_mode")]
+    pub mode: String,
+    /// Standalone: `redis://host:port/db`. Sentinel: the sentinels, comma-separated
+    /// (`redis://10.0.0.1:26379,redis://10.0.0.2:26379`). Env: `MESGATE_REDIS_URL`.
     pub url: String,
+    /// Sentinel mode: the name the sentinels monitor the master under. Env:
+    /// `MESGATE_REDIS_MASTER`.
+    #[serde(default)]
+    pub master_name: Option<String>,
     /// Prefix of every key mesgate writes, so several deployments can share a Redis.
     #[serde(default = "default_prefix")]
     pub prefix: String,
@@ -109,6 +119,9 @@ pub struct RawRedis {
     pub cut_off_ttl: String,
 }
 
+fn default_mode() -> String {
+    "standalone".into()
+}
 fn default_prefix() -> String {
     "mesgate".into()
 }
@@ -615,6 +628,8 @@ pub enum CredentialPolicy {
 impl RawRedis {
     pub(super) fn with_url(url: String) -> Self {
         Self {
+            mode: default_mode(),
+            master_name: None,
             url,
             prefix: default_prefix(),
             op_timeout: default_op_timeout(),

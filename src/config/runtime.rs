@@ -22,11 +22,28 @@ pub struct UpstreamTarget {
     pub authority: http::uri::Authority,
 }
 
+/// How the Redis in use is found (`redis.mode`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisTopology {
+    /// One server at `url`.
+    Standalone,
+    /// The master named `master`, asked of these sentinels (URLs) and followed through
+    /// failovers.
+    Sentinel {
+        /// The sentinels' URLs.
+        sentinels: Vec<String>,
+        /// The monitored master's name.
+        master: String,
+    },
+}
+
 /// Validated `[redis]`.
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
-    /// Connection URL.
+    /// Connection URL (standalone), or the first sentinel's (sentinel).
     pub url: String,
+    /// How the Redis in use is found.
+    pub topology: RedisTopology,
     /// Key prefix.
     pub prefix: String,
     /// Per-operation timeout.

@@ -283,3 +283,71 @@ fn an_admin_listener_open_to_other_hosts_without_a_token_is_warned_of() {
     assert!(with("listen = \"0.0.0.0:9901\"\ntoken = \"t\"\n").is_empty());
     assert!(with("listen = \"[::1]:9901\"\n").is_empty());
 }
+
+#[test]
+fn redis_sentinel_mode_needs_the_masters_name_and_takes_a_list_of_sentinels() {
+    use crate::config::RedisTopology;
+    let with = |body: &str| format!("{MINIMAL}[redis]\n{body}\n");
+    let c: Config = with(
+        "mode = \"sentinel\"\nurl = \"redis://127.0.0.1:26379, redis://127.0.0.1:26380\"\nmaster_name = \"mesgate\"",
+    )
+    .parse()
+    .unwrap();
+    assert_eq!(
+        c.redis.unwrap().topology,
+        RedisTopology::Sentinel {
+            sentinels: vec![
+                "redis://127.0.0.1:26379".into(),
+                "redis://127.0.0.1:26380".into()
+            ],
+            master: "mesgate".into(),
+        }
+    );
+    let e = err(&with(
+        "mode = \"sentinel\"\nurl = \"redis://127.0.0.1:26379\"",
+    ));
+    assert!(
+        e.contains("redis.master_name") && e.contains("MESGATE_REDIS_MASTER"),
+        "{e}"
+    );
+    let e = err(&with(
+        "mode = \"sentinel\"\nurl = \"redis://127.0.0.1:26379,\"\nmaster_name = \"m\"",
+    ));
+    assert!(e.contains("redis.url") && e.contains("empty entry"), "{e}");
+    let e = err(&with(
+        "url = \"redis://127.0.0.1:6379\"\nmaster_name = \"m\"",
+    ));
+    assert!(
+        e.contains("redis.master_name") && e.contains("sentinel"),
+        "{e}"
+    );
+    let e = err(&with(
+        "mode = \"cluster\"\nurl = \"redis://127.0.0.1:6379\"",
+    ));
+    assert!(
+        e.contains("redis.mode") && e.contains("not supported yet"),
+        "{e}"
+    );
+    let e = err(&with(
+        "mode = \"replica\"\nurl = \"redis://127.0.0.1:6379\"",
+    ));
+    assert!(e.contains("redis.mode") && e.contains("\"replica\""), "{e}");
+    let c: Config = with("url = \"redis://127.0.0.1:6379\"").parse().unwrap();
+    assert_eq!(c.redis.unwrap().topology, RedisTopology::Standalone);
+}
+
+#[test]
+fn the_environment_puts_sentinel_mode_over_the_file() {
+    use crate::config::RedisTopology;
+    let o = Overrides {
+        redis_url: Some("redis://127.0.0.1:26379,redis://127.0.0.1:26380".into()),
+        redis_mode: Some("sentinel".into()),
+        redis_master: Some("prod".into()),
+        ..Overrides::default()
+    };
+    let c = Config::from_str_with(MINIMAL, o).unwrap();
+    assert!(matches!(
+        c.redis.unwrap().topology,
+        RedisTopology::Sentinel { sentinels, master } if sentinels.len() == 2 && master == "prod"
+    ));
+}

@@ -14,7 +14,7 @@ use super::parse::{parse_duration, parse_size};
 use super::validate_route::validate_routes;
 use super::{
     Config, ConfigError, Limits, LogConfig, RawConfig, RawL1, RawLimits, RawRedis, RawTimeouts,
-    RedisConfig, Timeouts, UpstreamTarget, invalid,
+    RedisConfig, RedisTopology, Timeouts, UpstreamTarget, invalid,
 };
 
 fn parse_addr(path: &str, value: &str) -> Result<SocketAddr, ConfigError> {
@@ -136,8 +136,7 @@ fn parse_upstream(value: &str) -> Result<UpstreamTarget, ConfigError> {
 
 impl RawRedis {
     fn validate(self) -> Result<RedisConfig, ConfigError> {
-        redis::Client::open(self.url.as_str())
-            .map_err(|e| invalid("redis.url", format!("bad Redis URL {:?}: {e}", self.url)))?;
+        let topology = self.topology()?;
         if self.prefix.is_empty() || self.prefix.contains(['{', '}', ' ']) {
             return Err(invalid(
                 "redis.prefix",
@@ -172,7 +171,64 @@ impl RawRedis {
             breaker_failures: self.breaker_failures,
             prefix: self.prefix,
             url: self.url,
+            topology,
         })
+    }
+
+    /// `mode`, `url` and `master_name` together: one Redis URL (standalone), or the
+    /// sentinels' URLs and the master's name (sentinel).
+    fn topology(&self) -> Result<RedisTopology, ConfigError> {
+        let open = |url: &str| {
+            redis::Client::open(url)
+                .map(drop)
+                .map_err(|e| invalid("redis.url", format!("bad Redis URL {url:?}: {e}")))
+        };
+        match self.mode.as_str() {
+            "standalone" => {
+                if self.master_name.is_some() {
+                    return Err(invalid("redis.master_name", "only for mode = \"sentinel\""));
+                }
+                open(&self.url)?;
+                Ok(RedisTopology::Standalone)
+            }
+            "sentinel" => {
+                let sentinels: Vec<String> =
+                    self.url.split(',').map(|u| u.trim().to_owned()).collect();
+                for u in &sentinels {
+                    if u.is_empty() {
+                        return Err(invalid(
+                            "redis.url",
+                            format!("{:?}: an empty entry in the list of sentinels", self.url),
+                        ));
+                    }
+                    open(u)?;
+                }
+                let master = match self.master_name.as_deref().map(str::trim) {
+                    Some(m) if !m.is_empty() && !m.contains(char::is_whitespace) => m.to_owned(),
+                    Some(m) => {
+                        return Err(invalid(
+                            "redis.master_name",
+                            format!("{m:?}: must be a name without spaces"),
+                        ));
+                    }
+                    None => {
+                        return Err(invalid(
+                            "redis.master_name",
+                            "mode = \"sentinel\" needs the name the sentinels monitor the master under (env MESGATE_REDIS_MASTER)",
+                        ));
+                    }
+                };
+                Ok(RedisTopology::Sentinel { sentinels, master })
+            }
+            "cluster" => Err(invalid(
+                "redis.mode",
+                "\"cluster\" is not supported yet: use \"standalone\" or \"sentinel\"",
+            )),
+            other => Err(invalid(
+                "redis.mode",
+                format!("{other:?}: one of \"standalone\", \"sentinel\""),
+            )),
+        }
     }
 }
 

@@ -149,13 +149,19 @@ impl CutOff {
 pub async fn listen(inv: Invalidator, l2: L2, bus_latency: Histogram, timing: BusTiming) {
     let channel = l2.channel();
     let mut first = true;
+    let mut master = l2.watch_master();
     loop {
+        master.borrow_and_update();
         match connect(&l2, &channel).await {
             Ok(mut stream) => {
                 inv.heard_again(first);
                 first = false;
                 inv.inner.subscribed.send_replace(true);
-                follow(&inv, &mut stream, timing.deadline, &bus_latency).await;
+                // A failover followed: the subscription is on the old master, made again.
+                tokio::select! {
+                    () = follow(&inv, &mut stream, timing.deadline, &bus_latency) => {}
+                    _ = master.changed() => {}
+                }
                 inv.inner.subscribed.send_replace(false);
                 inv.cut_off(CutOff::Dropped);
             }

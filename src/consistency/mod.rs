@@ -511,6 +511,7 @@ impl Invalidator {
                 .retry_loop(retry_l2, message, &inner.stats.retried)
                 .await;
         });
+        tokio::spawn(l2.clone().follow_master(timing.heartbeat));
         tokio::spawn(bus::beat(self.clone(), l2.clone(), timing.heartbeat));
         tokio::spawn(bus::follow_generation(self.clone(), l2.clone()));
         tokio::spawn(bus::listen(self.clone(), l2, bus_latency, timing));

@@ -57,7 +57,7 @@ pub fn test_config(config: &str, upstream: &str, redis: Option<&str>) -> Config 
         // No Redis asked for: the shared tier is off even if the config names one.
         redis_url: Some(redis.unwrap_or("off").to_owned()),
         admin_listen: Some(String::new()),
-        admin_token: None,
+        ..Overrides::default()
     };
     Config::from_str_with(config, overrides).expect("test config is valid")
 }
