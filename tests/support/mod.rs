@@ -6,3 +6,4 @@ pub mod client;
 pub mod fake_mes;
 pub mod gateway;
 pub mod redis;
+pub mod sentinel;

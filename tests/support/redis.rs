@@ -12,6 +12,10 @@ pub struct RedisServer {
     child: Option<Child>,
     /// Where `SAVE` writes its snapshot and a restart loads it from (none: no data kept).
     dir: Option<PathBuf>,
+    /// Arguments after the usual ones (`--replicaof HOST PORT`).
+    extra: Vec<String>,
+    /// A sentinel's config file: the process is then `redis-server FILE --sentinel`.
+    sentinel_conf: Option<PathBuf>,
 }
 
 const INSTALL_HINT: &str = "redis-server is not installed: the shared-tier tests need a real \
@@ -26,13 +30,46 @@ fn free_port() -> u16 {
 impl RedisServer {
     /// Starts a fresh server (no persistence) and waits until it answers PING.
     pub async fn start() -> Self {
+        Self::start_with(Vec::new()).await
+    }
+
+    /// Starts a fresh server (no persistence) with these arguments after the usual ones
+    /// (e.g. `--replicaof 127.0.0.1 PORT`).
+    pub async fn start_with(extra: Vec<String>) -> Self {
         let mut server = Self {
             port: free_port(),
             child: None,
             dir: None,
+            extra,
+            sentinel_conf: None,
         };
         server.launch().await;
         server
+    }
+
+    /// Starts a sentinel whose config (without `port`) is `conf`: the file is written
+    /// beside the other test files, since a sentinel rewrites its own.
+    pub async fn start_sentinel(conf: &str) -> Self {
+        let port = free_port();
+        let file = std::env::temp_dir().join(format!(
+            "mesgate-sentinel-{}-{port}.conf",
+            std::process::id()
+        ));
+        std::fs::write(&file, conf).expect("write the sentinel's config");
+        let mut server = Self {
+            port,
+            child: None,
+            dir: None,
+            extra: Vec::new(),
+            sentinel_conf: Some(file),
+        };
+        server.launch().await;
+        server
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     /// Starts a server with a data directory of its own: no automatic snapshots, but
@@ -46,6 +83,8 @@ impl RedisServer {
             port,
             child: None,
             dir: Some(dir),
+            extra: Vec::new(),
+            sentinel_conf: None,
         };
         server.launch().await;
         server
@@ -59,11 +98,18 @@ impl RedisServer {
     async fn launch(&mut self) {
         for _ in 0..3 {
             let mut cmd = Command::new("redis-server");
+            if let Some(conf) = &self.sentinel_conf {
+                cmd.arg(conf).arg("--sentinel");
+            }
             cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-                .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"]);
+                .args(["--protected-mode", "no"]);
+            if self.sentinel_conf.is_none() {
+                cmd.args(["--save", "", "--appendonly", "no"]);
+            }
             if let Some(dir) = &self.dir {
                 cmd.arg("--dir").arg(dir).args(["--dbfilename", "dump.rdb"]);
             }
+            cmd.args(&self.extra);
             let child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn();
             let child = match child {
                 Ok(c) => c,
@@ -177,6 +223,9 @@ impl Drop for RedisServer {
         self.kill();
         if let Some(dir) = &self.dir {
             let _ = std::fs::remove_dir_all(dir);
+        }
+        if let Some(conf) = &self.sentinel_conf {
+            let _ = std::fs::remove_file(conf);
         }
     }
 }

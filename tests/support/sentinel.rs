@@ -1,0 +1,150 @@
+//! A real Sentinel set on free ports: one master, one replica, three sentinels (quorum
+//! 2, a master down after 400 ms), and a failover provoked by SIGKILL of the master.
+
+use std::time::{Duration, Instant};
+
+use super::redis::RedisServer;
+
+/// The name the sentinels monitor the master under.
+pub const MASTER_NAME: &str = "mesgate";
+
+/// One master, one replica, three sentinels; all stopped on drop.
+pub struct SentinelSet {
+    /// The master at the start (killed by [`SentinelSet::kill_master`]).
+    pub master: RedisServer,
+    /// Its replica (the master after a failover).
+    pub replica: RedisServer,
+    sentinels: Vec<RedisServer>,
+}
+
+async fn conn(port: u16) -> ::redis::aio::MultiplexedConnection {
+    ::redis::Client::open(format!("redis://127.0.0.1:{port}"))
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect")
+}
+
+/// Polls `check` every 50 ms until it holds (within `secs`): the processes' state has no
+/// other signal.
+async fn until<F, Fut>(what: &str, secs: u64, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !check().await {
+        assert!(Instant::now() < deadline, "{what}: not within {secs} s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The master's port as the sentinel on `port` names it.
+async fn named_master(port: u16) -> u16 {
+    let (_, master): (String, String) = ::redis::cmd("SENTINEL")
+        .arg("get-master-addr-by-name")
+        .arg(MASTER_NAME)
+        .query_async(&mut conn(port).await)
+        .await
+        .expect("the sentinel names a master");
+    master.parse().expect("a port")
+}
+
+impl SentinelSet {
+    /// Starts the set and waits until the replica is in sync and every sentinel knows
+    /// the replica and the two other sentinels (so a failover can be agreed on).
+    pub async fn start() -> Self {
+        let master = RedisServer::start().await;
+        let replica = RedisServer::start_with(vec![
+            "--replicaof".into(),
+            "127.0.0.1".into(),
+            master.port().to_string(),
+        ])
+        .await;
+        let rp = replica.port();
+        until("the replica in sync", 20, || async move {
+            let info: String = ::redis::cmd("INFO")
+                .arg("replication")
+                .query_async(&mut conn(rp).await)
+                .await
+                .unwrap_or_default();
+            info.contains("master_link_status:up")
+        })
+        .await;
+        let conf = format!(
+            "sentinel monitor {MASTER_NAME} 127.0.0.1 {} 2\n\
+             sentinel down-after-milliseconds {MASTER_NAME} 400\n\
+             sentinel failover-timeout {MASTER_NAME} 3000\n\
+             sentinel parallel-syncs {MASTER_NAME} 1\n",
+            master.port()
+        );
+        let mut sentinels = Vec::new();
+        for _ in 0..3 {
+            sentinels.push(RedisServer::start_sentinel(&conf).await);
+        }
+        for s in &sentinels {
+            let sp = s.port();
+            until("a sentinel that knows the set", 30, || async move {
+                let mut c = conn(sp).await;
+                let replicas: Vec<::redis::Value> = ::redis::cmd("SENTINEL")
+                    .arg("replicas")
+                    .arg(MASTER_NAME)
+                    .query_async(&mut c)
+                    .await
+                    .unwrap_or_default();
+                let others: Vec<::redis::Value> = ::redis::cmd("SENTINEL")
+                    .arg("sentinels")
+                    .arg(MASTER_NAME)
+                    .query_async(&mut c)
+                    .await
+                    .unwrap_or_default();
+                replicas.len() == 1 && others.len() == 2
+            })
+            .await;
+        }
+        Self {
+            master,
+            replica,
+            sentinels,
+        }
+    }
+
+    /// The sentinels' URLs, comma-separated (`MESGATE_REDIS_URL` in sentinel mode).
+    pub fn urls(&self) -> String {
+        self.sentinels
+            .iter()
+            .map(RedisServer::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The master's port as the first sentinel names it.
+    pub async fn master_port(&self) -> u16 {
+        named_master(self.sentinels[0].port()).await
+    }
+
+    /// SIGKILLs the master, then waits until the sentinels have promoted the replica
+    /// and it takes writes.
+    pub async fn kill_master(&mut self) {
+        let old = self.master.port();
+        assert_eq!(
+            self.master_port().await,
+            old,
+            "the set starts on its master"
+        );
+        self.master.stop();
+        let rp = self.replica.port();
+        let sp = self.sentinels[0].port();
+        until("the failover", 30, || async move {
+            let named = named_master(sp).await;
+            let role: Vec<::redis::Value> = ::redis::cmd("ROLE")
+                .query_async(&mut conn(rp).await)
+                .await
+                .unwrap_or_default();
+            let is_master =
+                matches!(role.first(), Some(::redis::Value::BulkString(b)) if b == b"master");
+            named == rp && is_master
+        })
+        .await;
+    }
+}
