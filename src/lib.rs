@@ -25,7 +25,9 @@
 //! - [`family`]: family templates (`status:{query.status|all}`) and JSON field access.
 //! - [`entry`]: a cached response and its versioned wire codec for the shared tier.
 //! - [`l1`]: the in-process tier (moka, bounded in bytes).
-//! - [`l2`]: the shared tier (Redis, op timeout, circuit breaker in [`breaker`]).
+//! - [`l2`]: the shared tier (Redis, op timeout, circuit breaker in [`breaker`]); the
+//!   Redis it talks to (one server, or the master the sentinels name, followed through
+//!   failovers) in [`redis_master`].
 //! - [`flight`]: single-flight of concurrent misses for one key.
 //! - [`outcome`]: the decisions (`CacheOutcome`, `BypassReason`, `NoStoreReason`), their
 //!   names and the header names they are reported in.
