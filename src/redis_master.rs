@@ -2,7 +2,7 @@
 //! sentinels names, followed through failovers.
 //!
 //! Standalone, the endpoint is built once and never changes (its managed connection
-//! reconnects by itself). Under Sentinel, [`Endpoints::follow`] asks the sentinels for
+//! reconnects by itself). Under Sentinel, `Endpoints::follow` asks the sentinels for
 //! the master every round and, when they name another one (a failover), swaps in an
 //! endpoint for it and tells the bus to subscribe again. The managed connection alone
 //! would keep reconnecting to the old address, or keep talking to a demoted master.
