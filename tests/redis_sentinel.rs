@@ -40,8 +40,29 @@ async fn until_cache(gw: &TestGateway, path: &str, want: &str, secs: u64) {
     }
 }
 
+/// How the master fails.
+#[derive(Clone, Copy)]
+enum Fault {
+    /// SIGKILL: its connections close.
+    Kill,
+    /// SIGSTOP until the failover is done, then SIGCONT: its connections stay open and
+    /// silent, then it answers again as a stale master.
+    Hang,
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_find_the_master_and_follow_a_failover_without_stale_reads() {
+    failover(Fault::Kill).await;
+}
+
+/// The old master's connections neither close nor answer: the instances must leave it
+/// for the master the sentinels name (the bus subscription too), not wait on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_master_is_left_for_the_new_one() {
+    failover(Fault::Hang).await;
+}
+
+async fn failover(fault: Fault) {
     let mut set = SentinelSet::start().await;
     let sim = {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -78,7 +99,10 @@ async fn two_instances_find_the_master_and_follow_a_failover_without_stale_reads
             })
         })
         .collect();
-    set.kill_master().await;
+    match fault {
+        Fault::Kill => set.kill_master().await,
+        Fault::Hang => set.hang_master_through_a_failover().await,
+    }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for r in readers {
         assert!(r.await.unwrap() > 0);

@@ -10,7 +10,7 @@ pub const MASTER_NAME: &str = "mesgate";
 
 /// One master, one replica, three sentinels; all stopped on drop.
 pub struct SentinelSet {
-    /// The master at the start (killed by [`SentinelSet::kill_master`]).
+    /// The master at the start (killed or hung by the tests).
     pub master: RedisServer,
     /// Its replica (the master after a failover).
     pub replica: RedisServer,
@@ -133,6 +133,25 @@ impl SentinelSet {
             "the set starts on its master"
         );
         self.master.stop();
+        self.wait_promoted().await;
+    }
+
+    /// Hangs the master (SIGSTOP) until the sentinels have promoted the replica, then
+    /// lets it go on (SIGCONT): it comes back as a master nobody should write to (the
+    /// sentinels turn it into a replica of the new one).
+    pub async fn hang_master_through_a_failover(&mut self) {
+        let old = self.master.port();
+        assert_eq!(
+            self.master_port().await,
+            old,
+            "the set starts on its master"
+        );
+        self.master.pause();
+        self.wait_promoted().await;
+        self.master.resume();
+    }
+
+    async fn wait_promoted(&self) {
         let rp = self.replica.port();
         let sp = self.sentinels[0].port();
         until("the failover", 30, || async move {
