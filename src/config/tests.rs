@@ -283,3 +283,34 @@ fn an_admin_listener_open_to_other_hosts_without_a_token_is_warned_of() {
     assert!(with("listen = \"0.0.0.0:9901\"\ntoken = \"t\"\n").is_empty());
     assert!(with("listen = \"[::1]:9901\"\n").is_empty());
 }
+
+#[test]
+fn a_compute_table_is_validated_in_the_document_with_its_field_path() {
+    let route = "upstream = \"http://127.0.0.1:9090\"\n[[route]]\nname = \"p\"\nmethods = [\"POST\"]\npath = \"/p\"\n[route.compute]\n";
+    let ok: Config = format!("{route}key = [\"model_hash\", \"quantity\"]\n")
+        .parse()
+        .unwrap();
+    let rule = ok.routes.routes()[0].compute.clone().unwrap();
+    assert_eq!(rule.ttl, Duration::from_secs(24 * 3600));
+    assert_eq!(rule.lease, Duration::from_secs(15));
+    assert!(
+        ok.describe().contains("compute key=[model_hash,quantity]"),
+        "{}",
+        ok.describe()
+    );
+    for (extra, want) in [
+        ("key = []\n", "route[0].compute.key: must name"),
+        ("key = [\"a b\"]\n", "route[0].compute.key[0]"),
+        ("key = [\"a\"]\nttl = \"forever\"\n", "route[0].compute.ttl"),
+        ("key = [\"a\"]\nkeys = 1\n", "route[0].compute"),
+    ] {
+        let e = err(&format!("{route}{extra}"));
+        assert!(e.contains(want), "{extra}: {e}");
+    }
+    let get = route.replace("[\"POST\"]", "[\"GET\"]");
+    let e = err(&format!("{get}key = [\"a\"]\n"));
+    assert!(
+        e.contains("route[0].compute: a compute route serves POST only"),
+        "{e}"
+    );
+}
