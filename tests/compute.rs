@@ -245,6 +245,10 @@ async fn a_client_that_disconnects_cancels_nothing_and_the_result_is_kept() {
         mes.price_runs("gone", "Steel", 3) == 1
     })
     .await;
+    // RST: linger 0 resets the connection on close (deprecated because a non-zero
+    // linger blocks the thread on drop; a zero one returns at once).
+    #[allow(deprecated)]
+    s.set_linger(Some(Duration::ZERO)).unwrap();
     drop(s);
     // The other instance waits for that computation's result rather than asking again.
     let r = price(&base(&b), &req).await;
@@ -255,6 +259,51 @@ async fn a_client_that_disconnects_cancels_nothing_and_the_result_is_kept() {
     assert_eq!(again.x_cache(), "HIT-L1");
     assert_eq!(again.json(), r.json());
     assert_eq!(mes.price_runs("gone", "Steel", 3), 1);
+}
+
+/// Over HTTP/2 a client that gives up resets its stream, and the server drops the
+/// request's handler at once (HTTP/1.1 notices a closed socket only when it writes): the
+/// computation it started must run on, and its result be kept.
+#[tokio::test]
+async fn a_reset_h2_stream_cancels_nothing_and_the_result_is_kept() {
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    let redis = RedisServer::start().await;
+    let mes = mes(Duration::from_millis(600)).await;
+    let cfg = config("2s", true);
+    let a = spawn_gateway(&cfg, &mes.base_url(), Some(&redis.url())).await;
+    let req = body("reset", 6);
+    let client = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<http_body_util::Full<Bytes>>();
+    let h2 = http::Request::post(a.url(PATH))
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(Bytes::from(req.clone())))
+        .unwrap();
+    let asking = tokio::spawn(async move { client.request(h2).await.map(|_| ()) });
+    until("the computation to start", || {
+        mes.price_runs("reset", "Steel", 6) == 1
+    })
+    .await;
+    // Dropping the request (and the client) resets the stream and closes the connection.
+    asking.abort();
+    let _ = asking.await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let kept = loop {
+        let r = price(&base(&a), &req).await;
+        if r.x_cache() == "HIT-L1" {
+            break r;
+        }
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        assert!(Instant::now() < deadline, "the result was never kept");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(kept.json()["price"].as_f64().unwrap() > 0.0);
+    assert_eq!(
+        mes.price_runs("reset", "Steel", 6),
+        1,
+        "computed once, for the client that left"
+    );
 }
 
 #[tokio::test]
@@ -272,6 +321,28 @@ async fn without_redis_an_instance_still_computes_once_per_key() {
         assert_eq!(t.await.unwrap().status, 200);
     }
     assert_eq!(mes.price_runs("solo", "Steel", 2), 1);
+    assert_eq!(price(&base(&gw), &req).await.x_cache(), "HIT-L1");
+}
+
+#[tokio::test]
+async fn with_redis_dead_each_instance_still_computes_a_key_once() {
+    let mut redis = RedisServer::start().await;
+    let mes = mes(Duration::from_millis(300)).await;
+    let gw = spawn_gateway(&config("2s", true), &mes.base_url(), Some(&redis.url())).await;
+    redis.stop();
+    let req = body("dead", 4);
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let (url, req) = (base(&gw), req.clone());
+            tokio::spawn(async move { price(&url, &req).await })
+        })
+        .collect();
+    for t in tasks {
+        let r = t.await.unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.x_cache(), "MISS");
+    }
+    assert_eq!(mes.price_runs("dead", "Steel", 4), 1);
     assert_eq!(price(&base(&gw), &req).await.x_cache(), "HIT-L1");
 }
 

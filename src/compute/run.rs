@@ -153,20 +153,18 @@ async fn compute(
     c.inner.stats.count_started();
     let started = Instant::now();
     let shared = c.inner.shared.as_ref().filter(|_| token.is_some());
+    // Stopped when this function ends in any way (a panic, an abort included): a lease
+    // renewed by an orphaned task would keep every waiter from taking over.
     let renewal = match (shared, &token) {
-        (Some(s), Some(t)) => Some(tokio::spawn(renew(
-            s.clone(),
-            job.key.clone(),
-            t.clone(),
-            job.rule.lease,
-        ))),
+        (Some(s), Some(t)) => {
+            let task = renew(s.clone(), job.key.clone(), t.clone(), job.rule.lease);
+            Some(AbortOnDrop(tokio::spawn(task)))
+        }
         _ => None,
     };
     let req = Request::from_parts(parts, Either::Right(Full::new(body)));
     let answer = fetch(c, req, job.remote, job.rule.max_body).await;
-    if let Some(r) = renewal {
-        r.abort();
-    }
+    drop(renewal);
     let ms = started.elapsed().as_millis() as u64;
     let done = verdict(c, &job, answer, ms);
     if let (Some(s), Some(t)) = (shared, &token) {
@@ -238,6 +236,15 @@ async fn fetch(
         Ok(Ok(b)) => Ok((parts.status, parts.headers, b.to_bytes())),
         Ok(Err(e)) => Err(GatewayError::UpstreamProtocol(error_chain(&*e))),
         Err(_) => Err(GatewayError::UpstreamTimeout("total")),
+    }
+}
+
+/// Aborts its task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
