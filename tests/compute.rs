@@ -110,21 +110,20 @@ async fn a_hundred_identical_requests_over_two_instances_compute_once() {
         assert_eq!(r.status, 200);
         assert_eq!(r.json(), first, "one answer for all");
         assert!(
-            r.x_cache() == "MISS" || r.x_cache() == "HIT-L2",
+            ["MISS", "HIT-L2", "HIT-L1"].contains(&r.x_cache()),
             "{}",
             r.x_cache()
         );
     }
-    let started = count(&a, "started") + count(&b, "started");
-    assert_eq!(started, 1);
-    let (remote, local) = (
-        count(&a, "joined_remote") + count(&b, "joined_remote"),
-        count(&a, "joined_local") + count(&b, "joined_local"),
-    );
-    assert_eq!(remote, 1, "the other instance's flight waited on the lease");
-    assert_eq!(
-        local, 98,
-        "every other request joined its instance's flight"
+    let sum = |kind: &str| count(&a, kind) + count(&b, kind);
+    assert_eq!(sum("started"), 1);
+    // Each request was the computation, or waited on its instance's flight, or (on the
+    // other instance) its flight waited on the lease or found the result kept.
+    let joined = sum("joined_local") + sum("joined_remote") + sum("hit");
+    assert_eq!(1 + joined, 100);
+    assert!(
+        sum("joined_local") >= 90,
+        "the crowd gathered on two flights"
     );
     // A repeat is a hit on both instances; a different quantity computes again.
     for gw in [&a, &b] {

@@ -68,17 +68,23 @@ async fn settle(c: &Computer, job: &Job) -> Next {
     let mut notices = c.inner.notices.subscribe();
     let poll = (job.rule.lease / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
     let mut held_elsewhere = false;
+    let mut failures = 0;
     loop {
         match shared.get(&job.key).await {
             Ok(Some(e)) => return found(c, e, held_elsewhere),
             Ok(None) => {}
-            Err(e) => return degraded(&e),
+            Err(e) if gives_up(&e, &mut failures) => return degraded(&e),
+            Err(_) => {
+                wait_notice(&mut notices, &job.key, poll, job.deadline).await;
+                continue;
+            }
         }
         let token = c.token();
         match shared.acquire(&job.key, &token, job.rule.lease).await {
             Ok(true) => return leased(c, shared, job, token, held_elsewhere).await,
             Ok(false) => held_elsewhere = true,
-            Err(e) => return degraded(&e),
+            Err(e) if gives_up(&e, &mut failures) => return degraded(&e),
+            Err(_) => {}
         }
         if Instant::now() >= job.deadline {
             let e = GatewayError::UpstreamTimeout("response_timeout (route)");
@@ -113,6 +119,17 @@ fn found(c: &Computer, entry: Entry, waited: bool) -> Next {
         how,
     })
 }
+
+/// Whether a Redis error means Redis is down (the breaker is open, or the errors go on):
+/// only then does the flight compute without a lease. A single slow answer is waited
+/// out, since computing besides a holder costs the MES a whole computation.
+fn gives_up(e: &crate::l2::L2Error, failures: &mut u32) -> bool {
+    *failures += 1;
+    matches!(e, crate::l2::L2Error::Skipped) || *failures >= MAX_FAILURES
+}
+
+/// Redis errors in one flight after which it computes without a lease.
+const MAX_FAILURES: u32 = 3;
 
 fn degraded(e: &crate::l2::L2Error) -> Next {
     warn!(error = %e, tier = "shared", "compute: redis failed, computing on this instance");
