@@ -105,7 +105,7 @@ struct Inner {
 }
 
 /// A request's computation, as the detached flight takes it over.
-struct Job {
+pub(crate) struct Job {
     key: Arc<str>,
     route: Arc<String>,
     rule: Arc<ComputeRule>,
@@ -223,7 +223,7 @@ impl Computer {
     /// waiter on it and whether this request started it. The seam for an asynchronous
     /// answer (`Prefer: respond-async`): hold the waiter in an operation resource
     /// instead of awaiting it here.
-    fn start(&self, job: Job) -> (Waiter<Done>, bool) {
+    pub(crate) fn start(&self, job: Job) -> (Waiter<Done>, bool) {
         match self.inner.flights.join(&job.key) {
             Role::Leader(leader) => {
                 let w = leader.waiter();
