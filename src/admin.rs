@@ -72,6 +72,10 @@ pub async fn route(gateway: &Gateway, req: Request<Incoming>) -> Response<Full<B
             None => purge(gateway, req.uri().query().unwrap_or("")).await,
             Some(resp) => resp,
         },
+        (&Method::POST, "/admin/purge/compute") => match refusal(gateway, &req) {
+            None => purge_compute(gateway, req).await,
+            Some(resp) => resp,
+        },
         (&Method::POST, "/admin/reload") => match refusal(gateway, &req) {
             None => reload(gateway),
             Some(resp) => resp,
@@ -149,6 +153,38 @@ async fn purge(gateway: &Gateway, query: &str) -> Response<Full<Bytes>> {
     };
     info!(what = %done, "admin purge");
     json_response(StatusCode::OK, done)
+}
+
+/// `POST /admin/purge/compute?route=NAME` with the key fields as a request would send
+/// them (`{"model_hash":…,"material":…,"quantity":…}`): drops that result here, in
+/// Redis, and (told over Redis) on every instance.
+async fn purge_compute(gateway: &Gateway, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    use http_body_util::{BodyExt, Limited};
+    let bad = |msg: String| json_response(StatusCode::BAD_REQUEST, json!({"error": msg}));
+    let query = req.uri().query().unwrap_or("").to_owned();
+    let Some(name) = param(&query, "route") else {
+        return bad("say which compute route: ?route=NAME".into());
+    };
+    let routes = gateway.routes();
+    let Some(route) = routes
+        .routes()
+        .iter()
+        .find(|r| *r.name == name && r.compute.is_some())
+    else {
+        return bad(format!("{name:?} is not a compute route"));
+    };
+    let body = match Limited::new(req.into_body(), 64 * 1024).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => return bad(format!("body: {e}")),
+    };
+    match gateway.computer().purge(route, &body).await {
+        Ok((key, shared_error)) => {
+            let done = json!({"purged": "compute", "route": name, "key": key, "shared_error": shared_error});
+            info!(what = %done, "admin purge");
+            json_response(StatusCode::OK, done)
+        }
+        Err(e) => bad(format!("body: {e}")),
+    }
 }
 
 /// Reads the config file again; on error the old rules keep serving.

@@ -14,6 +14,7 @@ use tracing::info;
 
 use crate::client_body::ClientBody;
 use crate::clock::Clock;
+use crate::compute::Computer;
 use crate::config::route::RouteTable;
 use crate::config::{Config, Overrides};
 use crate::consistency::bus::BusTiming;
@@ -84,6 +85,7 @@ struct Inner {
     config: Config,
     reader: Reader,
     writer: Writer,
+    computer: Computer,
     pass: Pass,
     invalidator: Invalidator,
     indexes: Indexes,
@@ -161,6 +163,15 @@ impl Gateway {
         let indexes = Indexes::new(&config.routes, l2.as_ref());
         invalidator.set_sink(Arc::new(indexes.clone()));
         indexes.start(&pass, &invalidator);
+        let has_compute = config.routes.routes().iter().any(|r| r.compute.is_some());
+        let computer = Computer::new(
+            (l1.clone(), l2.clone()),
+            pass.clone(),
+            clock.clone(),
+            invalidator.clone(),
+            config.timeouts.total,
+            has_compute,
+        );
         let reader = Reader::new(
             (l1, l2),
             clock,
@@ -189,6 +200,7 @@ impl Gateway {
                 source: Default::default(),
                 reader,
                 writer,
+                computer,
                 pass,
                 invalidator,
                 indexes,
@@ -295,6 +307,16 @@ impl Gateway {
         self.inner.reader.inner.l2.as_ref()
     }
 
+    /// The compute path (admin purge, metrics).
+    pub fn computer(&self) -> &Computer {
+        &self.inner.computer
+    }
+
+    /// The route table in force.
+    pub fn routes(&self) -> Arc<RouteTable> {
+        self.inner.routes.load().table.clone()
+    }
+
     /// Requests waiting on single-flight fetches right now, leaders included.
     pub fn flights_waiting(&self) -> usize {
         self.inner.reader.flights_waiting()
@@ -359,6 +381,13 @@ impl Gateway {
         if let Some(t) = route.response_timeout {
             req.extensions_mut().insert(RouteTimeout(t));
         }
+        if let Some(rule) = &route.compute
+            && req.method() == Method::POST
+        {
+            let computer = &self.inner.computer;
+            let (resp, outcome) = computer.handle(req, remote, route, rule).await;
+            return (resp, name, outcome);
+        }
         if cached_read {
             let reader = &self.inner.reader;
             let (resp, outcome) = reader
@@ -387,6 +416,7 @@ impl Gateway {
             bus_cut_off: self.inner.invalidator.is_cut_off(),
             mes_unreachable: self.inner.pass.upstream().unreachable(),
             indexes: self.inner.indexes.reports(),
+            compute: self.inner.computer.stats(),
         }
     }
 }

@@ -12,6 +12,9 @@
 //! - [`write`](mod@write): the write path: forward detached, plan the invalidation, apply it; refresh
 //!   on write in `write::refresh` (handed the read path).
 //! - [`pass`]: pass-through to the MES, and answers marked as a bypass.
+//! - [`compute`]: the compute path (a POST declared a pure computation, the price
+//!   calculation): one computation per key across instances (a lease in Redis), results
+//!   kept in both tiers; keys in `compute::canon`, Redis in `compute::shared`.
 //!
 //! Keeping answers true:
 //!
@@ -73,6 +76,7 @@ pub mod admin;
 pub mod breaker;
 pub mod client_body;
 pub mod clock;
+pub mod compute;
 pub mod config;
 pub mod connections;
 pub mod consistency;

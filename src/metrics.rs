@@ -125,6 +125,8 @@ pub struct Snapshot<'a> {
     pub mes_unreachable: bool,
     /// The status indexes.
     pub indexes: Vec<IndexReport>,
+    /// The compute path's counters.
+    pub compute: &'a crate::compute::stats::ComputeStats,
 }
 
 /// What one status index reports to the metrics.
@@ -190,6 +192,8 @@ pub struct Metrics {
     index_partitions: Family<PartitionLabels, Gauge>,
     index_entities: Family<RouteOnly, Gauge>,
     index_events: Family<IndexLabels, Counter>,
+    compute_events: Family<KindLabels, Counter>,
+    compute_saved: Counter<f64, std::sync::atomic::AtomicU64>,
 }
 
 /// `{route}`.
@@ -244,6 +248,8 @@ impl Metrics {
             index_partitions: Family::default(),
             index_entities: Family::default(),
             index_events: Family::default(),
+            compute_events: Family::default(),
+            compute_saved: Counter::default(),
         };
         m.register();
         m
@@ -355,6 +361,16 @@ impl Metrics {
             "singleflight_waiting",
             "Requests waiting on a shared fetch",
             self.singleflight_waiting.clone(),
+        );
+        r.register(
+            "compute_events",
+            "Compute routes: computations started, joined (local, remote), hits, lease takeovers, bypasses",
+            self.compute_events.clone(),
+        );
+        r.register(
+            "compute_saved_seconds",
+            "Computation time that hits and joins on compute routes spared the MES",
+            self.compute_saved.clone(),
         );
     }
 
@@ -474,6 +490,14 @@ impl Metrics {
         }
         self.singleflight_waiting.set(gw.flights_waiting as i64);
         self.render_indexes(&gw.indexes);
+        for (kind, v) in gw.compute.counts() {
+            sync(&self.compute_events.get_or_create(&KindLabels { kind }), v);
+        }
+        let saved = gw.compute.saved_ms() as f64 / 1000.0;
+        let now = self.compute_saved.get();
+        if saved > now {
+            self.compute_saved.inc_by(saved - now);
+        }
         let mut out = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out

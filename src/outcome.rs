@@ -21,6 +21,9 @@ pub enum BypassReason {
     /// A header that asks the MES for another method or path (`X-HTTP-Method-Override`,
     /// `X-Original-URL`): not a plain read of this path, so not the cache's to answer.
     Override,
+    /// A compute route's body lacks a key field, or has one of the wrong type: the MES
+    /// gives its own answer (a 400, usually), which is not kept.
+    KeyFields,
 }
 
 impl BypassReason {
@@ -34,6 +37,7 @@ impl BypassReason {
             Self::NotShareable => "not-shareable",
             Self::NonCanonical => "non-canonical",
             Self::Override => "override",
+            Self::KeyFields => "key-fields",
         }
     }
 }

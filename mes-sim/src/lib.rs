@@ -9,6 +9,8 @@
 //! - `PATCH /api/orders/{id}/status` (`{"status":"X"}`), `POST /api/orders`.
 //! - `POST /api/price-calculations`: slow and deterministic.
 //! - `GET /__sim/stats`, `POST /__sim/reset-stats`: request counters per route kind.
+//! - `GET /__sim/price-calculations`: price calculations begun, by their inputs
+//!   (`{"MODEL_HASH|MATERIAL|QUANTITY": n}`; zeroed by `reset-stats` too).
 //!
 //! # Model
 //!
@@ -158,6 +160,23 @@ impl SimHandle {
     /// Zeroes the request counters.
     pub fn reset_stats(&self) {
         self.shared.reset_stats();
+    }
+
+    /// Price calculations begun for these inputs (a request the MES rejected as bad is
+    /// not one). Zeroed by [`SimHandle::reset_stats`].
+    pub fn price_runs(&self, model_hash: &str, material: &str, quantity: u32) -> u64 {
+        let key = format!("{model_hash}|{material}|{quantity}");
+        self.shared.price_runs().get(&key).copied().unwrap_or(0)
+    }
+
+    /// Price calculations begun, all inputs together.
+    pub fn price_runs_total(&self) -> u64 {
+        self.shared.price_runs().values().sum()
+    }
+
+    /// Changes the latency of a price calculation at runtime.
+    pub fn set_price_latency(&self, d: Duration) {
+        self.shared.set_price_latency(d);
     }
 
     /// Switches the read model at runtime (see [`SimConfig::mvcc`]).

@@ -39,6 +39,7 @@ pub(super) async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<
         Route::Create => create(shared, req.into_body()).await,
         Route::Price => price(shared, req.into_body()).await,
         Route::Stats => Reply::serialize(&shared.stats()),
+        Route::PriceRuns => Reply::serialize(&shared.price_runs()),
         Route::ResetStats => {
             shared.reset_stats();
             return no_content();
@@ -66,6 +67,7 @@ enum Route {
     StatusChange(Option<u64>),
     Price,
     Stats,
+    PriceRuns,
     ResetStats,
     Other,
 }
@@ -83,6 +85,7 @@ impl Route {
             }
             ("POST", ["api", "price-calculations"]) => Route::Price,
             ("GET", ["__sim", "stats"]) => Route::Stats,
+            ("GET", ["__sim", "price-calculations"]) => Route::PriceRuns,
             ("POST", ["__sim", "reset-stats"]) => Route::ResetStats,
             _ => Route::Other,
         }
@@ -98,7 +101,7 @@ impl Route {
             Route::StatusChange(_) => Some(Kind::StatusChange),
             Route::Price => Some(Kind::Price),
             Route::Other => Some(Kind::Other),
-            Route::Stats | Route::ResetStats => None,
+            Route::Stats | Route::PriceRuns | Route::ResetStats => None,
         }
     }
 }
@@ -404,7 +407,7 @@ async fn parse_create_body(body: Incoming) -> Result<NewOrder, Reply> {
 }
 
 #[derive(Deserialize, Serialize)]
-struct PriceBody {
+pub(super) struct PriceBody {
     model_hash: String,
     material: String,
     quantity: u32,
@@ -422,9 +425,15 @@ async fn price(shared: &Shared, body: Incoming) -> Reply {
         Ok(request) => request,
         Err(reply) => return reply,
     };
-    pause(shared.price_latency).await;
+    shared.count_price_run(price_key(&request));
+    pause(shared.price_latency()).await;
     let price = data::price(&request.model_hash, &request.material, request.quantity);
     Reply::serialize(&PriceReply { request, price })
+}
+
+/// The key a price calculation is counted under: its inputs, `|`-separated.
+pub(super) fn price_key(r: &PriceBody) -> String {
+    format!("{}|{}|{}", r.model_hash, r.material, r.quantity)
 }
 
 async fn parse_price_body(body: Incoming) -> Result<PriceBody, Reply> {

@@ -1,8 +1,9 @@
 //! State shared by every connection of one simulator: the order book behind a lock, the
 //! runtime-tunable settings, and the per-route-kind request counters.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 use super::store::Store;
@@ -66,8 +67,11 @@ pub(super) struct Shared {
     pub(super) counts_latency: Duration,
     /// Latency of PATCH and POST on orders, before the write applies.
     pub(super) write_latency: Duration,
-    /// Latency of `POST /api/price-calculations`.
-    pub(super) price_latency: Duration,
+    /// Latency of `POST /api/price-calculations`, ns (tunable at runtime).
+    price_latency_ns: AtomicU64,
+    /// Price calculations begun, by their inputs (`model_hash|material|quantity`): what a
+    /// cache in front must keep to one per key. A std Mutex: never held across `.await`.
+    price_runs: Mutex<BTreeMap<String, u64>>,
 }
 
 impl Shared {
@@ -82,7 +86,8 @@ impl Shared {
             detail_latency: config.detail_latency,
             counts_latency: config.counts_latency,
             write_latency: config.write_latency,
-            price_latency: config.price_latency,
+            price_latency_ns: AtomicU64::new(nanos(config.price_latency)),
+            price_runs: Mutex::default(),
         }
     }
 
@@ -110,6 +115,37 @@ impl Shared {
     /// Zeroes the counters.
     pub(super) fn reset_stats(&self) {
         self.counters.reset();
+        self.price_runs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+    }
+
+    /// Latency of a price calculation.
+    pub(super) fn price_latency(&self) -> Duration {
+        Duration::from_nanos(self.price_latency_ns.load(Ordering::Relaxed))
+    }
+
+    /// Changes the latency of a price calculation.
+    pub(super) fn set_price_latency(&self, d: Duration) {
+        self.price_latency_ns.store(nanos(d), Ordering::Relaxed);
+    }
+
+    /// Counts one price calculation begun for `key`.
+    pub(super) fn count_price_run(&self, key: String) {
+        let mut runs = self
+            .price_runs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        *runs.entry(key).or_default() += 1;
+    }
+
+    /// Price calculations begun, by key.
+    pub(super) fn price_runs(&self) -> BTreeMap<String, u64> {
+        self.price_runs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Whether reads answer from the snapshot taken on arrival.

@@ -403,6 +403,24 @@ async fn price_calculation_is_deterministic() {
 }
 
 #[tokio::test]
+async fn price_calculations_are_counted_per_key_and_bad_bodies_are_not() {
+    let sim = start(SimConfig::instant()).await;
+    let a = r#"{"model_hash":"k1","material":"Steel","quantity":3}"#;
+    let b = r#"{"model_hash":"k1","material":"Steel","quantity":4}"#;
+    for body in [a, a, b, r#"{"model_hash":"k1"}"#] {
+        sim.send(Method::POST, "/api/price-calculations", body)
+            .await;
+    }
+    assert_eq!(sim.handle.price_runs("k1", "Steel", 3), 2);
+    assert_eq!(sim.handle.price_runs("k1", "Steel", 4), 1);
+    assert_eq!(sim.handle.price_runs_total(), 3);
+    let listed = sim.get("/__sim/price-calculations").await;
+    assert_eq!(listed.json["k1|Steel|3"], 2);
+    sim.handle.reset_stats();
+    assert_eq!(sim.handle.price_runs_total(), 0);
+}
+
+#[tokio::test]
 async fn unknown_routes_are_json_404() {
     let sim = start(SimConfig::instant()).await;
     assert_json_error(&sim.get("/nope").await, StatusCode::NOT_FOUND);

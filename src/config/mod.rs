@@ -18,6 +18,7 @@ use std::sync::Arc;
 use crate::config::route::RouteTable;
 use runtime::describe_route;
 
+mod compute;
 mod parse;
 mod raw;
 pub mod route;
@@ -26,10 +27,12 @@ mod validate;
 mod validate_index;
 mod validate_route;
 
+pub use compute::ComputeRule;
 pub use parse::{parse_duration, parse_size};
 pub use raw::{
-    CredentialPolicy, LogConfig, LogFormat, RawAdmin, RawCache, RawConfig, RawIndex, RawInvalidate,
-    RawL1, RawLimits, RawMembers, RawRedis, RawRoute, RawSize, RawTimeouts, UnknownQuery,
+    CredentialPolicy, LogConfig, LogFormat, RawAdmin, RawCache, RawCompute, RawConfig, RawIndex,
+    RawInvalidate, RawL1, RawLimits, RawMembers, RawRedis, RawRoute, RawSize, RawTimeouts,
+    UnknownQuery,
 };
 pub use runtime::{
     AnswerPath, CachePolicy, IndexRule, InvalidateRule, Limits, Members, QueryParam, RedisConfig,

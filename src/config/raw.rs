@@ -359,9 +359,57 @@ pub struct RawRoute {
     #[serde(default)]
     pub index: Option<RawIndex>,
     /// Wait for the MES's response headers on this route instead of
-    /// `timeouts.response_header` (e.g. `"30m"` for the price calculation).
+    /// `timeouts.response_header` (e.g. `"30m"` for the price calculation). On a compute
+    /// route it also bounds how long a request waits for a computation (its own or one
+    /// another request or instance runs).
     #[serde(default)]
     pub response_timeout: Option<String>,
+    /// Serve this POST route as a pure computation, at most one per key across instances,
+    /// its results kept (see `docs/price-cache.md`). Absent: forwarded untouched.
+    #[serde(default)]
+    pub compute: Option<RawCompute>,
+}
+
+/// `[route.compute]`: a POST whose answer is a pure function of named fields of its JSON
+/// body (the price calculation). The rule and its limits: `docs/price-cache.md`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCompute {
+    /// The body fields the answer depends on, dotted paths into the JSON object
+    /// (`model_hash`, `part.material`). Each must be present and a string, number or
+    /// boolean, or the request is forwarded untouched and not cached. At least one.
+    pub key: Vec<String>,
+    /// Part of every key: change it when the MES's calculator changes, and the results
+    /// of the old one are never served again. Default `""`.
+    #[serde(default)]
+    pub version: String,
+    /// How long a result is kept, in both tiers. Default `"24h"`.
+    #[serde(default = "default_compute_ttl")]
+    pub ttl: String,
+    /// The MES statuses whose answers are kept (their bodies must be JSON). Default `[200]`.
+    #[serde(default = "default_compute_statuses")]
+    pub statuses: Vec<u16>,
+    /// How long the lease of one computation lasts in Redis without renewal (it is
+    /// renewed every third of it while the MES computes). A dead instance's lease runs
+    /// out after it, and a waiter takes over. Default `"15s"`.
+    #[serde(default = "default_lease")]
+    pub lease: String,
+    /// The largest request body (and kept answer) buffered. Default `"64KiB"`.
+    #[serde(default = "default_compute_max_body")]
+    pub max_body: RawSize,
+}
+
+fn default_compute_ttl() -> String {
+    "24h".into()
+}
+fn default_compute_statuses() -> Vec<u16> {
+    vec![200]
+}
+fn default_lease() -> String {
+    "15s".into()
+}
+fn default_compute_max_body() -> RawSize {
+    RawSize::Text("64KiB".into())
 }
 
 /// `[route.cache.members]`: how to read the entities out of a cached body, so that a

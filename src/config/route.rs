@@ -234,6 +234,8 @@ pub struct Route {
     pub index: Option<Arc<IndexRule>>,
     /// Wait for the MES's response headers on this route, over `timeouts.response_header`.
     pub response_timeout: Option<std::time::Duration>,
+    /// The computation this POST route is; `None` means the other paths decide.
+    pub compute: Option<Arc<crate::config::ComputeRule>>,
 }
 
 /// A matched route with the captured path parameters.
@@ -383,6 +385,7 @@ mod tests {
             invalidate: None,
             index: None,
             response_timeout: None,
+            compute: None,
         }
     }
 

@@ -252,6 +252,16 @@ pub(super) fn describe_route(r: &Route) -> String {
         };
         return format!("{head} cache {}{index}\n", describe_cache(c));
     }
+    if let Some(c) = &r.compute {
+        let key: Vec<String> = c.key.iter().map(|p| p.join(".")).collect();
+        return format!(
+            "{head} compute key=[{}] version={:?} ttl={:?} lease={:?}\n",
+            key.join(","),
+            c.version,
+            c.ttl,
+            c.lease
+        );
+    }
     match &r.invalidate {
         Some(i) => format!(
             "{head} forward, invalidate families=[{}] entity={} fallback=[{}]{}\n",

@@ -351,3 +351,34 @@ fn the_environment_puts_sentinel_mode_over_the_file() {
         RedisTopology::Sentinel { sentinels, master } if sentinels.len() == 2 && master == "prod"
     ));
 }
+
+#[test]
+fn a_compute_table_is_validated_in_the_document_with_its_field_path() {
+    let route = "upstream = \"http://127.0.0.1:9090\"\n[[route]]\nname = \"p\"\nmethods = [\"POST\"]\npath = \"/p\"\n[route.compute]\n";
+    let ok: Config = format!("{route}key = [\"model_hash\", \"quantity\"]\n")
+        .parse()
+        .unwrap();
+    let rule = ok.routes.routes()[0].compute.clone().unwrap();
+    assert_eq!(rule.ttl, Duration::from_secs(24 * 3600));
+    assert_eq!(rule.lease, Duration::from_secs(15));
+    assert!(
+        ok.describe().contains("compute key=[model_hash,quantity]"),
+        "{}",
+        ok.describe()
+    );
+    for (extra, want) in [
+        ("key = []\n", "route[0].compute.key: must name"),
+        ("key = [\"a b\"]\n", "route[0].compute.key[0]"),
+        ("key = [\"a\"]\nttl = \"forever\"\n", "route[0].compute.ttl"),
+        ("key = [\"a\"]\nkeys = 1\n", "route[0].compute"),
+    ] {
+        let e = err(&format!("{route}{extra}"));
+        assert!(e.contains(want), "{extra}: {e}");
+    }
+    let get = route.replace("[\"POST\"]", "[\"GET\"]");
+    let e = err(&format!("{get}key = [\"a\"]\n"));
+    assert!(
+        e.contains("route[0].compute: a compute route serves POST only"),
+        "{e}"
+    );
+}

@@ -129,6 +129,17 @@ impl RawRoute {
             .as_deref()
             .map(|t| parse_duration(&format!("{at}.response_timeout"), t))
             .transpose()?;
+        let compute = match self.compute {
+            Some(c) => {
+                let others = cache.is_some() || invalidate.is_some();
+                Some(Arc::new(c.validate(
+                    &format!("{at}.compute"),
+                    &methods,
+                    others,
+                )?))
+            }
+            None => None,
+        };
         Ok(Route {
             name: Arc::new(self.name),
             methods,
@@ -137,6 +148,7 @@ impl RawRoute {
             invalidate,
             index,
             response_timeout,
+            compute,
         })
     }
 }
