@@ -13,7 +13,10 @@
 # counters, runs N requests with oha (CONNS connections), dumps, and divides. Prints a
 # markdown table and, with ANNOTATE=1, the top functions of each profile.
 #
-# Knobs: N=20000 WARM=2000 CONNS=8 BUILD=1 ANNOTATE=0 NGINX=1
+# With INDEX=1 (the default) the same page is measured again served from the status index
+# (loadtest/hit-index.toml, X-Cache: HIT-INDEX).
+#
+# Knobs: N=20000 WARM=2000 CONNS=8 BUILD=1 ANNOTATE=0 NGINX=1 INDEX=1
 #        GW_PORT=18590 NGINX_PORT=18592 SIM_PORT=19590
 #        PAGE=/api/orders?status=MANUFACTURING_APPROVED
 #        OUT=loadtest/results/profile-<UTC stamp>   (callgrind files and the table)
@@ -27,6 +30,7 @@ WARM=${WARM:-2000}
 CONNS=${CONNS:-8}
 BUILD=${BUILD:-1}
 ANNOTATE=${ANNOTATE:-0}
+INDEX=${INDEX:-1}
 NGINX=${NGINX:-1}
 GW_PORT=${GW_PORT:-18590}
 NGINX_PORT=${NGINX_PORT:-18592}
@@ -120,6 +124,28 @@ check_hit mesgate "http://127.0.0.1:$GW_PORT$PAGE" x-cache HIT-L1
 GW_IPR=$(measure mesgate "$GW" "http://127.0.0.1:$GW_PORT$PAGE")
 kill "$GW"
 
+# The same page composed from the status index (loadtest/hit-index.toml, no Redis).
+IX_IPR=""
+if [[ "$INDEX" == 1 ]]; then
+    MESGATE_LISTEN="127.0.0.1:$GW_PORT" MESGATE_UPSTREAM="http://127.0.0.1:$SIM_PORT" \
+        MESGATE_REDIS_URL=off MESGATE_ADMIN_LISTEN="" \
+        valgrind --tool=callgrind --callgrind-out-file="$OUT/index.cg.%p.out" \
+        "$BIN/mesgate" --config loadtest/hit-index.toml >"$OUT/index.log" 2>&1 &
+    IX=$!
+    PIDS+=("$IX")
+    wait_http "http://127.0.0.1:$GW_PORT$PAGE"
+    # Until the preload is done the page takes the ordinary path.
+    for _ in $(seq 240); do
+        curl -fs -D - -o /dev/null "http://127.0.0.1:$GW_PORT$PAGE" | tr -d '\r' \
+            | grep -qi '^x-cache: HIT-INDEX$' && break
+        sleep 0.25
+    done
+    check_hit index "http://127.0.0.1:$GW_PORT$PAGE" x-cache HIT-INDEX
+    cmp -s "$OUT/mesgate.body" "$OUT/index.body" || die "the index's page differs from the L1 hit's"
+    IX_IPR=$(measure index "$IX" "http://127.0.0.1:$GW_PORT$PAGE")
+    kill "$IX"
+fi
+
 NG_IPR=""
 if (( HAVE_NGINX )); then
     prefix=$(mktemp -d "${TMPDIR:-/tmp}/profile-nginx.XXXXXX")
@@ -146,9 +172,11 @@ fi
     echo "|---|---|---|"
     if [[ -n "$NG_IPR" ]]; then
         echo "| mesgate L1 | $GW_IPR | $(python3 -c "print(f'{$GW_IPR / $NG_IPR:.2f}x')") |"
+        [[ -z "$IX_IPR" ]] || echo "| mesgate index | $IX_IPR | $(python3 -c "print(f'{$IX_IPR / $NG_IPR:.2f}x')") |"
         echo "| nginx proxy_cache (one process) | $NG_IPR | 1.00x |"
     else
         echo "| mesgate L1 | $GW_IPR | (nginx not measured) |"
+        [[ -z "$IX_IPR" ]] || echo "| mesgate index | $IX_IPR | (nginx not measured) |"
     fi
     echo
     echo "Files: $OUT/"

@@ -65,7 +65,15 @@ pub fn l1_hit(l: &L1Entry, head: bool, now_ms: u64) -> Response<Body> {
     let mut resp = Response::new(Either::Left(Full::new(l.entry.body.clone())));
     *resp.status_mut() = l.entry.status;
     let mut headers = l.hit_headers.clone();
-    headers.insert(header::AGE, age_value(l.entry.age_secs(now_ms)));
+    let age = age_value(l.entry.age_secs(now_ms));
+    // In place: `insert` reserves room first, and a cloned map has none to spare (it
+    // would grow, a reallocation per hit, even for a name it holds).
+    match headers.get_mut(header::AGE) {
+        Some(v) => *v = age,
+        None => {
+            headers.insert(header::AGE, age);
+        }
+    }
     *resp.headers_mut() = headers;
     resp
 }
