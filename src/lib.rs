@@ -86,6 +86,7 @@ pub mod key;
 pub mod l1;
 pub mod l2;
 pub mod metrics;
+pub mod operations;
 pub mod outcome;
 pub mod pass;
 pub mod read;

@@ -29,11 +29,12 @@ mod validate_route;
 pub use parse::{parse_duration, parse_size};
 pub use raw::{
     CredentialPolicy, LogConfig, LogFormat, RawAdmin, RawCache, RawConfig, RawIndex, RawInvalidate,
-    RawL1, RawLimits, RawMembers, RawRedis, RawRoute, RawSize, RawTimeouts, UnknownQuery,
+    RawL1, RawLimits, RawMembers, RawOperations, RawRedis, RawRoute, RawSize, RawTimeouts,
+    UnknownQuery,
 };
 pub use runtime::{
-    AnswerPath, CachePolicy, IndexRule, InvalidateRule, Limits, Members, QueryParam, RedisConfig,
-    Timeouts, UpstreamTarget,
+    AnswerPath, CachePolicy, IndexRule, InvalidateRule, Limits, Members, OperationsConfig,
+    QueryParam, RedisConfig, Timeouts, UpstreamTarget,
 };
 
 /// Why a config was rejected. Every variant names where.
@@ -95,6 +96,8 @@ pub struct Config {
     pub routes: Arc<RouteTable>,
     /// Logging.
     pub log: LogConfig,
+    /// Asynchronous writes.
+    pub operations: OperationsConfig,
 }
 
 /// Values that the environment (or CLI) puts over the file, for containers.

@@ -143,6 +143,19 @@ pub struct InvalidateRule {
     pub index: Option<Arc<String>>,
     /// The GET path whose answer the write's answer is (see `RawInvalidate::represents`).
     pub represents: Option<AnswerPath>,
+    /// Whether the write may be accepted asynchronously (`RawInvalidate::async_`).
+    pub async_: bool,
+}
+
+/// Validated `[operations]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OperationsConfig {
+    /// How long an operation's record is kept.
+    pub keep: Duration,
+    /// Idle time after which another instance claims a taken operation.
+    pub claim_idle: Duration,
+    /// The longest `Prefer: wait` honoured.
+    pub max_wait: Duration,
 }
 
 /// A GET path rendered from a write's facts: one template per segment.

@@ -13,8 +13,8 @@ use http::Uri;
 use super::parse::{parse_duration, parse_size};
 use super::validate_route::validate_routes;
 use super::{
-    Config, ConfigError, Limits, LogConfig, RawConfig, RawL1, RawLimits, RawRedis, RawTimeouts,
-    RedisConfig, Timeouts, UpstreamTarget, invalid,
+    Config, ConfigError, Limits, LogConfig, OperationsConfig, RawConfig, RawL1, RawLimits,
+    RawOperations, RawRedis, RawTimeouts, RedisConfig, Timeouts, UpstreamTarget, invalid,
 };
 
 fn parse_addr(path: &str, value: &str) -> Result<SocketAddr, ConfigError> {
@@ -48,6 +48,24 @@ impl RawConfig {
             limits: self.limits.validate()?,
             routes: Arc::new(validate_routes(self.routes)?),
             log: validate_log(self.log)?,
+            operations: self.operations.validate()?,
+        })
+    }
+}
+
+impl RawOperations {
+    fn validate(self) -> Result<OperationsConfig, ConfigError> {
+        let positive = |at: &str, v: &str| {
+            let d = parse_duration(at, v)?;
+            if d.is_zero() {
+                return Err(invalid(at, "must be more than 0"));
+            }
+            Ok(d)
+        };
+        Ok(OperationsConfig {
+            keep: positive("operations.keep", &self.keep)?,
+            claim_idle: positive("operations.claim_idle", &self.claim_idle)?,
+            max_wait: parse_duration("operations.max_wait", &self.max_wait)?,
         })
     }
 }

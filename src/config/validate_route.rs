@@ -487,6 +487,7 @@ impl RawInvalidate {
                 .as_deref()
                 .map(|text| answer_path(&format!("{at}.represents"), text, path))
                 .transpose()?,
+            async_: self.async_,
         })
     }
 }

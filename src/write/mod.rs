@@ -3,6 +3,7 @@
 //!
 //! It plans; applying (L1, Redis, bus, retries) is [`crate::consistency`]'s.
 
+mod confirm;
 pub mod refresh;
 
 use std::net::SocketAddr;
@@ -94,29 +95,44 @@ impl Writer {
         rule: Arc<InvalidateRule>,
         params: Vec<(String, String)>,
     ) -> Response<Body> {
-        let (parts, body) = req.into_parts();
-        let body = match Limited::new(body, rule.max_body).collect().await {
-            Ok(c) => c.to_bytes(),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-                return problem(&GatewayError::BodyTooLarge(rule.max_body));
-            }
-            Err(e) => {
-                let fault = e.downcast_ref::<ClientBodyError>();
-                let err = fault.map_or_else(
-                    || GatewayError::BadBody(error_chain(&*e)),
-                    |f| f.to_gateway(),
-                );
-                return problem(&err);
-            }
-        };
+        match buffer(req, &rule).await {
+            Ok(req) => self.write_buffered(req, remote, rule, params).await,
+            Err(resp) => resp,
+        }
+    }
+
+    /// [`Writer::write`] of a request whose body is already buffered (an asynchronous
+    /// write that could not be recorded is answered this way).
+    pub async fn write_buffered(
+        &self,
+        req: Request<Bytes>,
+        remote: SocketAddr,
+        rule: Arc<InvalidateRule>,
+        params: Vec<(String, String)>,
+    ) -> Response<Body> {
         let gw = self.clone();
         let (tx, rx) = oneshot::channel();
         tokio::spawn(async move {
-            let req = Request::from_parts(parts, body);
-            let _ = tx.send(gw.write_detached(req, remote, &rule, &params).await);
+            let _ = tx.send(gw.write_detached(req, remote, &rule, &params, false).await);
         });
         rx.await
             .unwrap_or_else(|_| problem(&GatewayError::FetchLost))
+    }
+
+    /// Executes an accepted operation's write: exactly the synchronous path (forward,
+    /// index move, invalidation, before it returns). `retried`: an earlier attempt may
+    /// have reached the MES, so a conflict is checked against the entity's state
+    /// ([`Writer::confirm`]).
+    pub async fn execute(
+        &self,
+        req: Request<Bytes>,
+        remote: SocketAddr,
+        rule: &InvalidateRule,
+        params: &[(String, String)],
+        retried: bool,
+    ) -> Response<Body> {
+        self.write_detached(req, remote, rule, params, retried)
+            .await
     }
 
     async fn write_detached(
@@ -125,8 +141,11 @@ impl Writer {
         remote: SocketAddr,
         rule: &InvalidateRule,
         params: &[(String, String)],
+        retried: bool,
     ) -> Response<Body> {
-        let request = serde_json::from_slice(req.body()).ok();
+        let request: Option<Value> = serde_json::from_slice(req.body()).ok();
+        // Kept for the check of a retried write's conflict (it reads the entity with them).
+        let headers = retried.then(|| req.headers().clone());
         let req = req.map(|b| Either::Right(Full::new(b)));
         let index = rule
             .index
@@ -142,12 +161,26 @@ impl Writer {
                 return problem(&e);
             }
         };
-        if !rule.applies_to(resp.status()) {
-            return resp.map(Either::Right);
-        }
-        let (parts, body) = resp.into_parts();
-        let bytes = Limited::new(body, rule.max_body).collect().await.ok();
-        let bytes = bytes.map(|c| c.to_bytes());
+        let confirmed = match headers {
+            Some(h) if resp.status() == http::StatusCode::CONFLICT => {
+                let facts = WriteFacts {
+                    params,
+                    request: request.clone(),
+                    response: None,
+                };
+                self.confirm(rule, &facts, h, remote).await
+            }
+            _ => None,
+        };
+        let (parts, bytes) = match confirmed {
+            Some(done) => done,
+            None if !rule.applies_to(resp.status()) => return resp.map(Either::Right),
+            None => {
+                let (parts, body) = resp.into_parts();
+                let bytes = Limited::new(body, rule.max_body).collect().await.ok();
+                (parts, bytes.map(|c| c.to_bytes()))
+            }
+        };
         let facts = WriteFacts {
             params,
             request,
@@ -263,6 +296,28 @@ impl Writer {
             push_unique(&mut plan.names, Name::family(&k));
         }
         plan
+    }
+}
+
+/// Reads a write's body into memory, up to its rule's `max_body`.
+pub async fn buffer(
+    req: Request<ClientBody>,
+    rule: &InvalidateRule,
+) -> Result<Request<Bytes>, Response<Body>> {
+    let (parts, body) = req.into_parts();
+    match Limited::new(body, rule.max_body).collect().await {
+        Ok(c) => Ok(Request::from_parts(parts, c.to_bytes())),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(problem(&GatewayError::BodyTooLarge(rule.max_body)))
+        }
+        Err(e) => {
+            let fault = e.downcast_ref::<ClientBodyError>();
+            let err = fault.map_or_else(
+                || GatewayError::BadBody(error_chain(&*e)),
+                |f| f.to_gateway(),
+            );
+            Err(problem(&err))
+        }
     }
 }
 
