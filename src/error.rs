@@ -65,6 +65,15 @@ pub enum GatewayError {
     /// The operations' records are in Redis, and Redis did not answer.
     #[error("operation records cannot be read now: {0}")]
     OperationsUnavailable(String),
+    /// Events to a caller with credentials: the lists they describe are shared only
+    /// between callers without them.
+    #[error(
+        "events are not sent to requests with Authorization or Cookie: the lists they describe are not shared with them"
+    )]
+    EventsForbidden,
+    /// The event stream is in Redis, and Redis is not there.
+    #[error("events cannot be streamed now: {0}")]
+    EventsUnavailable(String),
 }
 
 impl GatewayError {
@@ -79,12 +88,13 @@ impl GatewayError {
                 StatusCode::BAD_REQUEST
             }
             Self::OperationNotFound(_) => StatusCode::NOT_FOUND,
+            Self::EventsForbidden => StatusCode::FORBIDDEN,
             Self::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::UnsupportedCoding(_) => StatusCode::NOT_IMPLEMENTED,
-            Self::TooManyConnections(_) | Self::OperationsUnavailable(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Self::TooManyConnections(_)
+            | Self::OperationsUnavailable(_)
+            | Self::EventsUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -105,6 +115,8 @@ impl GatewayError {
             Self::BadOperationId(_) => "bad-operation-id",
             Self::OperationNotFound(_) => "operation-not-found",
             Self::OperationsUnavailable(_) => "operations-unavailable",
+            Self::EventsForbidden => "events-forbidden",
+            Self::EventsUnavailable(_) => "events-unavailable",
         }
     }
 
@@ -121,10 +133,12 @@ impl GatewayError {
             | Self::UnsupportedCoding(_)
             | Self::BadHost(_)
             | Self::BadOperationId(_)
-            | Self::OperationNotFound(_) => Fault::Client,
-            Self::FetchLost | Self::TooManyConnections(_) | Self::OperationsUnavailable(_) => {
-                Fault::Internal
-            }
+            | Self::OperationNotFound(_)
+            | Self::EventsForbidden => Fault::Client,
+            Self::FetchLost
+            | Self::TooManyConnections(_)
+            | Self::OperationsUnavailable(_)
+            | Self::EventsUnavailable(_) => Fault::Internal,
         }
     }
 
@@ -196,6 +210,12 @@ mod tests {
             ),
             (
                 GatewayError::OperationsUnavailable("down".into()),
+                503,
+                Fault::Internal,
+            ),
+            (GatewayError::EventsForbidden, 403, Fault::Client),
+            (
+                GatewayError::EventsUnavailable("down".into()),
                 503,
                 Fault::Internal,
             ),

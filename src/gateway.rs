@@ -19,6 +19,7 @@ use crate::config::{Config, Overrides};
 use crate::consistency::bus::BusTiming;
 use crate::consistency::{Invalidator, Name};
 use crate::error::GatewayError;
+use crate::events::Events;
 use crate::forward;
 use crate::index::service::{Answerer, Indexes};
 use crate::l1::L1;
@@ -90,6 +91,7 @@ struct Inner {
     invalidator: Invalidator,
     indexes: Indexes,
     operations: Operations,
+    events: Events,
     metrics: Arc<Metrics>,
     draining: std::sync::atomic::AtomicBool,
     /// The route table in force; swapped whole by a reload.
@@ -162,7 +164,9 @@ impl Gateway {
         let upstream = Upstream::new(config.upstream.clone(), &config.timeouts, metrics.clone());
         let pass = Pass::new(upstream);
         let indexes = Indexes::new(&config.routes, l2.as_ref());
-        let operations = Operations::new(l2.as_ref(), config.operations);
+        let events = Events::new(l2.as_ref(), config.events);
+        events.start();
+        let operations = Operations::new(l2.as_ref(), config.operations, events.clone());
         invalidator.set_sink(Arc::new(indexes.clone()));
         indexes.start(&pass, &invalidator);
         let reader = Reader::new(
@@ -179,6 +183,7 @@ impl Gateway {
             invalidator.clone(),
             reader.clone(),
             indexes.clone(),
+            events.clone(),
         );
         let gw = Self {
             inner: Arc::new(Inner {
@@ -197,6 +202,7 @@ impl Gateway {
                 invalidator,
                 indexes,
                 operations,
+                events,
                 config,
             }),
         };
@@ -266,6 +272,13 @@ impl Gateway {
         self.inner
             .draining
             .store(true, std::sync::atomic::Ordering::SeqCst);
+        // Event streams never end by themselves: they would hold the drain to its end.
+        self.inner.events.close();
+    }
+
+    /// The live updates of this instance (`GET /mesgate/events`).
+    pub fn events(&self) -> &Events {
+        &self.inner.events
     }
 
     /// Whether shutdown has begun.

@@ -77,6 +77,7 @@ pub mod consistency;
 pub mod demo;
 pub mod entry;
 pub mod error;
+pub mod events;
 pub mod family;
 pub mod flight;
 pub mod forward;

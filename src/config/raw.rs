@@ -7,6 +7,8 @@
 
 use serde::Deserialize;
 
+pub use super::raw_live::{RawEvents, RawOperations};
+
 /// The whole config file.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -37,9 +39,13 @@ pub struct RawConfig {
     /// Route rules, `[[route]]`. A request no rule matches is forwarded untouched.
     #[serde(default, rename = "route")]
     pub routes: Vec<RawRoute>,
-    /// Asynchronous writes (`Prefer: respond-async`) and their records.
+    /// Asynchronous writes (`Prefer: respond-async`) and their records (fields in
+    /// `raw_live.rs`).
     #[serde(default)]
     pub operations: RawOperations,
+    /// Live updates, `GET /mesgate/events` (fields in `raw_live.rs`).
+    #[serde(default)]
+    pub events: RawEvents,
 }
 
 fn default_listen() -> String {
@@ -135,47 +141,6 @@ fn default_bus_deadline() -> String {
 }
 fn default_cut_off_ttl() -> String {
     "200ms".into()
-}
-
-/// `[operations]`: writes accepted with `202 Accepted` on a route with
-/// `[route.invalidate] async = true` (docs/async-and-events.md). Needs `[redis]`: the
-/// operation is recorded there and executed from a Redis Stream by any instance.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawOperations {
-    /// How long an operation's record (`GET /mesgate/operations/{id}`) is kept after it
-    /// was accepted. Default `1h`.
-    #[serde(default = "default_operations_keep")]
-    pub keep: String,
-    /// How long an operation taken by an instance may go without a sign of life before
-    /// another instance claims it (the taker died). A running operation renews its claim
-    /// three times per period, so it only has to exceed a few Redis round trips. Default
-    /// `10s`.
-    #[serde(default = "default_operations_claim_idle")]
-    pub claim_idle: String,
-    /// The longest `Prefer: wait=N` honoured; a longer wait is cut to this. Default `30s`.
-    #[serde(default = "default_operations_max_wait")]
-    pub max_wait: String,
-}
-
-impl Default for RawOperations {
-    fn default() -> Self {
-        Self {
-            keep: default_operations_keep(),
-            claim_idle: default_operations_claim_idle(),
-            max_wait: default_operations_max_wait(),
-        }
-    }
-}
-
-fn default_operations_keep() -> String {
-    "1h".into()
-}
-fn default_operations_claim_idle() -> String {
-    "10s".into()
-}
-fn default_operations_max_wait() -> String {
-    "30s".into()
 }
 
 /// `[l1]`: the in-process tier.

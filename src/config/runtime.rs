@@ -147,6 +147,19 @@ pub struct InvalidateRule {
     pub async_: bool,
 }
 
+/// Validated `[events]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventsConfig {
+    /// Approximate length of the stream's history.
+    pub history: usize,
+    /// How far one subscriber may fall behind before it is dropped.
+    pub buffer: usize,
+    /// Heartbeat comment interval.
+    pub heartbeat: Duration,
+    /// `retry:` hint.
+    pub retry: Duration,
+}
+
 /// Validated `[operations]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OperationsConfig {

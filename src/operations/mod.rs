@@ -24,6 +24,7 @@ use tracing::warn;
 
 use crate::config::OperationsConfig;
 use crate::error::GatewayError;
+use crate::events::Events;
 use crate::l2::{L2, L2Error};
 use crate::pass::Body;
 pub use prefer::Prefer;
@@ -156,21 +157,23 @@ pub trait Execute: Send + Sync {
 pub struct Operations {
     store: Option<Store>,
     config: OperationsConfig,
+    events: Events,
 }
 
 impl Operations {
     /// Operations in `l2`'s Redis; without Redis, none can be recorded.
-    pub fn new(l2: Option<&L2>, config: OperationsConfig) -> Self {
+    pub fn new(l2: Option<&L2>, config: OperationsConfig, events: Events) -> Self {
         Self {
             store: l2.cloned().map(Store::new),
             config,
+            events,
         }
     }
 
     /// Starts this instance's consumer of the queue; it stops when `exec` is gone.
     pub fn start(&self, exec: Weak<dyn Execute>) {
         if let Some(store) = &self.store {
-            worker::spawn(store.clone(), self.config, exec);
+            worker::spawn(store.clone(), self.config, self.events.clone(), exec);
         }
     }
 

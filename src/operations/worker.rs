@@ -13,6 +13,7 @@ use tracing::{debug, warn};
 use super::store::{GROUP, Start, Store};
 use super::{Execute, Outcome};
 use crate::config::OperationsConfig;
+use crate::events::{Event, Events};
 use crate::l2::L2Error;
 
 /// How long one blocking read waits for new entries (also how soon a worker notices that
@@ -25,14 +26,16 @@ const BATCH: usize = 16;
 /// What every attempt needs.
 struct Ctx {
     store: Store,
+    events: Events,
     consumer: String,
     claim_idle: Duration,
 }
 
 /// Starts the consumer loop in a task of its own.
-pub fn spawn(store: Store, config: OperationsConfig, exec: Weak<dyn Execute>) {
+pub fn spawn(store: Store, config: OperationsConfig, events: Events, exec: Weak<dyn Execute>) {
     let ctx = Arc::new(Ctx {
         store,
+        events,
         consumer: format!("c-{}", &super::new_id()[..16]),
         claim_idle: config.claim_idle,
     });
@@ -186,6 +189,12 @@ async fn attempt(ctx: Arc<Ctx>, exec: Weak<dyn Execute>, entry: String, op: Stri
     match ctx.store.finish(&op, &outcome).await {
         Ok(recorded) => {
             debug!(%op, attempt, status = outcome.status, recorded, "operation finished");
+            if recorded {
+                let state = outcome.state().as_str();
+                let at = format!("{}{op}", super::PATH);
+                let e = Event::operation(&op, state, outcome.status, &outcome.body, &at);
+                ctx.events.publish(e).await;
+            }
             done(&ctx, &entry).await;
         }
         // Left pending: a later attempt finds the write applied (see write::confirm).

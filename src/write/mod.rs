@@ -23,6 +23,7 @@ use crate::consistency::bus::Delta;
 use crate::consistency::names::push_unique;
 use crate::consistency::{Name, Point, WriteMark};
 use crate::error::GatewayError;
+use crate::events::{Event, Events};
 use crate::family::{Source, json_field};
 use crate::index::service::Indexes;
 use crate::pass::{Body, Pass};
@@ -38,6 +39,7 @@ pub struct Writer {
     reader: Reader,
     refresher: Refresher,
     indexes: Indexes,
+    events: Events,
 }
 
 /// What one successful write invalidates.
@@ -76,8 +78,15 @@ impl WriteFacts<'_> {
 impl Writer {
     /// A write path forwarding through `pass`, invalidating through `invalidator`, and
     /// refreshing through `reader`.
-    pub fn new(pass: Pass, invalidator: Invalidator, reader: Reader, indexes: Indexes) -> Self {
+    pub fn new(
+        pass: Pass,
+        invalidator: Invalidator,
+        reader: Reader,
+        indexes: Indexes,
+        events: Events,
+    ) -> Self {
         Self {
+            events,
             pass,
             invalidator,
             refresher: Refresher::new(reader.clone()),
@@ -242,6 +251,16 @@ impl Writer {
                 self.refresher.install(fetched, moved)
             })
             .await;
+        }
+        // In the stream before the answer leaves: a client that saw the answer and then
+        // subscribes with an earlier id is sure to be told.
+        let previous = match &applied {
+            Some(crate::index::Applied::Moved { from }) => Some(from.as_ref()),
+            _ => None,
+        };
+        let event = bytes.as_ref().filter(|_| !outdated);
+        if let Some(e) = event.and_then(|b| Event::order(b, created, previous)) {
+            self.events.publish(e).await;
         }
         match bytes {
             Some(b) => Response::from_parts(parts, Either::Left(Full::new(b))),
