@@ -12,6 +12,11 @@
 //! - [`write`]: the write path: forward detached, plan the invalidation, apply it; refresh
 //!   on write in `write::refresh` (handed the read path).
 //! - [`pass`]: pass-through to the MES, and answers marked as a bypass.
+//! - [`operations`]: asynchronous writes (`Prefer: respond-async`): recorded in Redis,
+//!   answered `202`, executed from a Redis Stream by any instance through the write path
+//!   (`operations::worker`), records in `operations::store`.
+//! - [`events`]: live updates at `GET /mesgate/events` (Server-Sent Events): what writes
+//!   changed and operation outcomes, from a Redis Stream; one subscriber in `events::sse`.
 //!
 //! Keeping answers true:
 //!

@@ -18,8 +18,11 @@ use crate::l2::{L2, L2Error};
 pub const GROUP: &str = "mesgate";
 
 /// Records the operation and queues it, in one step: the 202 leaves only after both.
+/// The queue and its group are made by the first operation (`pcall`: a group that exists
+/// is fine), so a deployment that never writes asynchronously has no key for them.
 /// KEYS: record, queue. ARGV: keep ms, id, then the record's field/value pairs.
 const RECORD: &str = r"
+redis.pcall('XGROUP', 'CREATE', KEYS[2], 'mesgate', '0', 'MKSTREAM')
 redis.call('HSET', KEYS[1], unpack(ARGV, 3))
 redis.call('PEXPIRE', KEYS[1], ARGV[1])
 return redis.call('XADD', KEYS[2], '*', 'op', ARGV[2])

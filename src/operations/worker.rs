@@ -70,6 +70,7 @@ async fn run(ctx: Arc<Ctx>, exec: Weak<dyn Execute>) {
                     tokio::spawn(attempt(ctx.clone(), exec.clone(), entry, op));
                 }
             }
+            Err(e) if no_queue_yet(&e) => tokio::time::sleep(BLOCK).await,
             Err(e) => {
                 warn!(error = %e, tier = "shared", "operations queue read failed");
                 conn = None;
@@ -79,22 +80,15 @@ async fn run(ctx: Arc<Ctx>, exec: Weak<dyn Execute>) {
     }
 }
 
-/// A connection with the group made (from the queue's start: entries queued before any
-/// consumer existed are delivered too).
+/// A connection of its own (the blocking read would hold up every other command).
 async fn connect(ctx: &Ctx) -> Result<redis::aio::MultiplexedConnection, L2Error> {
-    let mut c = ctx.store.l2().dedicated(BLOCK).await?;
-    let made: redis::RedisResult<()> = redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg(ctx.store.queue_key())
-        .arg(GROUP)
-        .arg("0")
-        .arg("MKSTREAM")
-        .query_async(&mut c)
-        .await;
-    match made {
-        Err(e) if e.code() != Some("BUSYGROUP") => Err(e.into()),
-        _ => Ok(c),
-    }
+    ctx.store.l2().dedicated(BLOCK).await
+}
+
+/// Whether `e` only says that no operation was ever queued (the first one makes the
+/// queue and its group).
+fn no_queue_yet(e: &L2Error) -> bool {
+    matches!(e, L2Error::Redis(r) if r.code() == Some("NOGROUP"))
 }
 
 async fn read_new(
