@@ -55,6 +55,25 @@ pub enum GatewayError {
     /// All `limits.max_connections` connections are in the middle of a request.
     #[error("all {0} connections are busy; try again")]
     TooManyConnections(usize),
+    /// `GET /mesgate/operations/{id}` with an id mesgate never gives out.
+    #[error("{0:?} is not an operation id (32 lowercase hex digits)")]
+    BadOperationId(String),
+    /// No record of that operation: never accepted, or its record expired
+    /// (`operations.keep`).
+    #[error("no operation {0} (unknown, or its record expired)")]
+    OperationNotFound(String),
+    /// The operations' records are in Redis, and Redis did not answer.
+    #[error("operation records cannot be read now: {0}")]
+    OperationsUnavailable(String),
+    /// Events to a caller with credentials: the lists they describe are shared only
+    /// between callers without them.
+    #[error(
+        "events are not sent to requests with Authorization or Cookie: the lists they describe are not shared with them"
+    )]
+    EventsForbidden,
+    /// The event stream is in Redis, and Redis is not there.
+    #[error("events cannot be streamed now: {0}")]
+    EventsUnavailable(String),
 }
 
 impl GatewayError {
@@ -65,11 +84,17 @@ impl GatewayError {
                 StatusCode::BAD_GATEWAY
             }
             Self::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            Self::BadTarget(_) | Self::BadBody(_) | Self::BadHost(_) => StatusCode::BAD_REQUEST,
+            Self::BadTarget(_) | Self::BadBody(_) | Self::BadHost(_) | Self::BadOperationId(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            Self::OperationNotFound(_) => StatusCode::NOT_FOUND,
+            Self::EventsForbidden => StatusCode::FORBIDDEN,
             Self::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::UnsupportedCoding(_) => StatusCode::NOT_IMPLEMENTED,
-            Self::TooManyConnections(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::TooManyConnections(_)
+            | Self::OperationsUnavailable(_)
+            | Self::EventsUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -87,6 +112,11 @@ impl GatewayError {
             Self::UnsupportedCoding(_) => "unsupported-transfer-coding",
             Self::BadHost(_) => "bad-host",
             Self::TooManyConnections(_) => "too-many-connections",
+            Self::BadOperationId(_) => "bad-operation-id",
+            Self::OperationNotFound(_) => "operation-not-found",
+            Self::OperationsUnavailable(_) => "operations-unavailable",
+            Self::EventsForbidden => "events-forbidden",
+            Self::EventsUnavailable(_) => "events-unavailable",
         }
     }
 
@@ -101,8 +131,14 @@ impl GatewayError {
             | Self::BadBody(_)
             | Self::BodyTimeout(_)
             | Self::UnsupportedCoding(_)
-            | Self::BadHost(_) => Fault::Client,
-            Self::FetchLost | Self::TooManyConnections(_) => Fault::Internal,
+            | Self::BadHost(_)
+            | Self::BadOperationId(_)
+            | Self::OperationNotFound(_)
+            | Self::EventsForbidden => Fault::Client,
+            Self::FetchLost
+            | Self::TooManyConnections(_)
+            | Self::OperationsUnavailable(_)
+            | Self::EventsUnavailable(_) => Fault::Internal,
         }
     }
 
@@ -166,6 +202,23 @@ mod tests {
             ),
             (GatewayError::BadHost("no Host"), 400, Fault::Client),
             (GatewayError::TooManyConnections(96), 503, Fault::Internal),
+            (GatewayError::BadOperationId("x".into()), 400, Fault::Client),
+            (
+                GatewayError::OperationNotFound("ab".into()),
+                404,
+                Fault::Client,
+            ),
+            (
+                GatewayError::OperationsUnavailable("down".into()),
+                503,
+                Fault::Internal,
+            ),
+            (GatewayError::EventsForbidden, 403, Fault::Client),
+            (
+                GatewayError::EventsUnavailable("down".into()),
+                503,
+                Fault::Internal,
+            ),
         ];
         for (err, status, fault) in rows {
             assert_eq!(err.fault(), fault);

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use http::{Method, Request, Response};
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::client_body::ClientBody;
 use crate::clock::Clock;
@@ -19,11 +19,14 @@ use crate::config::route::RouteTable;
 use crate::config::{Config, Overrides};
 use crate::consistency::bus::BusTiming;
 use crate::consistency::{Invalidator, Name};
+use crate::error::GatewayError;
+use crate::events::Events;
 use crate::forward;
 use crate::index::service::{Answerer, Indexes};
 use crate::l1::L1;
 use crate::l2::L2;
 use crate::metrics::{self, Metrics, RouteLabel, RouteRequests, Snapshot};
+use crate::operations::{self, Execute, Operations, Outcome, Prefer, StoredRequest};
 use crate::outcome::CacheOutcome;
 use crate::pass::{Body, Pass, RouteTimeout, problem};
 use crate::read::Reader;
@@ -89,6 +92,8 @@ struct Inner {
     pass: Pass,
     invalidator: Invalidator,
     indexes: Indexes,
+    operations: Operations,
+    events: Events,
     metrics: Arc<Metrics>,
     draining: std::sync::atomic::AtomicBool,
     /// The route table in force; swapped whole by a reload.
@@ -161,6 +166,9 @@ impl Gateway {
         let upstream = Upstream::new(config.upstream.clone(), &config.timeouts, metrics.clone());
         let pass = Pass::new(upstream);
         let indexes = Indexes::new(&config.routes, l2.as_ref());
+        let events = Events::new(l2.as_ref(), config.events);
+        events.start();
+        let operations = Operations::new(l2.as_ref(), config.operations, events.clone());
         invalidator.set_sink(Arc::new(indexes.clone()));
         indexes.start(&pass, &invalidator);
         let has_compute = config.routes.routes().iter().any(|r| r.compute.is_some());
@@ -186,8 +194,9 @@ impl Gateway {
             invalidator.clone(),
             reader.clone(),
             indexes.clone(),
+            events.clone(),
         );
-        Ok(Self {
+        let gw = Self {
             inner: Arc::new(Inner {
                 routes: ArcSwap::from_pointee(Routing::new(
                     config.routes.clone(),
@@ -204,9 +213,16 @@ impl Gateway {
                 pass,
                 invalidator,
                 indexes,
+                operations,
+                events,
                 config,
             }),
-        })
+        };
+        // Weak: the consumer stops with the gateway instead of keeping it alive.
+        let weak: std::sync::Weak<Inner> = Arc::downgrade(&gw.inner);
+        let exec: std::sync::Weak<dyn Execute> = weak;
+        gw.inner.operations.start(exec);
+        Ok(gw)
     }
 
     /// Remembers where the config came from, so `reload` (SIGHUP, `POST /admin/reload`)
@@ -268,6 +284,13 @@ impl Gateway {
         self.inner
             .draining
             .store(true, std::sync::atomic::Ordering::SeqCst);
+        // Event streams never end by themselves: they would hold the drain to its end.
+        self.inner.events.close();
+    }
+
+    /// The live updates of this instance (`GET /mesgate/events`).
+    pub fn events(&self) -> &Events {
+        &self.inner.events
     }
 
     /// Whether shutdown has begun.
@@ -363,6 +386,12 @@ impl Gateway {
         if let Some(e) = forward::refusal(req.version(), req.headers()) {
             return (problem(&e), routing.unmatched.clone(), FORWARD);
         }
+        if let Some(id) = req.uri().path().strip_prefix(operations::PATH)
+            && is_read(req.method())
+        {
+            let resp = self.inner.operations.read(id).await;
+            return (resp, routing.unmatched.clone(), FORWARD);
+        }
         let Some(m) = routing.table.find(req.method(), req.uri().path()) else {
             req.extensions_mut()
                 .insert(RouteLabel(metrics::unmatched()));
@@ -396,12 +425,48 @@ impl Gateway {
             return (resp, name, outcome.map_or(FORWARD, CacheOutcome::as_str));
         }
         match &route.invalidate {
+            Some(rule) if rule.async_ && Prefer::parse(req.headers()).is_async() => {
+                let prefer = Prefer::parse(req.headers());
+                let resp = self.accept(req, remote, rule, params.pairs, prefer).await;
+                (resp, name, "async")
+            }
             Some(rule) => {
                 let writer = &self.inner.writer;
                 let resp = writer.write(req, remote, rule.clone(), params.pairs).await;
                 (resp, name, "write")
             }
             None => (pass.pass(req, remote).await, name, FORWARD),
+        }
+    }
+
+    /// An asynchronous write: recorded and queued, then answered `202 Accepted` (or the
+    /// MES's answer, within `Prefer: wait`). One that cannot be recorded durably (no
+    /// Redis, Redis down) is answered synchronously instead, which the client sees by the
+    /// missing `Preference-Applied`.
+    async fn accept(
+        &self,
+        req: Request<ClientBody>,
+        remote: SocketAddr,
+        rule: &Arc<crate::config::InvalidateRule>,
+        params: Vec<(String, String)>,
+        prefer: Prefer,
+    ) -> Response<Body> {
+        let mut req = match crate::write::buffer(req, rule).await {
+            Ok(r) => r,
+            Err(resp) => return resp,
+        };
+        let ops = &self.inner.operations;
+        let stored = StoredRequest::from_request(&req, remote);
+        match ops.accept(&stored).await {
+            Ok(id) => ops.answer(&id, prefer.wait).await,
+            Err(e) => {
+                warn!(error = %e, tier = "shared", "operation not recorded; answered synchronously");
+                req.headers_mut().remove("prefer");
+                let writer = &self.inner.writer;
+                writer
+                    .write_buffered(req, remote, rule.clone(), params)
+                    .await
+            }
         }
     }
 
@@ -417,6 +482,70 @@ impl Gateway {
             mes_unreachable: self.inner.pass.upstream().unreachable(),
             indexes: self.inner.indexes.reports(),
             compute: self.inner.computer.stats(),
+        }
+    }
+}
+
+impl Execute for Inner {
+    fn execute(
+        &self,
+        stored: StoredRequest,
+        retried: bool,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Outcome> + Send + '_>> {
+        Box::pin(async move {
+            let Some((mut req, remote)) = stored.to_request() else {
+                let e = GatewayError::BadTarget(format!("recorded target {:?}", stored.target));
+                return outcome(problem(&e)).await;
+            };
+            let routing = self.routes.load_full();
+            let found = routing
+                .table
+                .find(req.method(), req.uri().path())
+                .and_then(|m| {
+                    let rule = m.route.invalidate.clone()?;
+                    let params = m.route.path.resolve(&m.params).pairs;
+                    Some((rule, params, m.route.name.clone(), m.route.response_timeout))
+                });
+            // The config was reloaded since it was accepted, and no write rule takes it.
+            let Some((rule, params, name, timeout)) = found else {
+                let e = GatewayError::BadTarget("no write route takes it any more".into());
+                return outcome(problem(&e)).await;
+            };
+            req.extensions_mut().insert(RouteLabel(name));
+            if let Some(t) = timeout {
+                req.extensions_mut().insert(RouteTimeout(t));
+            }
+            let resp = self
+                .writer
+                .execute(req, remote, &rule, &params, retried)
+                .await;
+            outcome(resp).await
+        })
+    }
+}
+
+/// The answer an operation records (bodies up to 8 MiB; a longer one is recorded as a
+/// failure to read it).
+async fn outcome(resp: Response<Body>) -> Outcome {
+    use http_body_util::BodyExt;
+    let (parts, body) = resp.into_parts();
+    let content_type = parts.headers.get(http::header::CONTENT_TYPE);
+    let content_type = content_type
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    match http_body_util::Limited::new(body, 8 << 20).collect().await {
+        Ok(c) => Outcome {
+            status: parts.status.as_u16(),
+            content_type,
+            body: c.to_bytes(),
+        },
+        Err(e) => {
+            let e = GatewayError::UpstreamProtocol(crate::upstream::error_chain(&*e));
+            Outcome {
+                status: e.status().as_u16(),
+                content_type: Some("application/problem+json".into()),
+                body: bytes::Bytes::from(e.to_string()),
+            }
         }
     }
 }

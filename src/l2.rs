@@ -486,6 +486,26 @@ impl L2 {
             .map(drop)
     }
 
+    /// A connection of its own (for a blocking read, which would hold up every other
+    /// command on the shared one), answering within `wait` plus the op timeout.
+    pub(crate) async fn dedicated(
+        &self,
+        wait: Duration,
+    ) -> Result<redis::aio::MultiplexedConnection, L2Error> {
+        let cfg = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.connect_timeout))
+            .set_response_timeout(Some(wait + self.op_timeout));
+        let client = self
+            .endpoints
+            .current()
+            .ok_or(L2Error::NoMaster)?
+            .client
+            .clone();
+        Ok(client
+            .get_multiplexed_async_connection_with_config(&cfg)
+            .await?)
+    }
+
     /// The key prefix (other Redis users of this deployment, such as the status index's
     /// copy, build their keys under it).
     pub fn prefix(&self) -> &str {

@@ -15,6 +15,11 @@
 //! - [`compute`]: the compute path (a POST declared a pure computation, the price
 //!   calculation): one computation per key across instances (a lease in Redis), results
 //!   kept in both tiers; keys in `compute::canon`, Redis in `compute::shared`.
+//! - [`operations`]: asynchronous writes (`Prefer: respond-async`): recorded in Redis,
+//!   answered `202`, executed from a Redis Stream by any instance through the write path
+//!   (`operations::worker`), records in `operations::store`.
+//! - [`events`]: live updates at `GET /mesgate/events` (Server-Sent Events): what writes
+//!   changed and operation outcomes, from a Redis Stream; one subscriber in `events::sse`.
 //!
 //! Keeping answers true:
 //!
@@ -83,6 +88,7 @@ pub mod consistency;
 pub mod demo;
 pub mod entry;
 pub mod error;
+pub mod events;
 pub mod family;
 pub mod flight;
 pub mod forward;
@@ -92,6 +98,7 @@ pub mod key;
 pub mod l1;
 pub mod l2;
 pub mod metrics;
+pub mod operations;
 pub mod outcome;
 pub mod pass;
 pub mod read;

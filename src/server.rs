@@ -2,7 +2,8 @@
 //! closing idle connections, the connection cap with its refusal, backoff when accept
 //! fails, and graceful shutdown.
 //!
-//! It knows nothing of caching; every request goes to [`crate::gateway::Gateway::handle`].
+//! It knows nothing of caching; every request goes to [`crate::gateway::Gateway::handle`],
+//! except event streams ([`crate::events::Events::subscribe`]: a body of their own).
 //! Which connection is idle and which makes way at the cap is [`crate::connections`]'.
 
 use std::convert::Infallible;
@@ -15,6 +16,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body_util::Either;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -148,7 +150,16 @@ fn serve(
         let busy = activity.begin();
         let req = req.map(|b| ClientBody::new(b, timeouts.client_body));
         async move {
-            let resp = gateway.handle(req, remote).await;
+            // Event streams have a body of their own (open-ended), so they are answered
+            // here, beside the gateway's one `Body` type.
+            let resp =
+                if req.uri().path() == crate::events::PATH && req.method() == http::Method::GET {
+                    let (headers, query) = (req.headers(), req.uri().query());
+                    let events = gateway.events().subscribe(headers, query).await;
+                    events.map(Either::Right)
+                } else {
+                    gateway.handle(req, remote).await.map(Either::Left)
+                };
             Ok::<_, Infallible>(resp.map(|body| Tracked { body, _busy: busy }))
         }
     });
@@ -216,7 +227,7 @@ fn refuse(mut stream: TcpStream, cap: usize, refusals: &Arc<Semaphore>) {
 
 /// An answer's body that keeps its connection marked busy until it is sent (or dropped).
 struct Tracked {
-    body: Body,
+    body: Either<Body, crate::events::sse::EventBody>,
     _busy: Busy,
 }
 

@@ -336,3 +336,11 @@ fn check_config_rejects_what_cannot_run_and_warns_of_an_open_admin() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn bad_operations_setting_names_its_path() {
+    let config = format!("{VALID}\n[operations]\nclaim_idle = \"0s\"\n");
+    assert_rejected("operations-claim-idle", &config, "operations.claim_idle");
+    let config = format!("{VALID}\n[operations]\nkeep = \"forever\"\n");
+    assert_rejected("operations-keep", &config, "operations.keep");
+}

@@ -21,6 +21,7 @@ use runtime::describe_route;
 mod compute;
 mod parse;
 mod raw;
+mod raw_live;
 pub mod route;
 mod runtime;
 mod validate;
@@ -30,13 +31,13 @@ mod validate_route;
 pub use compute::ComputeRule;
 pub use parse::{parse_duration, parse_size};
 pub use raw::{
-    CredentialPolicy, LogConfig, LogFormat, RawAdmin, RawCache, RawCompute, RawConfig, RawIndex,
-    RawInvalidate, RawL1, RawLimits, RawMembers, RawRedis, RawRoute, RawSize, RawTimeouts,
-    UnknownQuery,
+    CredentialPolicy, LogConfig, LogFormat, RawAdmin, RawCache, RawCompute, RawConfig, RawEvents,
+    RawIndex, RawInvalidate, RawL1, RawLimits, RawMembers, RawOperations, RawRedis, RawRoute,
+    RawSize, RawTimeouts, UnknownQuery,
 };
 pub use runtime::{
-    AnswerPath, CachePolicy, IndexRule, InvalidateRule, Limits, Members, QueryParam, RedisConfig,
-    RedisTopology, Timeouts, UpstreamTarget,
+    AnswerPath, CachePolicy, EventsConfig, IndexRule, InvalidateRule, Limits, Members,
+    OperationsConfig, QueryParam, RedisConfig, RedisTopology, Timeouts, UpstreamTarget,
 };
 
 /// Why a config was rejected. Every variant names where.
@@ -98,6 +99,10 @@ pub struct Config {
     pub routes: Arc<RouteTable>,
     /// Logging.
     pub log: LogConfig,
+    /// Asynchronous writes.
+    pub operations: OperationsConfig,
+    /// Live updates.
+    pub events: EventsConfig,
 }
 
 /// Values that the environment (or CLI) puts over the file, for containers.

@@ -7,6 +7,8 @@
 
 use serde::Deserialize;
 
+pub use super::raw_live::{RawEvents, RawOperations};
+
 /// The whole config file.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -37,6 +39,13 @@ pub struct RawConfig {
     /// Route rules, `[[route]]`. A request no rule matches is forwarded untouched.
     #[serde(default, rename = "route")]
     pub routes: Vec<RawRoute>,
+    /// Asynchronous writes (`Prefer: respond-async`) and their records (fields in
+    /// `raw_live.rs`).
+    #[serde(default)]
+    pub operations: RawOperations,
+    /// Live updates, `GET /mesgate/events` (fields in `raw_live.rs`).
+    #[serde(default)]
+    pub events: RawEvents,
 }
 
 fn default_listen() -> String {
@@ -465,6 +474,12 @@ pub struct RawInvalidate {
     /// the entity's new state (a status change, a create), applied to the index at once.
     #[serde(default)]
     pub index: Option<String>,
+    /// Accept this write asynchronously when the client asks (`Prefer: respond-async`, or
+    /// `Prefer: wait=N`): `202 Accepted` with `Location: /mesgate/operations/{id}`, the
+    /// write executed from a durable queue in Redis (see `[operations]`). Without `Prefer`
+    /// the write is synchronous as ever. Default `false`.
+    #[serde(default, rename = "async")]
+    pub async_: bool,
 }
 
 /// `[route.index]`: a newest-first index per partition (status) of a list route, with the

@@ -160,6 +160,32 @@ pub struct InvalidateRule {
     pub index: Option<Arc<String>>,
     /// The GET path whose answer the write's answer is (see `RawInvalidate::represents`).
     pub represents: Option<AnswerPath>,
+    /// Whether the write may be accepted asynchronously (`RawInvalidate::async_`).
+    pub async_: bool,
+}
+
+/// Validated `[events]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventsConfig {
+    /// Approximate length of the stream's history.
+    pub history: usize,
+    /// How far one subscriber may fall behind before it is dropped.
+    pub buffer: usize,
+    /// Heartbeat comment interval.
+    pub heartbeat: Duration,
+    /// `retry:` hint.
+    pub retry: Duration,
+}
+
+/// Validated `[operations]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OperationsConfig {
+    /// How long an operation's record is kept.
+    pub keep: Duration,
+    /// Idle time after which another instance claims a taken operation.
+    pub claim_idle: Duration,
+    /// The longest `Prefer: wait` honoured.
+    pub max_wait: Duration,
 }
 
 /// A GET path rendered from a write's facts: one template per segment.

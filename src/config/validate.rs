@@ -13,8 +13,9 @@ use http::Uri;
 use super::parse::{parse_duration, parse_size};
 use super::validate_route::validate_routes;
 use super::{
-    Config, ConfigError, Limits, LogConfig, RawConfig, RawL1, RawLimits, RawRedis, RawTimeouts,
-    RedisConfig, RedisTopology, Timeouts, UpstreamTarget, invalid,
+    Config, ConfigError, EventsConfig, Limits, LogConfig, OperationsConfig, RawConfig, RawEvents,
+    RawL1, RawLimits, RawOperations, RawRedis, RawTimeouts, RedisConfig, RedisTopology, Timeouts,
+    UpstreamTarget, invalid,
 };
 
 fn parse_addr(path: &str, value: &str) -> Result<SocketAddr, ConfigError> {
@@ -48,6 +49,46 @@ impl RawConfig {
             limits: self.limits.validate()?,
             routes: Arc::new(validate_routes(self.routes)?),
             log: validate_log(self.log)?,
+            operations: self.operations.validate()?,
+            events: self.events.validate()?,
+        })
+    }
+}
+
+impl RawEvents {
+    fn validate(self) -> Result<EventsConfig, ConfigError> {
+        if self.history == 0 {
+            return Err(invalid("events.history", "must be at least 1"));
+        }
+        if self.buffer == 0 {
+            return Err(invalid("events.buffer", "must be at least 1"));
+        }
+        let heartbeat = parse_duration("events.heartbeat", &self.heartbeat)?;
+        if heartbeat.is_zero() {
+            return Err(invalid("events.heartbeat", "must be more than 0"));
+        }
+        Ok(EventsConfig {
+            history: self.history,
+            buffer: self.buffer,
+            heartbeat,
+            retry: parse_duration("events.retry", &self.retry)?,
+        })
+    }
+}
+
+impl RawOperations {
+    fn validate(self) -> Result<OperationsConfig, ConfigError> {
+        let positive = |at: &str, v: &str| {
+            let d = parse_duration(at, v)?;
+            if d.is_zero() {
+                return Err(invalid(at, "must be more than 0"));
+            }
+            Ok(d)
+        };
+        Ok(OperationsConfig {
+            keep: positive("operations.keep", &self.keep)?,
+            claim_idle: positive("operations.claim_idle", &self.claim_idle)?,
+            max_wait: parse_duration("operations.max_wait", &self.max_wait)?,
         })
     }
 }

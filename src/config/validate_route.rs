@@ -499,6 +499,7 @@ impl RawInvalidate {
                 .as_deref()
                 .map(|text| answer_path(&format!("{at}.represents"), text, path))
                 .transpose()?,
+            async_: self.async_,
         })
     }
 }

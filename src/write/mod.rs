@@ -3,6 +3,7 @@
 //!
 //! It plans; applying (L1, Redis, bus, retries) is [`crate::consistency`]'s.
 
+mod confirm;
 pub mod refresh;
 
 use std::net::SocketAddr;
@@ -22,6 +23,7 @@ use crate::consistency::bus::Delta;
 use crate::consistency::names::push_unique;
 use crate::consistency::{Name, Point, WriteMark};
 use crate::error::GatewayError;
+use crate::events::{Event, Events};
 use crate::family::{Source, json_field};
 use crate::index::service::Indexes;
 use crate::pass::{Body, Pass};
@@ -37,6 +39,7 @@ pub struct Writer {
     reader: Reader,
     refresher: Refresher,
     indexes: Indexes,
+    events: Events,
 }
 
 /// What one successful write invalidates.
@@ -75,8 +78,15 @@ impl WriteFacts<'_> {
 impl Writer {
     /// A write path forwarding through `pass`, invalidating through `invalidator`, and
     /// refreshing through `reader`.
-    pub fn new(pass: Pass, invalidator: Invalidator, reader: Reader, indexes: Indexes) -> Self {
+    pub fn new(
+        pass: Pass,
+        invalidator: Invalidator,
+        reader: Reader,
+        indexes: Indexes,
+        events: Events,
+    ) -> Self {
         Self {
+            events,
             pass,
             invalidator,
             refresher: Refresher::new(reader.clone()),
@@ -94,29 +104,44 @@ impl Writer {
         rule: Arc<InvalidateRule>,
         params: Vec<(String, String)>,
     ) -> Response<Body> {
-        let (parts, body) = req.into_parts();
-        let body = match Limited::new(body, rule.max_body).collect().await {
-            Ok(c) => c.to_bytes(),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-                return problem(&GatewayError::BodyTooLarge(rule.max_body));
-            }
-            Err(e) => {
-                let fault = e.downcast_ref::<ClientBodyError>();
-                let err = fault.map_or_else(
-                    || GatewayError::BadBody(error_chain(&*e)),
-                    |f| f.to_gateway(),
-                );
-                return problem(&err);
-            }
-        };
+        match buffer(req, &rule).await {
+            Ok(req) => self.write_buffered(req, remote, rule, params).await,
+            Err(resp) => resp,
+        }
+    }
+
+    /// [`Writer::write`] of a request whose body is already buffered (an asynchronous
+    /// write that could not be recorded is answered this way).
+    pub async fn write_buffered(
+        &self,
+        req: Request<Bytes>,
+        remote: SocketAddr,
+        rule: Arc<InvalidateRule>,
+        params: Vec<(String, String)>,
+    ) -> Response<Body> {
         let gw = self.clone();
         let (tx, rx) = oneshot::channel();
         tokio::spawn(async move {
-            let req = Request::from_parts(parts, body);
-            let _ = tx.send(gw.write_detached(req, remote, &rule, &params).await);
+            let _ = tx.send(gw.write_detached(req, remote, &rule, &params, false).await);
         });
         rx.await
             .unwrap_or_else(|_| problem(&GatewayError::FetchLost))
+    }
+
+    /// Executes an accepted operation's write: exactly the synchronous path (forward,
+    /// index move, invalidation, before it returns). `retried`: an earlier attempt may
+    /// have reached the MES, so a conflict is checked against the entity's state
+    /// ([`Writer::confirm`]).
+    pub async fn execute(
+        &self,
+        req: Request<Bytes>,
+        remote: SocketAddr,
+        rule: &InvalidateRule,
+        params: &[(String, String)],
+        retried: bool,
+    ) -> Response<Body> {
+        self.write_detached(req, remote, rule, params, retried)
+            .await
     }
 
     async fn write_detached(
@@ -125,8 +150,11 @@ impl Writer {
         remote: SocketAddr,
         rule: &InvalidateRule,
         params: &[(String, String)],
+        retried: bool,
     ) -> Response<Body> {
-        let request = serde_json::from_slice(req.body()).ok();
+        let request: Option<Value> = serde_json::from_slice(req.body()).ok();
+        // Kept for the check of a retried write's conflict (it reads the entity with them).
+        let headers = retried.then(|| req.headers().clone());
         let req = req.map(|b| Either::Right(Full::new(b)));
         let index = rule
             .index
@@ -142,12 +170,26 @@ impl Writer {
                 return problem(&e);
             }
         };
-        if !rule.applies_to(resp.status()) {
-            return resp.map(Either::Right);
-        }
-        let (parts, body) = resp.into_parts();
-        let bytes = Limited::new(body, rule.max_body).collect().await.ok();
-        let bytes = bytes.map(|c| c.to_bytes());
+        let confirmed = match headers {
+            Some(h) if resp.status() == http::StatusCode::CONFLICT => {
+                let facts = WriteFacts {
+                    params,
+                    request: request.clone(),
+                    response: None,
+                };
+                self.confirm(rule, &facts, h, remote).await
+            }
+            _ => None,
+        };
+        let (parts, bytes) = match confirmed {
+            Some(done) => done,
+            None if !rule.applies_to(resp.status()) => return resp.map(Either::Right),
+            None => {
+                let (parts, body) = resp.into_parts();
+                let bytes = Limited::new(body, rule.max_body).collect().await.ok();
+                (parts, bytes.map(|c| c.to_bytes()))
+            }
+        };
         let facts = WriteFacts {
             params,
             request,
@@ -210,6 +252,16 @@ impl Writer {
             })
             .await;
         }
+        // In the stream before the answer leaves: a client that saw the answer and then
+        // subscribes with an earlier id is sure to be told.
+        let previous = match &applied {
+            Some(crate::index::Applied::Moved { from }) => Some(from.as_ref()),
+            _ => None,
+        };
+        let event = bytes.as_ref().filter(|_| !outdated);
+        if let Some(e) = event.and_then(|b| Event::order(b, created, previous)) {
+            self.events.publish(e).await;
+        }
         match bytes {
             Some(b) => Response::from_parts(parts, Either::Left(Full::new(b))),
             None => problem(&GatewayError::UpstreamProtocol(
@@ -263,6 +315,28 @@ impl Writer {
             push_unique(&mut plan.names, Name::family(&k));
         }
         plan
+    }
+}
+
+/// Reads a write's body into memory, up to its rule's `max_body`.
+pub async fn buffer(
+    req: Request<ClientBody>,
+    rule: &InvalidateRule,
+) -> Result<Request<Bytes>, Response<Body>> {
+    let (parts, body) = req.into_parts();
+    match Limited::new(body, rule.max_body).collect().await {
+        Ok(c) => Ok(Request::from_parts(parts, c.to_bytes())),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(problem(&GatewayError::BodyTooLarge(rule.max_body)))
+        }
+        Err(e) => {
+            let fault = e.downcast_ref::<ClientBodyError>();
+            let err = fault.map_or_else(
+                || GatewayError::BadBody(error_chain(&*e)),
+                |f| f.to_gateway(),
+            );
+            Err(problem(&err))
+        }
     }
 }
 

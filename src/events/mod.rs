@@ -1,0 +1,381 @@
+//! Live updates: `order` and `operation` events appended to a Redis Stream (bounded
+//! history), read by one reader per instance and fanned out to its subscribers of
+//! `GET /mesgate/events` (Server-Sent Events).
+//!
+//! It owns the events (what is published, the stream, the fan-out); the SSE framing of
+//! one subscriber is [`sse`]'s. It does not decide what a write changed: the write path
+//! ([`crate::write`]) and the operations ([`crate::operations`]) publish.
+
+pub mod sse;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use redis::Value;
+use tokio::sync::broadcast;
+use tracing::{debug, warn};
+
+use crate::config::EventsConfig;
+use crate::l2::{L2, L2Error};
+
+/// Where events are served.
+pub const PATH: &str = "/mesgate/events";
+
+/// How long one blocking read of the stream waits (also how soon a reader notices that
+/// its gateway is gone).
+const BLOCK: Duration = Duration::from_millis(1000);
+
+/// One event, as published and as read back.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Event {
+    /// The stream id (`ms-seq`); empty before it is published.
+    pub id: String,
+    /// `order` or `operation`.
+    pub kind: String,
+    /// The JSON sent as the event's `data:`.
+    pub data: String,
+    /// The order's id, for `?order=`.
+    pub order: String,
+    /// The new status, for `?status=`.
+    pub status: String,
+    /// The previous status when known (`?status=` matches it too: an order leaving a
+    /// status is news to that status's list).
+    pub previous: String,
+    /// The operation's id, for `?operation=`.
+    pub operation: String,
+}
+
+impl Event {
+    fn fields(&self) -> [(&'static str, &str); 6] {
+        [
+            ("kind", &self.kind),
+            ("data", &self.data),
+            ("order", &self.order),
+            ("status", &self.status),
+            ("prev", &self.previous),
+            ("op", &self.operation),
+        ]
+    }
+
+    /// From a stream entry `[id, [field, value…]]`.
+    fn from_entry(entry: &Value) -> Option<Self> {
+        let e = items(entry);
+        let mut out = Self {
+            id: text(e.first()?)?,
+            ..Self::default()
+        };
+        for kv in items(e.get(1)?).chunks(2) {
+            let (Some(k), Some(v)) = (text(&kv[0]), kv.get(1).and_then(text)) else {
+                continue;
+            };
+            let slot = match k.as_str() {
+                "kind" => &mut out.kind,
+                "data" => &mut out.data,
+                "order" => &mut out.order,
+                "status" => &mut out.status,
+                "prev" => &mut out.previous,
+                "op" => &mut out.operation,
+                _ => continue,
+            };
+            *slot = v;
+        }
+        Some(out)
+    }
+}
+
+impl Event {
+    /// What a successful write changed: its answer `row` (the entity's new state; the
+    /// MES's `id` and `status` fields), whether it was created, and the status it left
+    /// when known. `None`: the answer is not such a row.
+    pub fn order(row: &[u8], created: bool, previous: Option<&str>) -> Option<Self> {
+        let json: serde_json::Value = serde_json::from_slice(row).ok()?;
+        let order = match &json["id"] {
+            serde_json::Value::Number(n) => n.to_string(),
+            serde_json::Value::String(s) => s.clone(),
+            _ => return None,
+        };
+        let status = json["status"].as_str().unwrap_or_default().to_owned();
+        let data = serde_json::json!({
+            "order": json["id"],
+            "status": status,
+            "previous": previous,
+            "created": created,
+            "row": json,
+        });
+        Some(Self {
+            kind: "order".into(),
+            data: data.to_string(),
+            order,
+            status,
+            previous: previous.unwrap_or_default().to_owned(),
+            ..Self::default()
+        })
+    }
+
+    /// An operation's recorded outcome, read at `location` (`order`: the entity it
+    /// answered with, if any).
+    pub fn operation(id: &str, state: &str, status: u16, body: &[u8], location: &str) -> Self {
+        let response: Option<serde_json::Value> = serde_json::from_slice(body).ok();
+        let order = response.as_ref().map(|r| &r["id"]);
+        let order = order.filter(|o| o.is_number() || o.is_string());
+        let data = serde_json::json!({
+            "operation": id,
+            "state": state,
+            "status": status,
+            "order": order,
+            "location": location,
+        });
+        Self {
+            kind: "operation".into(),
+            data: data.to_string(),
+            order: order
+                .map(|o| o.to_string().trim_matches('"').to_owned())
+                .unwrap_or_default(),
+            operation: id.to_owned(),
+            ..Self::default()
+        }
+    }
+}
+
+/// A stream id as a comparable pair; `None` when it is not one.
+pub fn parse_id(id: &str) -> Option<(u64, u64)> {
+    let (ms, seq) = id.split_once('-')?;
+    Some((ms.parse().ok()?, seq.parse().ok()?))
+}
+
+/// The events of one gateway. Cheap to clone.
+#[derive(Clone)]
+pub struct Events {
+    shared: Option<Arc<Shared>>,
+}
+
+struct Shared {
+    l2: L2,
+    config: EventsConfig,
+    tx: broadcast::Sender<Arc<Event>>,
+    subscribers: AtomicUsize,
+    dropped: AtomicU64,
+    /// Set when the instance drains: every stream ends (clients reconnect elsewhere).
+    closing: tokio::sync::watch::Sender<bool>,
+}
+
+impl Events {
+    /// Events in `l2`'s Redis; without Redis there are none.
+    pub fn new(l2: Option<&L2>, config: EventsConfig) -> Self {
+        let shared = l2.map(|l2| {
+            Arc::new(Shared {
+                l2: l2.clone(),
+                config,
+                tx: broadcast::channel(config.buffer).0,
+                subscribers: AtomicUsize::new(0),
+                dropped: AtomicU64::new(0),
+                closing: tokio::sync::watch::Sender::new(false),
+            })
+        });
+        Self { shared }
+    }
+
+    /// Starts this instance's one reader of the stream; it stops with the gateway.
+    pub fn start(&self) {
+        if let Some(s) = &self.shared {
+            tokio::spawn(read_loop(Arc::downgrade(s)));
+        }
+    }
+
+    /// Appends `event` to the stream (history bounded by `events.history`). A failure
+    /// is logged: events are news, the write they describe has happened regardless.
+    pub async fn publish(&self, event: Event) {
+        let Some(s) = &self.shared else { return };
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(s.key())
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(s.config.history);
+        cmd.arg("*");
+        for (k, v) in event.fields() {
+            cmd.arg(k).arg(v);
+        }
+        let r =
+            s.l2.guarded(|mut c| async move { cmd.query_async::<String>(&mut c).await })
+                .await;
+        if let Err(e) = r {
+            warn!(error = %e, tier = "shared", kind = event.kind, "event not published");
+        }
+    }
+
+    /// Ends every stream of this instance (it is draining).
+    pub fn close(&self) {
+        if let Some(s) = &self.shared {
+            s.closing.send_replace(true);
+        }
+    }
+
+    /// Subscribers connected to this instance now.
+    pub fn subscribers(&self) -> usize {
+        let s = self.shared.as_ref();
+        s.map_or(0, |s| s.subscribers.load(Ordering::Relaxed))
+    }
+
+    /// Subscribers dropped for falling behind, since start.
+    pub fn dropped(&self) -> u64 {
+        let s = self.shared.as_ref();
+        s.map_or(0, |s| s.dropped.load(Ordering::Relaxed))
+    }
+}
+
+impl Shared {
+    fn key(&self) -> String {
+        format!("{{{}}}:events", self.l2.prefix())
+    }
+
+    /// Entries after `after`, oldest first, or a reset when some may have been trimmed
+    /// (or `after` is not from this history): the subscriber must reload.
+    async fn since(&self, after: &str) -> Result<Since, L2Error> {
+        let key = self.key();
+        let mut pipe = redis::pipe();
+        pipe.cmd("XRANGE")
+            .arg(&key)
+            .arg("-")
+            .arg("+")
+            .arg("COUNT")
+            .arg(1);
+        pipe.cmd("XREVRANGE")
+            .arg(&key)
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1);
+        // Only a well-formed id goes to Redis (anything else is a reset anyway).
+        let start = parse_id(after).map_or_else(|| "+".into(), |(m, q)| format!("({m}-{q}"));
+        let count = self.config.history;
+        pipe.cmd("XRANGE")
+            .arg(&key)
+            .arg(start)
+            .arg("+")
+            .arg("COUNT")
+            .arg(count);
+        let (first, last, rest): (Value, Value, Value) = self
+            .l2
+            .guarded(|mut c| async move { pipe.query_async(&mut c).await })
+            .await?;
+        let id_of = |v: &Value| items(v).first().and_then(Event::from_entry).map(|e| e.id);
+        let (first, last) = (id_of(&first), id_of(&last));
+        let bounds = (
+            first.as_deref().and_then(parse_id),
+            last.as_deref().and_then(parse_id),
+        );
+        let kept = match (parse_id(after), bounds) {
+            (Some(from), (Some(f), Some(l))) => f <= from && from <= l,
+            // Empty, or not an id: whatever the client holds is gone.
+            _ => false,
+        };
+        if !kept {
+            return Ok(Since::Reset { last });
+        }
+        let backlog = items(&rest).iter().filter_map(Event::from_entry);
+        Ok(Since::Backlog(backlog.collect()))
+    }
+}
+
+/// What a subscriber resuming after an id gets first.
+enum Since {
+    /// What it missed, oldest first.
+    Backlog(Vec<Event>),
+    /// Its id fell out of the history: reload, then go on from `last`.
+    Reset {
+        /// The newest id now (`None`: the history is empty).
+        last: Option<String>,
+    },
+}
+
+/// The one reader: follows the stream from its end and hands every entry to the
+/// subscribers (a `broadcast`; a subscriber that falls `events.buffer` behind is dropped).
+async fn read_loop(shared: std::sync::Weak<Shared>) {
+    let mut conn = None;
+    let mut last: Option<String> = None;
+    loop {
+        let Some(s) = shared.upgrade() else { return };
+        let c = match conn.as_mut() {
+            Some(c) => c,
+            None => match s.l2.dedicated(BLOCK).await {
+                Ok(c) => conn.insert(c),
+                Err(e) => {
+                    debug!(error = %e, tier = "shared", "event stream not reachable");
+                    drop(s);
+                    tokio::time::sleep(BLOCK / 2).await;
+                    continue;
+                }
+            },
+        };
+        // A concrete id to read after (never `$`: an entry added between two reads
+        // would be skipped).
+        let Some(from) = last.clone() else {
+            last = last_id(&s).await;
+            if last.is_none() {
+                drop(s);
+                tokio::time::sleep(BLOCK / 2).await;
+            }
+            continue;
+        };
+        let read: redis::RedisResult<Value> = redis::cmd("XREAD")
+            .arg("COUNT")
+            .arg(256)
+            .arg("BLOCK")
+            .arg(BLOCK.as_millis() as u64)
+            .arg("STREAMS")
+            .arg(s.key())
+            .arg(&from)
+            .query_async(c)
+            .await;
+        match read {
+            Ok(v) => {
+                for stream in items(&v) {
+                    let entries = items(stream).get(1).map(items).unwrap_or_default();
+                    for e in entries.iter().filter_map(Event::from_entry) {
+                        last = Some(e.id.clone());
+                        // No subscriber: nothing to do (an error only says that).
+                        let _ = s.tx.send(Arc::new(e));
+                    }
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, tier = "shared", "event stream read failed");
+                conn = None;
+                drop(s);
+                tokio::time::sleep(BLOCK / 2).await;
+            }
+        }
+    }
+}
+
+async fn last_id(s: &Shared) -> Option<String> {
+    let cmd = redis::cmd("XREVRANGE")
+        .arg(s.key())
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(1)
+        .to_owned();
+    let v: Value =
+        s.l2.guarded(|mut c| async move { cmd.query_async(&mut c).await })
+            .await
+            .ok()?;
+    let id = items(&v).first().and_then(Event::from_entry).map(|e| e.id);
+    Some(id.unwrap_or_else(|| "0-0".into()))
+}
+
+fn items(v: &Value) -> &[Value] {
+    match v {
+        Value::Array(a) => a,
+        _ => &[],
+    }
+}
+
+fn text(v: &Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    }
+}
