@@ -36,8 +36,8 @@ pub enum DemoError {
     /// The demo config is wrong.
     #[error(transparent)]
     Config(#[from] ConfigError),
-    /// A port could not be bound.
-    #[error("cannot bind {addr}: {source}")]
+    /// A port could not be bound (the OS error is the source, printed after it).
+    #[error("cannot bind {addr}")]
     Bind {
         /// The address.
         addr: SocketAddr,
@@ -47,8 +47,8 @@ pub enum DemoError {
     /// The gateway could not be built.
     #[error(transparent)]
     Build(#[from] BuildError),
-    /// The server failed.
-    #[error("server: {0}")]
+    /// The server failed (the OS error is the source).
+    #[error("server failed")]
     Serve(#[from] std::io::Error),
 }
 
