@@ -14,27 +14,41 @@ use tokio::net::TcpListener;
 use tracing::info;
 
 /// A two-tier caching reverse proxy for legacy MES APIs.
+///
+/// `--config` belongs to running the gateway only (`mesgate --config F` or `mesgate run
+/// --config F`): `check-config` takes the file to check as its argument, and `demo` has a
+/// config of its own (`--demo-config`), so neither offers it.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(version, about, args_conflicts_with_subcommands = true)]
 struct Cli {
     /// Config file for the gateway.
-    #[arg(long, short, default_value = "config/mesgate.toml", global = true)]
+    #[arg(long, short, default_value = DEFAULT_CONFIG)]
     config: PathBuf,
     #[command(subcommand)]
     command: Option<Command>,
 }
 
+const DEFAULT_CONFIG: &str = "config/mesgate.toml";
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the gateway (the default).
-    Run,
+    Run {
+        /// Config file for the gateway.
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
     /// Validate a config file and print the compiled route table (exit 2 when invalid).
     CheckConfig {
         /// The file to check.
         file: PathBuf,
     },
-    /// Start the MES simulator and the gateway in front of it, with config/demo.toml.
+    /// Start the MES simulator and the gateway in front of it, with config/demo.toml, and
+    /// show a short tour with real requests.
     Demo {
+        /// Where the gateway listens (default: the demo config's, 127.0.0.1:8080).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
         /// Redis for the shared tier; the demo runs L1 only when it is unreachable.
         #[arg(long, env = "MESGATE_REDIS_URL")]
         redis: Option<String>,
@@ -56,23 +70,29 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match cli.command.unwrap_or(Command::Run) {
+    let command = cli.command.unwrap_or(Command::Run { config: cli.config });
+    match command {
         Command::CheckConfig { file } => check_config(&file),
-        Command::Run => load(&cli.config).map_or(ExitCode::from(2), |config| {
+        Command::Run { config: path } => load(&path).map_or(ExitCode::from(2), |config| {
             init_tracing(&config.log);
-            report(runtime.block_on(run(config, &cli.config)))
+            report(runtime.block_on(run(config, &path)))
         }),
         Command::Demo {
+            listen,
             redis,
             sim_listen,
             demo_config,
         } => {
             init_tracing(&LogConfig::default());
+            let mut overrides = Overrides::from_env();
+            if let Some(listen) = listen {
+                overrides.listen = Some(listen.to_string());
+            }
             let opts = DemoOptions {
                 config: demo_config,
                 redis,
                 sim_listen,
-                overrides: Overrides::from_env(),
+                overrides,
             };
             match runtime.block_on(demo::run(opts, shutdown_signal())) {
                 Ok(()) => ExitCode::SUCCESS,
