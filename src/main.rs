@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use mesgate::config::{Config, LogConfig, LogFormat, Overrides};
 use mesgate::demo::{self, DemoError, DemoOptions};
 use mesgate::gateway::Gateway;
@@ -15,15 +15,15 @@ use tracing::info;
 
 /// A two-tier caching reverse proxy for legacy MES APIs.
 ///
-/// `--config` belongs to running the gateway only (`mesgate --config F` or `mesgate run
-/// --config F`): `check-config` takes the file to check as its argument, and `demo` has a
-/// config of its own (`--demo-config`), so neither offers it.
+/// `--config` is for running the gateway (`mesgate --config FILE`, `mesgate run --config
+/// FILE`): `check-config` takes the file to check as its argument, `demo` uses
+/// `--demo-config`.
 #[derive(Parser)]
-#[command(version, about, args_conflicts_with_subcommands = true)]
+#[command(version, about)]
 struct Cli {
-    /// Config file for the gateway.
-    #[arg(long, short, default_value = DEFAULT_CONFIG)]
-    config: PathBuf,
+    /// Config file for the gateway [default: config/mesgate.toml].
+    #[arg(long, short)]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -34,9 +34,9 @@ const DEFAULT_CONFIG: &str = "config/mesgate.toml";
 enum Command {
     /// Run the gateway (the default).
     Run {
-        /// Config file for the gateway.
-        #[arg(long, short, default_value = DEFAULT_CONFIG)]
-        config: PathBuf,
+        /// Config file for the gateway [default: config/mesgate.toml].
+        #[arg(long, short)]
+        config: Option<PathBuf>,
     },
     /// Validate a config file and print the compiled route table (exit 2 when invalid).
     CheckConfig {
@@ -70,13 +70,35 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let command = cli.command.unwrap_or(Command::Run { config: cli.config });
+    let command = cli.command.unwrap_or(Command::Run { config: None });
+    if cli.config.is_some() {
+        let why = match &command {
+            Command::CheckConfig { .. } => {
+                Some("check-config takes the file to check as its argument")
+            }
+            Command::Demo { .. } => Some("the demo's config is --demo-config"),
+            Command::Run { .. } => None,
+        };
+        if let Some(why) = why {
+            Cli::command()
+                .error(
+                    clap::error::ErrorKind::ArgumentConflict,
+                    format!("--config cannot be used with this subcommand: {why}"),
+                )
+                .exit();
+        }
+    }
     match command {
         Command::CheckConfig { file } => check_config(&file),
-        Command::Run { config: path } => load(&path).map_or(ExitCode::from(2), |config| {
-            init_tracing(&config.log);
-            report(runtime.block_on(run(config, &path)))
-        }),
+        Command::Run { config } => {
+            let path = config
+                .or(cli.config)
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
+            load(&path).map_or(ExitCode::from(2), |config| {
+                init_tracing(&config.log);
+                report(runtime.block_on(run(config, &path)))
+            })
+        }
         Command::Demo {
             listen,
             redis,
