@@ -18,8 +18,8 @@ const INSTALL_HINT: &str = "redis-server is not installed: the shared-tier tests
      Redis. Install it with `apt-get install -y redis-server` (or `brew install redis`); \
      `bash .ci/run` does this for you.";
 
-/// Set by the first test that finds `redis-server` missing: that one prints the hint, the
-/// others in the same test binary fail with one short line pointing at it.
+/// Set by the first test that finds `redis-server` missing: that one prints the hint; every
+/// such test in the binary then fails with one short line pointing at it.
 static MISSING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Fails the test: `redis-server` is not installed. The hint is written once per test
@@ -28,9 +28,8 @@ fn missing() -> ! {
     use std::io::Write;
     if !MISSING.swap(true, std::sync::atomic::Ordering::SeqCst) {
         let _ = writeln!(std::io::stderr(), "\n{INSTALL_HINT}\n");
-        panic!("{INSTALL_HINT}");
     }
-    panic!("redis-server missing (see above)");
+    panic!("redis-server missing (how to install it: printed once, above the test list)");
 }
 
 fn free_port() -> u16 {
