@@ -1,6 +1,7 @@
 //! `mesgate demo`: its tour's claims are true (the order it changes is on the page it
 //! caches, and afterwards gone from it and on the new status's page, as the MES has it),
-//! the binary prints that tour and stops at once on Ctrl-C, and the README shows the same.
+//! the binary prints that tour and stops at once on Ctrl-C, and the README shows the same;
+//! a port in use is named once.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -138,4 +139,30 @@ fn the_demo_binary_prints_the_tour_and_stops_at_once_on_ctrl_c() {
         "{:?}",
         sent.elapsed()
     );
+}
+
+#[test]
+fn a_port_in_use_is_named_once_with_the_reason_once() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = Command::new(env!("CARGO_BIN_EXE_mesgate"))
+        .args(["demo", "--listen", "127.0.0.1:0", "--sim-listen", &addr])
+        .env_remove("MESGATE_REDIS_URL")
+        .env("MESGATE_ADMIN_LISTEN", "127.0.0.1:0")
+        .env("RUST_LOG", "error")
+        .output()
+        .expect("run mesgate demo");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    assert!(
+        stderr.starts_with(&format!("mesgate: cannot bind {addr}: ")),
+        "{stderr}"
+    );
+    assert_eq!(
+        stderr.matches("os error").count(),
+        1,
+        "the reason once: {stderr}"
+    );
+    drop(taken);
 }
