@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# compare.sh: the one driver of issue 5's comparison. Runs, against mesgate and against
+# compare.sh: the one driver of the comparison with nginx. Runs, against mesgate and against
 # nginx proxy_cache (with proxy_cache_lock and a 10 s validity, Debian's nginx-light):
 #
 #   1. the hit path: loadtest/bench-hit.sh (oha, one warm 50-order page, 64 connections):

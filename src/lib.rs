@@ -63,7 +63,8 @@
 //!   the client's fault.
 //! - [`admin`]: the admin listener (health, readiness, purge, reload).
 //! - [`error`]: the top-level error and its one mapping to a problem response.
-//! - [`demo`]: `mesgate demo`, the simulator with the gateway in front of it.
+//! - [`demo`]: `mesgate demo`, the simulator with the gateway in front of it, and the
+//!   tour it prints (real requests that show a write leaving a cached page).
 //!
 //! The MES simulator used by the demo, the tests and the load tests is its own crate in
 //! this workspace: `mes-sim` (`mes-sim/`, the [`mes_sim`] library and the `mes-sim` binary).

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use mesgate::config::{Config, LogConfig, LogFormat, Overrides};
 use mesgate::demo::{self, DemoError, DemoOptions};
 use mesgate::gateway::Gateway;
@@ -14,27 +14,41 @@ use tokio::net::TcpListener;
 use tracing::info;
 
 /// A two-tier caching reverse proxy for legacy MES APIs.
+///
+/// `--config` is for running the gateway (`mesgate --config FILE`, `mesgate run --config
+/// FILE`): `check-config` takes the file to check as its argument, `demo` uses
+/// `--demo-config`.
 #[derive(Parser)]
 #[command(version, about)]
 struct Cli {
-    /// Config file for the gateway.
-    #[arg(long, short, default_value = "config/mesgate.toml", global = true)]
-    config: PathBuf,
+    /// Config file for the gateway [default: config/mesgate.toml].
+    #[arg(long, short)]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
 }
 
+const DEFAULT_CONFIG: &str = "config/mesgate.toml";
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the gateway (the default).
-    Run,
+    Run {
+        /// Config file for the gateway [default: config/mesgate.toml].
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
     /// Validate a config file and print the compiled route table (exit 2 when invalid).
     CheckConfig {
         /// The file to check.
         file: PathBuf,
     },
-    /// Start the MES simulator and the gateway in front of it, with config/demo.toml.
+    /// Start the MES simulator and the gateway in front of it, with config/demo.toml, and
+    /// show a short tour with real requests.
     Demo {
+        /// Where the gateway listens (default: the demo config's, 127.0.0.1:8080).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
         /// Redis for the shared tier; the demo runs L1 only when it is unreachable.
         #[arg(long, env = "MESGATE_REDIS_URL")]
         redis: Option<String>,
@@ -56,23 +70,51 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match cli.command.unwrap_or(Command::Run) {
+    let command = cli.command.unwrap_or(Command::Run { config: None });
+    if cli.config.is_some() {
+        let why = match &command {
+            Command::CheckConfig { .. } => {
+                Some("check-config takes the file to check as its argument")
+            }
+            Command::Demo { .. } => Some("the demo's config is --demo-config"),
+            Command::Run { .. } => None,
+        };
+        if let Some(why) = why {
+            Cli::command()
+                .error(
+                    clap::error::ErrorKind::ArgumentConflict,
+                    format!("--config cannot be used with this subcommand: {why}"),
+                )
+                .exit();
+        }
+    }
+    match command {
         Command::CheckConfig { file } => check_config(&file),
-        Command::Run => load(&cli.config).map_or(ExitCode::from(2), |config| {
-            init_tracing(&config.log);
-            report(runtime.block_on(run(config, &cli.config)))
-        }),
+        Command::Run { config } => {
+            let path = config
+                .or(cli.config)
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
+            load(&path).map_or(ExitCode::from(2), |config| {
+                init_tracing(&config.log);
+                report(runtime.block_on(run(config, &path)))
+            })
+        }
         Command::Demo {
+            listen,
             redis,
             sim_listen,
             demo_config,
         } => {
             init_tracing(&LogConfig::default());
+            let mut overrides = Overrides::from_env();
+            if let Some(listen) = listen {
+                overrides.listen = Some(listen.to_string());
+            }
             let opts = DemoOptions {
                 config: demo_config,
                 redis,
                 sim_listen,
-                overrides: Overrides::from_env(),
+                overrides,
             };
             match runtime.block_on(demo::run(opts, shutdown_signal())) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -91,6 +133,8 @@ fn init_tracing(log: &LogConfig) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&log.level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        // Colour codes only for a person at a terminal, not in a file or a log collector.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match log.format {
         LogFormat::Json => builder.json().init(),

@@ -163,7 +163,11 @@ fn assert_rejected(name: &str, config: &str, field: &str) {
 #[test]
 fn unknown_field_names_its_path() {
     let config = VALID.replace("ttl_l1 = \"5s\"", "ttl_l1 = \"5s\"\nttl_l3 = \"1s\"");
-    assert_rejected("unknown-field", &config, "route[0].cache.ttl_l3");
+    assert_rejected(
+        "unknown-field",
+        &config,
+        "route[0] \"order-list\".cache.ttl_l3",
+    );
 }
 
 #[test]
@@ -175,25 +179,37 @@ fn unknown_top_level_field_names_its_path() {
 #[test]
 fn bad_template_names_its_path() {
     let config = VALID.replacen("path = \"/api/orders\"", "path = \"/api/{id\"", 1);
-    assert_rejected("bad-template", &config, "route[0].path");
+    assert_rejected("bad-template", &config, "route[0] \"order-list\".path");
 }
 
 #[test]
 fn bad_duration_names_its_path() {
     let config = VALID.replace("ttl_l1 = \"5s\"", "ttl_l1 = \"5 parsecs\"");
-    assert_rejected("bad-duration", &config, "route[0].cache.ttl_l1");
+    assert_rejected(
+        "bad-duration",
+        &config,
+        "route[0] \"order-list\".cache.ttl_l1",
+    );
 }
 
 #[test]
 fn wrong_type_names_its_path() {
     let config = VALID.replace("ttl_l1 = \"5s\"", "ttl_l1 = \"5s\"\nstatuses = \"200\"");
-    assert_rejected("wrong-type", &config, "route[0].cache.statuses");
+    assert_rejected(
+        "wrong-type",
+        &config,
+        "route[0] \"order-list\".cache.statuses",
+    );
 }
 
 #[test]
 fn wrong_type_in_a_later_route_names_its_index() {
     let config = VALID.replace("methods = [\"POST\"]", "methods = \"POST\"");
-    assert_rejected("wrong-type-later", &config, "route[1].methods");
+    assert_rejected(
+        "wrong-type-later",
+        &config,
+        "route[1] \"order-create\".methods",
+    );
 }
 
 #[test]
@@ -203,7 +219,7 @@ fn write_method_on_a_cached_route_is_a_contradiction() {
         "methods = [\"GET\", \"POST\"]\npath = \"/api/orders\"",
         1,
     );
-    assert_rejected("post-cached", &config, "route[0].methods");
+    assert_rejected("post-cached", &config, "route[0] \"order-list\".methods");
 }
 
 #[test]
@@ -221,21 +237,74 @@ fn bad_upstream_url_names_upstream() {
 #[test]
 fn duplicate_route_names_the_second() {
     let same_path = format!("{VALID}\n[[route]]\nname = \"again\"\npath = \"/api/orders\"\n");
-    assert_rejected("dup-path", &same_path, "route[2].path");
+    assert_rejected("dup-path", &same_path, "route[2] \"again\".path");
     let same_name = format!("{VALID}\n[[route]]\nname = \"order-list\"\npath = \"/x\"\n");
-    assert_rejected("dup-name", &same_name, "route[2].name");
+    assert_rejected("dup-name", &same_name, "route[2] \"order-list\".name");
 }
 
 #[test]
-fn broken_toml_exits_2() {
-    let file = TempConfig::new("broken", "upstream = \"http://127.0.0.1:9090\n[[route]\n");
+fn broken_toml_exits_2_naming_the_file_line_and_column() {
+    let file = TempConfig::new("broken", "upstream = \"http://127.0.0.1:9090\"\n[[route]\n");
+    for out in [
+        check_config(&file.path),
+        mesgate(&["--config".as_ref(), file.path.as_os_str()]),
+    ] {
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        let want = format!("mesgate: config error: {}:2:9: ", file.path.display());
+        assert!(stderr.starts_with(&want), "want {want:?}, got:\n{stderr}");
+        assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    }
+}
+
+#[test]
+fn check_config_prints_the_route_table_in_the_configs_own_spelling() {
+    let config = VALID.replace(
+        "ttl_l1 = \"5s\"",
+        "ttl_l1 = \"5s\"\nstale_if_error = \"90s\"\nunknown_query = \"strip\"\ncredentials = \"per_credential\"",
+    );
+    let file = TempConfig::new("spelling", &config);
     let out = check_config(&file.path);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    for want in [
+        "l1=5s",
+        "stale_if_error=1m 30s",
+        "unknown=strip",
+        "credentials=per_credential",
+    ] {
+        assert!(stdout.contains(want), "want {want:?} in:\n{stdout}");
+    }
+    let plain = TempConfig::new("spelling-default", VALID);
+    let stdout = text(&check_config(&plain.path).stdout);
+    assert!(
+        stdout.contains("unknown=bypass") && stdout.contains("credentials=bypass"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn options_that_mean_nothing_for_a_subcommand_are_refused() {
+    let file = TempConfig::new("valid", VALID);
+    let out = mesgate(&[
+        "--config".as_ref(),
+        file.path.as_os_str(),
+        "check-config".as_ref(),
+        file.path.as_os_str(),
+    ]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
     assert!(
-        text(&out.stderr).contains("config error"),
+        text(&out.stderr).contains("cannot be used"),
         "{}",
         text(&out.stderr)
     );
+    for sub in ["check-config", "demo"] {
+        let help = text(&mesgate(&[sub.as_ref(), "--help".as_ref()]).stdout);
+        assert!(!help.contains("--config"), "{sub} offers --config:\n{help}");
+    }
+    // `run` takes it, as the bare command does.
+    let help = text(&mesgate(&["run".as_ref(), "--help".as_ref()]).stdout);
+    assert!(help.contains("--config"), "{help}");
 }
 
 #[test]
@@ -270,7 +339,7 @@ fn index_preload_concurrency_is_bounded() {
         assert_rejected(
             "preload-concurrency",
             &config,
-            "route[0].index.preload_concurrency",
+            "route[0] \"order-list\".index.preload_concurrency",
         );
     }
 }
@@ -288,11 +357,11 @@ fn check_config_rejects_what_cannot_run_and_warns_of_an_open_admin() {
         ),
         (
             "[[route]]\nname = \"w\"\nmethods = [\"PACTH\"]\npath = \"/api/x\"\n",
-            "route[2].methods[0]",
+            "route[2] \"w\".methods[0]",
         ),
         (
             "[[route]]\nname = \"c\"\npath = \"/api/c\"\n[route.cache]\nttl_l2 = \"1000y\"\n",
-            "route[2].cache.ttl_l2",
+            "route[2] \"c\".cache.ttl_l2",
         ),
         (
             &format!("{redis}op_timeout = \"5s\"\nbreaker_cooldown = \"2s\"\n"),

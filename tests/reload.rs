@@ -46,7 +46,7 @@ async fn a_broken_file_keeps_the_old_rules_and_a_good_one_keeps_unchanged_entrie
     .unwrap();
     let err = gw.gateway.reload().unwrap_err().to_string();
     assert!(
-        err.starts_with("route[0].cache.ttl_l1: bad duration"),
+        err.starts_with("route[0] \"detail\".cache.ttl_l1: bad duration"),
         "{err}"
     );
     assert_eq!(

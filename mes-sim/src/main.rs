@@ -1,5 +1,6 @@
 //! `mes-sim`: the MES simulator as a standalone server, for load tests and manual poking.
 
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -31,24 +32,26 @@ struct Args {
     /// Every latency zero; latency flags given as well still apply on top.
     #[arg(long)]
     instant: bool,
-    /// Fixed latency of a listing (e.g. 20ms).
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = humantime::parse_duration, help = latency_help("Fixed latency of a listing", SimConfig::default().list_base))]
     list_base: Option<Duration>,
-    /// Extra listing latency per matching row (e.g. 20us).
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = humantime::parse_duration, help = latency_help("Extra listing latency per matching row", SimConfig::default().list_per_row))]
     list_per_row: Option<Duration>,
-    /// Latency of an order detail.
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = humantime::parse_duration, help = latency_help("Latency of an order detail", SimConfig::default().detail_latency))]
     detail_latency: Option<Duration>,
-    /// Latency of the status counts.
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = humantime::parse_duration, help = latency_help("Latency of the status counts", SimConfig::default().counts_latency))]
     counts_latency: Option<Duration>,
-    /// Latency of a status change or order creation.
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = humantime::parse_duration, help = latency_help("Latency of a status change or order creation", SimConfig::default().write_latency))]
     write_latency: Option<Duration>,
-    /// Latency of a price calculation.
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = humantime::parse_duration, help = latency_help("Latency of a price calculation", SimConfig::default().price_latency))]
     price_latency: Option<Duration>,
+}
+
+/// A latency flag's help, with its default (which `--instant` makes zero).
+fn latency_help(what: &str, default: Duration) -> String {
+    format!(
+        "{what} [default: {}; 0 with --instant]",
+        humantime::format_duration(default)
+    )
 }
 
 impl Args {
@@ -72,18 +75,33 @@ impl Args {
     }
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    // Logs go to stderr so stdout carries only the "listening" line scripts wait for.
+/// Errors are printed as mesgate prints its own: `mes-sim: what: why`, exit 1.
+fn main() -> ExitCode {
+    // Logs go to stderr so stdout carries only the "listening" line scripts wait for;
+    // colour codes only when stderr is a terminal.
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
+    let result = tokio::runtime::Runtime::new()
+        .context("cannot start the runtime")
+        .and_then(|rt| rt.block_on(serve(args)));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mes-sim: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(args: Args) -> anyhow::Result<()> {
     let config = args.config();
     let listener = TcpListener::bind(&args.listen)
         .await
-        .with_context(|| format!("binding {}", args.listen))?;
+        .with_context(|| format!("cannot bind listen address {}", args.listen))?;
     let addr = listener.local_addr().context("reading the bound address")?;
     println!(
         "mes-sim listening on http://{addr} ({} orders, seed {})",

@@ -40,7 +40,9 @@ pub use runtime::{
     OperationsConfig, QueryParam, RedisConfig, RedisTopology, Timeouts, UpstreamTarget,
 };
 
-/// Why a config was rejected. Every variant names where.
+/// Why a config was rejected. Every variant names where: a route by its position and its
+/// name (`route[3] "status-change".cache.ttl_l1`), a TOML syntax error by file, line and
+/// column.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
@@ -51,7 +53,19 @@ pub enum ConfigError {
         /// What the OS said.
         source: std::io::Error,
     },
-    /// The TOML did not parse, or a field was unknown or of the wrong type.
+    /// The text is not TOML.
+    #[error("{}: {message}", toml_at(.file, .line, .column))]
+    Toml {
+        /// The file, empty for text not read from one.
+        file: String,
+        /// 1-based line of the error.
+        line: usize,
+        /// 1-based column (in characters) of the error.
+        column: usize,
+        /// What was wrong.
+        message: String,
+    },
+    /// A field was unknown or of the wrong type.
     #[error("{path}: {message}")]
     Syntax {
         /// Field path (`route[2].cache.ttl_l1`), or `.` for the document.
@@ -67,6 +81,106 @@ pub enum ConfigError {
         /// What was wrong and what to do instead.
         message: String,
     },
+}
+
+impl ConfigError {
+    /// Says which file a syntax error is in.
+    fn in_file(self, path: &Path) -> Self {
+        match self {
+            Self::Toml {
+                line,
+                column,
+                message,
+                ..
+            } => Self::Toml {
+                file: path.display().to_string(),
+                line,
+                column,
+                message,
+            },
+            other => other,
+        }
+    }
+
+    /// Adds each route's name to every `route[N]` in the path and the message: the route
+    /// table is printed in match order, not file order, so a position alone is hard to find.
+    fn with_route_names(self, text: &str) -> Self {
+        let names = route_names(text);
+        if names.iter().all(Option::is_none) {
+            return self;
+        }
+        let name = |s: &str| name_routes(s, &names);
+        match self {
+            Self::Syntax { path, message } => Self::Syntax {
+                path: name(&path),
+                message: name(&message),
+            },
+            Self::Invalid { path, message } => Self::Invalid {
+                path: name(&path),
+                message: name(&message),
+            },
+            other => other,
+        }
+    }
+}
+
+fn toml_at(file: &str, line: &usize, column: &usize) -> String {
+    if file.is_empty() {
+        format!("line {line}, column {column}")
+    } else {
+        format!("{file}:{line}:{column}")
+    }
+}
+
+/// The `name` of each `[[route]]`, by position (read leniently: the text may not be a
+/// valid config, only valid TOML).
+fn route_names(text: &str) -> Vec<Option<String>> {
+    let Ok(doc) = text.parse::<toml::Table>() else {
+        return Vec::new();
+    };
+    let Some(routes) = doc.get("route").and_then(toml::Value::as_array) else {
+        return Vec::new();
+    };
+    routes
+        .iter()
+        .map(|r| {
+            r.get("name")
+                .and_then(toml::Value::as_str)
+                .map(str::to_owned)
+        })
+        .collect()
+}
+
+/// `route[3].cache` becomes `route[3] "status-change".cache`.
+fn name_routes(s: &str, names: &[Option<String>]) -> String {
+    let mut out = String::with_capacity(s.len() + 32);
+    let mut rest = s;
+    while let Some(at) = rest.find("route[") {
+        let (head, tail) = rest.split_at(at + "route[".len());
+        out.push_str(head);
+        rest = tail;
+        let Some(end) = rest.find(']') else { break };
+        let name = rest[..end]
+            .parse::<usize>()
+            .ok()
+            .and_then(|i| names.get(i)?.as_deref());
+        out.push_str(&rest[..=end]);
+        rest = &rest[end + 1..];
+        if let Some(name) = name {
+            out.push_str(&format!(" {name:?}"));
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    // toml's spans start on a character boundary.
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
+    (line, column)
 }
 
 fn invalid(path: impl Into<String>, message: impl Into<String>) -> ConfigError {
@@ -178,14 +292,14 @@ impl Config {
             path: path.display().to_string(),
             source,
         })?;
-        Self::from_str_with(&text, overrides)
+        Self::from_str_with(&text, overrides).map_err(|e| e.in_file(path))
     }
 
     /// Parses and validates TOML text, with `overrides` applied before validation.
     pub fn from_str_with(text: &str, overrides: Overrides) -> Result<Self, ConfigError> {
-        let mut raw = parse_raw(text)?;
+        let mut raw = parse_raw(text).map_err(|e| e.with_route_names(text))?;
         overrides.apply(&mut raw);
-        raw.validate()
+        raw.validate().map_err(|e| e.with_route_names(text))
     }
 
     /// A human-readable summary of the compiled route table, for `check-config`.
@@ -215,9 +329,14 @@ impl std::str::FromStr for Config {
 }
 
 fn parse_raw(text: &str) -> Result<RawConfig, ConfigError> {
-    let de = toml::Deserializer::parse(text).map_err(|e| ConfigError::Syntax {
-        path: ".".into(),
-        message: e.to_string(),
+    let de = toml::Deserializer::parse(text).map_err(|e| {
+        let (line, column) = line_column(text, e.span().map_or(0, |s| s.start));
+        ConfigError::Toml {
+            file: String::new(),
+            line,
+            column,
+            message: e.message().trim().to_owned(),
+        }
     })?;
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();

@@ -1,5 +1,6 @@
 //! The serde structs of the config file, what the file may say: `deny_unknown_fields`,
-//! defaults, and the doc comments that are the config reference (README points here).
+//! defaults, and the doc comments that are the config reference (docs/configuration.md
+//! points here).
 //!
 //! It owns the shape of the TOML and every default; it does not check values (that is
 //! [`validate`](super::validate)) or hold the typed runtime config

@@ -315,15 +315,37 @@ fn describe_cache(c: &CachePolicy) -> String {
             None => q.name.clone(),
         })
         .collect();
+    // Printed as the config spells them (`5s`, `bypass`), so they can be copied back.
+    let d = humantime::format_duration;
     format!(
-        "l1={:?} l2={:?} stale_if_error={:?} query=[{}] unknown={:?} families=[{}] members={} credentials={:?}",
-        c.ttl_l1,
-        c.ttl_l2,
-        c.stale_if_error,
+        "l1={} l2={} stale_if_error={} query=[{}] unknown={} families=[{}] members={} credentials={}",
+        d(c.ttl_l1),
+        d(c.ttl_l2),
+        d(c.stale_if_error),
         query.join(","),
-        c.unknown_query,
+        c.unknown_query.as_str(),
         join_templates(&c.families),
         c.members.as_ref().map_or("-", |m| m.entity.as_str()),
-        c.credentials,
+        c.credentials.as_str(),
     )
+}
+
+impl UnknownQuery {
+    /// The config's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Bypass => "bypass",
+            Self::Strip => "strip",
+        }
+    }
+}
+
+impl CredentialPolicy {
+    /// The config's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Bypass => "bypass",
+            Self::PerCredential => "per_credential",
+        }
+    }
 }

@@ -36,7 +36,10 @@ fn represents_is_a_path_of_plain_segments() {
     assert_eq!(path.render(&value("")), None);
     for bad in ["o/{path.id}", "/o/{path.nope}", "/o//{path.id}"] {
         let e = err(&format!("{base}represents = \"{bad}\"\n"));
-        assert!(e.contains("route[1].invalidate.represents"), "{bad}: {e}");
+        assert!(
+            e.contains("route[1] \"w\".invalidate.represents"),
+            "{bad}: {e}"
+        );
     }
 }
 
@@ -49,10 +52,10 @@ fn refresh_on_write_defaults_off_and_is_bounded() {
     let c: Config = format!("{base}refresh = \"250ms\"\n").parse().unwrap();
     assert_eq!(off(&c), Duration::from_millis(250));
     let e = err(&format!("{base}refresh = \"soon\"\n"));
-    assert!(e.contains("route[1].invalidate.refresh"), "{e}");
+    assert!(e.contains("route[1] \"w\".invalidate.refresh"), "{e}");
     let e = err(&format!("{base}refresh = \"1m\"\n"));
     assert!(
-        e.contains("route[1].invalidate.refresh") && e.contains("10s"),
+        e.contains("route[1] \"w\".invalidate.refresh") && e.contains("10s"),
         "{e}"
     );
 }
@@ -78,17 +81,20 @@ fn typed_path_parameters_are_checked_with_their_field_path() {
     let params: Vec<_> = c.routes.routes()[0].path.typed_params().collect();
     assert_eq!(params, [("id", route::ParamType::U64)]);
     let e = err(&detail.replace("{id:u64}", "{id:float}"));
-    assert!(e.starts_with("route[0].path"), "{e}");
+    assert!(e.starts_with("route[0] \"d\".path"), "{e}");
     assert!(
         e.contains("unknown type \"float\"") && e.contains("u64"),
         "{e}"
     );
     let e = err(&detail.replace("{path.id}", "{path.id|x}"));
-    assert!(e.starts_with("route[0].cache.families[0]"), "{e}");
+    assert!(e.starts_with("route[0] \"d\".cache.families[0]"), "{e}");
     assert!(e.contains("takes no default"), "{e}");
     let write = "upstream = \"http://127.0.0.1:9090\"\n[[route]]\nname = \"d\"\npath = \"/o/{id}\"\n[route.cache]\nfamilies = [\"order:{path.id}\"]\n[[route]]\nname = \"w\"\nmethods = [\"PATCH\"]\npath = \"/o/{id:u64}\"\n[route.invalidate]\nfamilies = [\"order:{path.id|0}\"]\n";
     let e = err(write);
-    assert!(e.starts_with("route[1].invalidate.families[0]"), "{e}");
+    assert!(
+        e.starts_with("route[1] \"w\".invalidate.families[0]"),
+        "{e}"
+    );
     let e = err(&write.replace("{path.id|0}", "{path.nr}"));
     assert!(e.contains("the path has no {nr}"), "{e}");
 }
@@ -96,26 +102,32 @@ fn typed_path_parameters_are_checked_with_their_field_path() {
 #[test]
 fn unknown_field_names_its_path() {
     let e = err(&MINIMAL.replace("query =", "ttl_l3 = \"1s\"\nquery ="));
-    assert!(e.starts_with("route[0].cache.ttl_l3"), "{e}");
+    assert!(e.starts_with("route[0] \"order-list\".cache.ttl_l3"), "{e}");
     assert!(e.contains("unknown field"), "{e}");
 }
 
 #[test]
 fn bad_duration_names_its_path() {
     let e = err(&format!("{MINIMAL}ttl_l1 = \"5 parsecs\"\n"));
-    assert!(e.starts_with("route[0].cache.ttl_l1: bad duration"), "{e}");
+    assert!(
+        e.starts_with("route[0] \"order-list\".cache.ttl_l1: bad duration"),
+        "{e}"
+    );
 }
 
 #[test]
 fn bad_template_names_its_path() {
     let e = err(&MINIMAL.replace("/api/orders", "/api/{id"));
-    assert!(e.starts_with("route[0].path:"), "{e}");
+    assert!(e.starts_with("route[0] \"order-list\".path:"), "{e}");
 }
 
 #[test]
 fn wrong_type_names_its_path() {
     let e = err(&format!("{MINIMAL}statuses = \"200\"\n"));
-    assert!(e.starts_with("route[0].cache.statuses"), "{e}");
+    assert!(
+        e.starts_with("route[0] \"order-list\".cache.statuses"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -123,23 +135,23 @@ fn contradictions_are_rejected() {
     let cases = [
         (
             MINIMAL.replace("path =", "methods = [\"GET\", \"POST\"]\npath ="),
-            "route[0].methods",
+            "route[0] \"order-list\".methods",
         ),
         (
             format!("{MINIMAL}ttl_l1 = \"0s\"\nttl_l2 = \"0s\"\n"),
-            "route[0].cache.ttl_l1",
+            "route[0] \"order-list\".cache.ttl_l1",
         ),
         (
             format!("{MINIMAL}vary = [\"Authorization\"]\n"),
-            "route[0].cache.vary[0]",
+            "route[0] \"order-list\".cache.vary[0]",
         ),
         (
             format!("{MINIMAL}statuses = [500]\n"),
-            "route[0].cache.statuses[0]",
+            "route[0] \"order-list\".cache.statuses[0]",
         ),
         (
             MINIMAL.replace("\"size=50\"", "\"size=50\", \"page\""),
-            "route[0].cache.query[3]",
+            "route[0] \"order-list\".cache.query[3]",
         ),
         (
             format!("{MINIMAL}[timeouts]\ntotal = \"1s\"\n"),
@@ -155,9 +167,13 @@ fn contradictions_are_rejected() {
 #[test]
 fn duplicate_routes_are_rejected() {
     let dup = format!("{MINIMAL}[[route]]\nname = \"again\"\npath = \"/api/orders\"\n");
-    assert!(err(&dup).starts_with("route[1].path"), "{}", err(&dup));
+    assert!(
+        err(&dup).starts_with("route[1] \"again\".path"),
+        "{}",
+        err(&dup)
+    );
     let same_name = format!("{MINIMAL}[[route]]\nname = \"order-list\"\npath = \"/x\"\n");
-    assert!(err(&same_name).starts_with("route[1].name"));
+    assert!(err(&same_name).starts_with("route[1] \"order-list\".name"));
 }
 
 #[test]
@@ -169,7 +185,7 @@ fn bad_upstream_and_addresses() {
     assert!(err(&format!("listen = \"nope\"\n{MINIMAL}")).starts_with("listen: bad address"));
     let e = err(&format!("{MINIMAL}[redis]\nurl = \"ftp://x\"\n"));
     assert!(
-        e.starts_with("route[0].cache.redis") || e.starts_with("redis.url"),
+        e.starts_with("route[0] \"order-list\".cache.redis") || e.starts_with("redis.url"),
         "{e}"
     );
 }
@@ -240,7 +256,10 @@ fn connection_timeouts_and_cap_default_and_a_partial_timeouts_table_keeps_the_re
 #[test]
 fn what_cannot_run_names_its_path() {
     let e = err(&MINIMAL.replace("query =", "ttl_l2 = \"367d\"\nquery ="));
-    assert!(e.starts_with("route[0].cache.ttl_l2: "), "{e}");
+    assert!(
+        e.starts_with("route[0] \"order-list\".cache.ttl_l2: "),
+        "{e}"
+    );
     let c: Config = MINIMAL
         .replace("query =", "ttl_l2 = \"366d\"\nquery =")
         .parse()
@@ -252,7 +271,7 @@ fn what_cannot_run_names_its_path() {
     let e = err(&format!(
         "{MINIMAL}[[route]]\nname = \"w\"\nmethods = [\"POST\", \"PACTH\"]\npath = \"/o\"\n"
     ));
-    assert!(e.starts_with("route[1].methods[1]: "), "{e}");
+    assert!(e.starts_with("route[1] \"w\".methods[1]: "), "{e}");
     let redis = "[redis]\nurl = \"redis://127.0.0.1:6379\"\n";
     let e = err(&format!("{MINIMAL}{redis}op_timeout = \"3s\"\n"));
     assert!(
@@ -381,4 +400,37 @@ fn a_compute_table_is_validated_in_the_document_with_its_field_path() {
         e.contains("route[0].compute: a compute route serves POST only"),
         "{e}"
     );
+}
+
+#[test]
+fn a_route_is_named_by_its_position_and_its_name_in_path_and_message() {
+    let text = format!(
+        "{MINIMAL}[[route]]\nname = \"status-change\"\nmethods = [\"PATCH\"]\npath = \"/o/{{id}}\"\n[route.invalidate]\nfamilies = [\"status:all\"]\nrefresh = \"soon\"\n[[route]]\nname = \"again\"\npath = \"/api/orders\"\n"
+    );
+    let e = err(&text);
+    assert!(
+        e.starts_with("route[1] \"status-change\".invalidate.refresh: bad duration"),
+        "{e}"
+    );
+    // A type error (before validation) is named the same way.
+    let e = err(&text.replace("refresh = \"soon\"", "refresh = 250"));
+    assert!(
+        e.starts_with("route[1] \"status-change\".invalidate.refresh: "),
+        "{e}"
+    );
+    // The route it clashes with is named in the message too.
+    let e = err(&text.replace("refresh = \"soon\"", "refresh = \"250ms\""));
+    assert_eq!(
+        e,
+        "route[2] \"again\".path: GET /api/orders is already handled by route[0] \"order-list\""
+    );
+}
+
+#[test]
+fn a_toml_syntax_error_names_its_line_and_column() {
+    let e = err("upstream = \"http://127.0.0.1:9090\"\n\n[[route]\nname = \"x\"\n");
+    assert!(e.starts_with("line 3, column 9: "), "{e}");
+    assert!(!e.contains('\n'), "one line, no source excerpt: {e}");
+    let e = err("upstream = \"http://127.0.0.1:9090\"\nlisten = 127.0.0.1:8080\n");
+    assert!(e.starts_with("line 2, column "), "{e}");
 }

@@ -49,10 +49,10 @@ fn check_clashes(at: &str, route: &Route, earlier: &[Route]) -> Result<(), Confi
         {
             return Err(invalid(
                 format!("{at}.path"),
+                // The route's name is added to `route[j]` where the error leaves the config.
                 format!(
-                    "{m} {} is already handled by route[{j}] ({})",
-                    route.path.as_str(),
-                    other.name
+                    "{m} {} is already handled by route[{j}]",
+                    route.path.as_str()
                 ),
             ));
         }

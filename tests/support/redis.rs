@@ -22,6 +22,20 @@ const INSTALL_HINT: &str = "redis-server is not installed: the shared-tier tests
      Redis. Install it with `apt-get install -y redis-server` (or `brew install redis`); \
      `bash .ci/run` does this for you.";
 
+/// Set by the first test that finds `redis-server` missing: that one prints the hint; every
+/// such test in the binary then fails with one short line pointing at it.
+static MISSING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Fails the test: `redis-server` is not installed. The hint is written once per test
+/// binary, straight to stderr (not captured by the test harness), above the failures.
+fn missing() -> ! {
+    use std::io::Write;
+    if !MISSING.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        let _ = writeln!(std::io::stderr(), "\n{INSTALL_HINT}\n");
+    }
+    panic!("redis-server missing (how to install it: printed once, above the test list)");
+}
+
 fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
     l.local_addr().expect("local addr").port()
@@ -113,7 +127,7 @@ impl RedisServer {
             let child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn();
             let child = match child {
                 Ok(c) => c,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!("{INSTALL_HINT}"),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => missing(),
                 Err(e) => panic!("cannot start redis-server: {e}"),
             };
             self.child = Some(child);

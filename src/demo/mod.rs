@@ -1,6 +1,7 @@
 //! `mesgate demo`: the MES simulator on a local port with the gateway in front of it.
 //!
-//! It only wires existing parts together and prints what to try; no logic of its own.
+//! It wires existing parts together, runs the tour ([`tour`]: real requests that show a
+//! status change leaving a cached page) and prints what to try; no logic of its own.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -14,8 +15,10 @@ use tracing::{info, warn};
 use crate::config::{Config, ConfigError, Overrides};
 use crate::gateway::{BuildError, Gateway};
 
+pub mod tour;
+
 /// The demo config shipped in the binary, used when `config/demo.toml` is not on disk.
-pub const EMBEDDED_DEMO_CONFIG: &str = include_str!("../config/demo.toml");
+pub const EMBEDDED_DEMO_CONFIG: &str = include_str!("../../config/demo.toml");
 
 /// What `mesgate demo` was asked for.
 #[derive(Debug, Clone)]
@@ -36,8 +39,8 @@ pub enum DemoError {
     /// The demo config is wrong.
     #[error(transparent)]
     Config(#[from] ConfigError),
-    /// A port could not be bound.
-    #[error("cannot bind {addr}: {source}")]
+    /// A port could not be bound (the OS error is the source, printed after it).
+    #[error("cannot bind {addr}")]
     Bind {
         /// The address.
         addr: SocketAddr,
@@ -47,8 +50,8 @@ pub enum DemoError {
     /// The gateway could not be built.
     #[error(transparent)]
     Build(#[from] BuildError),
-    /// The server failed.
-    #[error("server: {0}")]
+    /// The server failed (the OS error is the source).
+    #[error("server failed")]
     Serve(#[from] std::io::Error),
 }
 
@@ -111,7 +114,14 @@ pub async fn run(opts: DemoOptions, shutdown: impl Future<Output = ()>) -> Resul
         None => None,
     };
     let gateway = Gateway::new(config)?;
-    print_banner(listener.local_addr()?, &sim.base_url(), admin.as_ref());
+    let addr = listener.local_addr()?;
+    println!(
+        "mesgate demo: gateway http://{addr} in front of the MES simulator {}",
+        sim.base_url()
+    );
+    if let Some(admin) = admin.as_ref().and_then(|l| l.local_addr().ok()) {
+        println!("admin: http://{admin}/readyz, /metrics");
+    }
     if let Some(admin) = admin {
         tokio::spawn(crate::admin::run(
             admin,
@@ -119,21 +129,35 @@ pub async fn run(opts: DemoOptions, shutdown: impl Future<Output = ()>) -> Resul
             std::future::pending(),
         ));
     }
-    crate::server::run(listener, gateway, shutdown).await?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(crate::server::run(listener, gateway, async {
+        let _ = stopped.await;
+    }));
+    tokio::pin!(shutdown);
+    tokio::select! {
+        toured = tour::run(addr, &sim) => match toured {
+            Ok(t) => {
+                println!();
+                print!("{t}");
+            }
+            Err(e) => warn!(error = %e, "the tour failed; the gateway keeps serving"),
+        },
+        () = &mut shutdown => {}
+    }
+    print_try(addr, &sim.base_url());
+    shutdown.await;
+    let _ = stop.send(());
+    let served = server.await.map_err(std::io::Error::other)?;
     sim.shutdown().await;
-    Ok(())
+    Ok(served?)
 }
 
-fn print_banner(gw: SocketAddr, sim: &str, admin: Option<&TcpListener>) {
-    let list = format!("http://{gw}/api/orders?status=MANUFACTURING_APPROVED");
-    println!("mesgate demo: gateway http://{gw} in front of the MES simulator {sim}");
-    println!("try (run it twice: X-Cache goes MISS, then HIT-L1):");
+fn print_try(gw: SocketAddr, sim: &str) {
+    let list = format!("http://{gw}/api/orders?status=SUBMITTED");
+    println!();
+    println!("try (run the first one twice: X-Cache goes MISS, then HIT-L1):");
     println!("  curl -si '{list}' | grep -iE '^(x-cache|cache-status|age):'");
-    println!("  curl -s '{sim}/__sim/stats'        # upstream requests per kind");
+    println!("  curl -s '{sim}/__sim/stats'        # requests that reached the MES, per kind");
     println!("  curl -s 'http://{gw}/api/orders/status-counts'");
-    println!("  curl -s 'http://{gw}/api/orders/42'");
-    if let Some(a) = admin.and_then(|l| l.local_addr().ok()) {
-        println!("  curl -s 'http://{a}/readyz'");
-    }
     println!("stop with Ctrl-C");
 }

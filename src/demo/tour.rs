@@ -1,0 +1,254 @@
+//! The demo's tour: a few real requests through the gateway that cache a status page,
+//! change the status of an order on it, and read the page and the new status's page, with
+//! each step's cache outcome, so a first look shows invalidation at work.
+//!
+//! The ids are the simulator's own (seeded data), so the printed tour is the same on
+//! every fresh start and the README can show it.
+
+use std::fmt;
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http::{Method, Request};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use mes_sim::SimHandle;
+
+/// The status whose first page the tour caches.
+pub const FROM: &str = "MANUFACTURING_APPROVED";
+/// The status the tour moves an order of that page to.
+pub const TO: &str = "MANUFACTURING_STARTED";
+
+/// One request of the tour and what came back.
+#[derive(Debug, Clone)]
+pub struct Step {
+    /// `GET /api/orders?status=…`, as sent.
+    pub request: String,
+    /// The answer's status code.
+    pub status: u16,
+    /// The `X-Cache` header (`-` when absent).
+    pub x_cache: String,
+    /// The ids a list answer lists, in order (empty for other answers).
+    pub ids: Vec<u64>,
+    /// The `status` field of a single order's answer.
+    pub order_status: Option<String>,
+    /// What the step shows, in words.
+    pub note: String,
+}
+
+/// The whole tour: the order it moved and its steps.
+#[derive(Debug, Clone)]
+pub struct Tour {
+    /// The order whose status the tour changed (the first one on `FROM`'s page 1).
+    pub order: u64,
+    /// The steps, in the order they ran.
+    pub steps: Vec<Step>,
+}
+
+/// Why the tour could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum TourError {
+    /// A request failed.
+    #[error("{request}: {message}")]
+    Request {
+        /// The request.
+        request: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// An answer was not what a working gateway gives.
+    #[error("{request}: {message}")]
+    Unexpected {
+        /// The request.
+        request: String,
+        /// What was wrong.
+        message: String,
+    },
+}
+
+struct Http {
+    client: Client<HttpConnector, Full<Bytes>>,
+    base: String,
+}
+
+struct Answer {
+    status: u16,
+    x_cache: String,
+    json: serde_json::Value,
+}
+
+impl Http {
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<String>,
+    ) -> Result<Answer, TourError> {
+        let request = format!("{method} {path}");
+        let fail = |message: String| TourError::Request {
+            request: request.clone(),
+            message,
+        };
+        let mut req = Request::builder()
+            .method(method.clone())
+            .uri(format!("{}{path}", self.base));
+        if body.is_some() {
+            req = req.header("content-type", "application/json");
+        }
+        let req = req
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .map_err(|e| fail(e.to_string()))?;
+        let resp = self
+            .client
+            .request(req)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        let status = resp.status().as_u16();
+        let x_cache = resp
+            .headers()
+            .get("x-cache")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-")
+            .to_owned();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| fail(e.to_string()))?
+            .to_bytes();
+        let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+        Ok(Answer {
+            status,
+            x_cache,
+            json,
+        })
+    }
+}
+
+fn ids(json: &serde_json::Value) -> Vec<u64> {
+    json["items"]
+        .as_array()
+        .map(|items| items.iter().filter_map(|i| i["id"].as_u64()).collect())
+        .unwrap_or_default()
+}
+
+/// Runs the tour against the gateway at `gateway`, in front of `sim` (whose counters
+/// show what reached the MES).
+pub async fn run(gateway: SocketAddr, sim: &SimHandle) -> Result<Tour, TourError> {
+    let http = Http {
+        client: Client::builder(TokioExecutor::new()).build_http(),
+        base: format!("http://{gateway}"),
+    };
+    let page = format!("/api/orders?status={FROM}");
+    let lists = || sim.stats().list;
+    let mut steps = Vec::new();
+
+    let before = lists();
+    let a = http.send(Method::GET, &page, None).await?;
+    let first = ids(&a.json);
+    let Some(&order) = first.first() else {
+        return Err(TourError::Unexpected {
+            request: format!("GET {page}"),
+            message: format!("{} with no orders listed", a.status),
+        });
+    };
+    let asked = lists() - before;
+    steps.push(Step {
+        note: format!(
+            "{} orders, the first is {order}; the MES was asked ({asked} list request)",
+            first.len()
+        ),
+        request: format!("GET {page}"),
+        status: a.status,
+        x_cache: a.x_cache,
+        ids: first,
+        order_status: None,
+    });
+
+    let before = lists();
+    let b = http.send(Method::GET, &page, None).await?;
+    let asked = lists() - before;
+    steps.push(Step {
+        note: format!("the same page from memory ({asked} list requests to the MES)"),
+        request: format!("GET {page}"),
+        status: b.status,
+        x_cache: b.x_cache,
+        ids: ids(&b.json),
+        order_status: None,
+    });
+
+    let before = lists();
+    let change = format!("/api/orders/{order}/status");
+    let w = http
+        .send(
+            Method::PATCH,
+            &change,
+            Some(format!("{{\"status\":\"{TO}\"}}")),
+        )
+        .await?;
+    steps.push(Step {
+        note: format!("order {order}: {FROM} -> {TO}, in the MES"),
+        request: format!("PATCH {change} {{\"status\":\"{TO}\"}}"),
+        status: w.status,
+        x_cache: w.x_cache,
+        ids: Vec::new(),
+        order_status: w.json["status"].as_str().map(str::to_owned),
+    });
+    if w.status != 200 {
+        return Err(TourError::Unexpected {
+            request: format!("PATCH {change}"),
+            message: format!("answered {}", w.status),
+        });
+    }
+
+    let c = http.send(Method::GET, &page, None).await?;
+    let again = ids(&c.json);
+    let asked = lists() - before;
+    steps.push(Step {
+        note: if again.contains(&order) {
+            format!("order {order} is STILL listed: invalidation did not happen")
+        } else {
+            format!(
+                "order {order} is gone from the page (the write fetched it again: {asked} list request)"
+            )
+        },
+        request: format!("GET {page}"),
+        status: c.status,
+        x_cache: c.x_cache,
+        ids: again,
+        order_status: None,
+    });
+
+    let to_page = format!("/api/orders?status={TO}");
+    let d = http.send(Method::GET, &to_page, None).await?;
+    let listed = ids(&d.json);
+    steps.push(Step {
+        note: match listed.iter().position(|&id| id == order) {
+            Some(p) => format!("order {order} is listed here now, at position {}", p + 1),
+            None => format!("order {order} is not on this page"),
+        },
+        request: format!("GET {to_page}"),
+        status: d.status,
+        x_cache: d.x_cache,
+        ids: listed,
+        order_status: None,
+    });
+
+    Ok(Tour { order, steps })
+}
+
+impl fmt::Display for Tour {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "tour (real requests, just made; X-Cache is each answer's cache outcome):"
+        )?;
+        for (i, s) in self.steps.iter().enumerate() {
+            writeln!(f, "  {}. {}", i + 1, s.request)?;
+            writeln!(f, "     {} {:<9} {}", s.status, s.x_cache, s.note)?;
+        }
+        Ok(())
+    }
+}

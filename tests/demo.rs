@@ -1,0 +1,168 @@
+//! `mesgate demo`: its tour's claims are true (the order it changes is on the page it
+//! caches, and afterwards gone from it and on the new status's page, as the MES has it),
+//! the binary prints that tour and stops at once on Ctrl-C, and the README shows the same;
+//! a port in use is named once.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use mes_sim::{self as sim, SimConfig};
+use mesgate::demo::EMBEDDED_DEMO_CONFIG;
+use mesgate::demo::tour::{self, FROM, TO};
+
+mod support;
+use support::gateway::spawn_gateway;
+
+async fn mes_ids(sim: &sim::SimHandle, status: &str) -> Vec<u64> {
+    let url = format!("{}/api/orders?status={status}", sim.base_url());
+    support::client::get(&url).await.item_ids()
+}
+
+#[tokio::test]
+async fn the_tour_moves_an_order_of_the_page_it_cached_to_the_new_statuss_page() {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    // The demo's own simulator settings (its latencies) and config.
+    let mes = sim::spawn(l, SimConfig::default());
+    let gw = spawn_gateway(EMBEDDED_DEMO_CONFIG, &mes.base_url(), None).await;
+    let t = tour::run(gw.addr, &mes).await.expect("the tour runs");
+    let s = &t.steps;
+    assert_eq!(s.len(), 5, "{t}");
+    let outcome = |i: usize| (s[i].status, s[i].x_cache.as_str());
+
+    assert_eq!(outcome(0), (200, "MISS"), "{t}");
+    assert!(
+        s[0].ids.contains(&t.order),
+        "the order is on the page it caches: {t}"
+    );
+    assert_eq!(outcome(1), (200, "HIT-L1"), "{t}");
+    assert_eq!(s[1].ids, s[0].ids);
+
+    assert_eq!(s[2].status, 200, "{t}");
+    assert_eq!(s[2].order_status.as_deref(), Some(TO));
+    assert_eq!(
+        mes.order_status(t.order).as_deref(),
+        Some(TO),
+        "the MES has it"
+    );
+
+    // The page read again: from memory, without the order, as the MES lists it now.
+    assert_eq!(outcome(3), (200, "HIT-L1"), "{t}");
+    assert!(!s[3].ids.contains(&t.order), "{t}");
+    assert_eq!(s[3].ids, mes_ids(&mes, FROM).await);
+    assert!(s[4].ids.contains(&t.order), "{t}");
+    assert_eq!(s[4].ids, mes_ids(&mes, TO).await);
+    assert_eq!(s[4].status, 200);
+
+    // What a new user reads in the README is what the demo prints (seeded data).
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md");
+    assert!(
+        readme.contains(&t.to_string()),
+        "README.md does not show the tour as printed:\n{t}"
+    );
+    gw.stop().await;
+}
+
+#[test]
+fn the_demo_binary_prints_the_tour_and_stops_at_once_on_ctrl_c() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mesgate"))
+        .args([
+            "demo",
+            "--listen",
+            "127.0.0.1:0",
+            "--sim-listen",
+            "127.0.0.1:0",
+        ])
+        .env_remove("MESGATE_REDIS_URL")
+        .env("MESGATE_ADMIN_LISTEN", "127.0.0.1:0")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start mesgate demo");
+    let stdout = child.stdout.take().unwrap();
+    // Lines arrive through a channel so a demo that never finishes its tour fails the
+    // test at the deadline instead of hanging it.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut out = Vec::new();
+    while !out.iter().any(|l: &String| l.contains("stop with Ctrl-C")) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => out.push(line),
+            Err(_) => {
+                let _ = child.kill();
+                panic!("no tour within 30 s; printed:\n{}", out.join("\n"));
+            }
+        }
+    }
+    let printed = out.join("\n");
+    for want in [
+        "tour (real requests",
+        &format!("GET /api/orders?status={FROM}"),
+        "200 MISS",
+        "200 HIT-L1",
+        "is gone from the page",
+        "is listed here now",
+    ] {
+        assert!(printed.contains(want), "want {want:?} in:\n{printed}");
+    }
+    assert!(!printed.contains("STILL listed"), "{printed}");
+
+    let sent = Instant::now();
+    let killed = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if sent.elapsed() > Duration::from_secs(5) {
+            let _ = child.kill();
+            panic!("the demo still runs 5 s after Ctrl-C");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        sent.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        sent.elapsed()
+    );
+}
+
+#[test]
+fn a_port_in_use_is_named_once_with_the_reason_once() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = Command::new(env!("CARGO_BIN_EXE_mesgate"))
+        .args(["demo", "--listen", "127.0.0.1:0", "--sim-listen", &addr])
+        .env_remove("MESGATE_REDIS_URL")
+        .env("MESGATE_ADMIN_LISTEN", "127.0.0.1:0")
+        .env("RUST_LOG", "error")
+        .output()
+        .expect("run mesgate demo");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    assert!(
+        stderr.starts_with(&format!("mesgate: cannot bind {addr}: ")),
+        "{stderr}"
+    );
+    assert_eq!(
+        stderr.matches("os error").count(),
+        1,
+        "the reason once: {stderr}"
+    );
+    drop(taken);
+}
