@@ -22,6 +22,7 @@ mod compute;
 mod parse;
 mod raw;
 mod raw_live;
+mod raw_redis;
 pub mod route;
 mod runtime;
 mod validate;

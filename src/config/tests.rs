@@ -386,10 +386,13 @@ fn a_compute_table_is_validated_in_the_document_with_its_field_path() {
         ok.describe()
     );
     for (extra, want) in [
-        ("key = []\n", "route[0].compute.key: must name"),
-        ("key = [\"a b\"]\n", "route[0].compute.key[0]"),
-        ("key = [\"a\"]\nttl = \"forever\"\n", "route[0].compute.ttl"),
-        ("key = [\"a\"]\nkeys = 1\n", "route[0].compute"),
+        ("key = []\n", "route[0] \"p\".compute.key: must name"),
+        ("key = [\"a b\"]\n", "route[0] \"p\".compute.key[0]"),
+        (
+            "key = [\"a\"]\nttl = \"forever\"\n",
+            "route[0] \"p\".compute.ttl",
+        ),
+        ("key = [\"a\"]\nkeys = 1\n", "route[0] \"p\".compute"),
     ] {
         let e = err(&format!("{route}{extra}"));
         assert!(e.contains(want), "{extra}: {e}");
@@ -397,7 +400,7 @@ fn a_compute_table_is_validated_in_the_document_with_its_field_path() {
     let get = route.replace("[\"POST\"]", "[\"GET\"]");
     let e = err(&format!("{get}key = [\"a\"]\n"));
     assert!(
-        e.contains("route[0].compute: a compute route serves POST only"),
+        e.contains("route[0] \"p\".compute: a compute route serves POST only"),
         "{e}"
     );
 }

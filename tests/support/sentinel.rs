@@ -59,6 +59,9 @@ impl SentinelSet {
             "--replicaof".into(),
             "127.0.0.1".into(),
             master.port().to_string(),
+            // Loaded from the socket, not through a dump.rdb in the working directory.
+            "--repl-diskless-load".into(),
+            "on-empty-db".into(),
         ])
         .await;
         let rp = replica.port();
