@@ -117,28 +117,9 @@ fn the_demo_binary_prints_the_tour_and_stops_at_once_on_ctrl_c() {
     }
     assert!(!printed.contains("STILL listed"), "{printed}");
 
-    let sent = Instant::now();
-    let killed = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if sent.elapsed() > Duration::from_secs(5) {
-            let _ = child.kill();
-            panic!("the demo still runs 5 s after Ctrl-C");
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
+    let (status, took) = support::process::interrupt(&mut child, "the demo");
     assert_eq!(status.code(), Some(0));
-    assert!(
-        sent.elapsed() < Duration::from_secs(1),
-        "{:?}",
-        sent.elapsed()
-    );
+    assert!(took < Duration::from_secs(1), "{took:?}");
 }
 
 #[test]

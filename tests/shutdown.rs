@@ -132,23 +132,7 @@ async fn ctrl_c_with_nothing_in_flight_exits_at_once() {
         "the idle connection was answered"
     );
 
-    let sent = Instant::now();
-    let killed = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if sent.elapsed() > Duration::from_secs(5) {
-            let _ = child.kill();
-            panic!("mesgate still running 5 s after Ctrl-C");
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    };
-    let took = sent.elapsed();
+    let (status, took) = support::process::interrupt(&mut child, "mesgate");
     assert_eq!(status.code(), Some(0));
     assert!(
         took < Duration::from_millis(1000),

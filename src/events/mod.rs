@@ -365,14 +365,17 @@ async fn last_id(s: &Shared) -> Option<String> {
     Some(id.unwrap_or_else(|| "0-0".into()))
 }
 
-fn items(v: &Value) -> &[Value] {
+/// The elements of a Redis array reply (none for anything else): stream replies are
+/// nested arrays.
+pub(crate) fn items(v: &Value) -> &[Value] {
     match v {
         Value::Array(a) => a,
         _ => &[],
     }
 }
 
-fn text(v: &Value) -> Option<String> {
+/// A Redis string reply as text.
+pub(crate) fn text(v: &Value) -> Option<String> {
     match v {
         Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
         Value::SimpleString(s) => Some(s.clone()),

@@ -13,7 +13,7 @@ use tracing::{debug, warn};
 use super::store::{GROUP, Start, Store};
 use super::{Execute, Outcome};
 use crate::config::OperationsConfig;
-use crate::events::{Event, Events};
+use crate::events::{Event, Events, items, text};
 use crate::l2::L2Error;
 
 /// How long one blocking read waits for new entries (also how soon a worker notices that
@@ -136,21 +136,6 @@ async fn claim(
         .await?;
     // [next cursor, [entry…], [deleted id…]]
     Ok(items(&v).get(1).map(entries).unwrap_or_default())
-}
-
-fn items(v: &Value) -> &[Value] {
-    match v {
-        Value::Array(a) => a,
-        _ => &[],
-    }
-}
-
-fn text(v: &Value) -> Option<String> {
-    match v {
-        Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
-        Value::SimpleString(s) => Some(s.clone()),
-        _ => None,
-    }
 }
 
 /// `[[id, [field, value…]]…]` → (entry id, operation id).

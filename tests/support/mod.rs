@@ -5,5 +5,6 @@
 pub mod client;
 pub mod fake_mes;
 pub mod gateway;
+pub mod process;
 pub mod redis;
 pub mod sentinel;
