@@ -372,7 +372,8 @@ async fn start_binary(
             .env("MESGATE_LISTEN", format!("127.0.0.1:{port}"))
             .env("MESGATE_UPSTREAM", mes.base_url())
             .env("MESGATE_REDIS_URL", redis.url())
-            .env("MESGATE_ADMIN_LISTEN", "")
+            // Its own port: an empty value would leave the file's 127.0.0.1:9901.
+            .env("MESGATE_ADMIN_LISTEN", "127.0.0.1:0")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -410,7 +410,8 @@ async fn the_leaseholder_killed_mid_computation_another_instance_takes_over() {
         .env("MESGATE_LISTEN", format!("127.0.0.1:{port}"))
         .env("MESGATE_UPSTREAM", mes.base_url())
         .env("MESGATE_REDIS_URL", redis.url())
-        .env("MESGATE_ADMIN_LISTEN", "")
+        // Its own port: an empty value would leave the file's 127.0.0.1:9901.
+        .env("MESGATE_ADMIN_LISTEN", "127.0.0.1:0")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
