@@ -413,6 +413,14 @@ impl Gateway {
         if let Some(rule) = &route.compute
             && req.method() == Method::POST
         {
+            let prefer = Prefer::parse(req.headers());
+            let h = req.headers();
+            let credentials =
+                h.contains_key(http::header::AUTHORIZATION) || h.contains_key(http::header::COOKIE);
+            if prefer.is_async() && !credentials {
+                let (resp, outcome) = self.accept_compute(req, remote, route, rule, prefer).await;
+                return (resp, name, outcome);
+            }
             let computer = &self.inner.computer;
             let (resp, outcome) = computer.handle(req, remote, route, rule).await;
             return (resp, name, outcome);
@@ -470,6 +478,36 @@ impl Gateway {
         }
     }
 
+    /// A computation asked for with `Prefer: respond-async`: recorded and queued like an
+    /// asynchronous write, then answered `202 Accepted` (or the result, within `Prefer:
+    /// wait`); the queue's consumer computes it through the compute path (one computation
+    /// per key still). Not recorded (no Redis): computed and answered synchronously.
+    async fn accept_compute(
+        &self,
+        req: Request<ClientBody>,
+        remote: SocketAddr,
+        route: &crate::config::route::Route,
+        rule: &Arc<crate::config::ComputeRule>,
+        prefer: Prefer,
+    ) -> (Response<Body>, &'static str) {
+        let (mut parts, body) = req.into_parts();
+        let body = match crate::compute::read_body(body, rule.max_body).await {
+            Ok(b) => b,
+            Err(e) => return (problem(&e), "bypass"),
+        };
+        let req = Request::from_parts(parts.clone(), body.clone());
+        let ops = &self.inner.operations;
+        match ops.accept(&StoredRequest::from_request(&req, remote)).await {
+            Ok(id) => (ops.answer(&id, prefer.wait).await, "async"),
+            Err(e) => {
+                warn!(error = %e, tier = "shared", "operation not recorded; computed synchronously");
+                parts.headers.remove("prefer");
+                let computer = &self.inner.computer;
+                computer.handle_read(parts, body, remote, route, rule).await
+            }
+        }
+    }
+
     /// What the metrics render from.
     pub fn snapshot(&self) -> Snapshot<'_> {
         Snapshot {
@@ -498,6 +536,20 @@ impl Execute for Inner {
                 return outcome(problem(&e)).await;
             };
             let routing = self.routes.load_full();
+            // A computation (the price calculation) goes through the compute path.
+            let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+            if let Some(m) = routing.table.find(&method, &path)
+                && let Some(rule) = m.route.compute.clone()
+                && method == Method::POST
+            {
+                req.headers_mut().remove("prefer");
+                let (parts, body) = req.into_parts();
+                let (resp, _) = self
+                    .computer
+                    .handle_read(parts, body, remote, m.route, &rule)
+                    .await;
+                return outcome(resp).await;
+            }
             let found = routing
                 .table
                 .find(req.method(), req.uri().path())

@@ -11,7 +11,7 @@ use mes_sim::{self as sim, SimConfig, SimHandle};
 
 mod support;
 
-use support::client::{Resp, send};
+use support::client::{Resp, get, send};
 use support::gateway::{TestGateway, redis_block, spawn_gateway};
 use support::redis::RedisServer;
 
@@ -482,4 +482,59 @@ async fn the_leaseholder_killed_mid_computation_another_instance_takes_over() {
     assert_eq!(count(&b, "takeover"), 1);
     assert_eq!(count(&b, "started"), 1);
     let _ = std::fs::remove_file(&file);
+}
+
+/// Reads the operation at `location` on `base` until it is final (at most 20 s).
+async fn final_op(base: &str, location: &str) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = get(&format!("{base}{location}")).await;
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        let op = r.json();
+        if op["state"] == "succeeded" || op["state"] == "failed" {
+            return op;
+        }
+        assert!(Instant::now() < deadline, "operation never finished: {op}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `Prefer: respond-async`: `202` and an operation, read on the other instance; the
+/// queue's consumer computes it through the compute path (once), records the result, and
+/// keeps it like any other: a later synchronous request is a hit with the same answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn respond_async_is_accepted_then_computed_once_and_kept() {
+    let redis = RedisServer::start().await;
+    let mes = mes(Duration::from_millis(300)).await;
+    let cfg = config("2s", true);
+    let a = spawn_gateway(&cfg, &mes.base_url(), Some(&redis.url())).await;
+    let b = spawn_gateway(&cfg, &mes.base_url(), Some(&redis.url())).await;
+    let req = body("hasync", 3);
+    let headers = [
+        ("content-type", "application/json"),
+        ("prefer", "respond-async"),
+    ];
+    let url = format!("{}{PATH}", base(&a));
+    let r = send(Method::POST, &url, &headers, Bytes::from(req.clone())).await;
+    assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.header("preference-applied"), "respond-async");
+    let location = r.header("location").to_owned();
+    assert!(location.starts_with("/mesgate/operations/"), "{location}");
+    let op = final_op(&base(&b), &location).await;
+    assert_eq!(op["state"], "succeeded", "{op}");
+    assert_eq!(op["status"], 200, "{op}");
+    assert_eq!(mes.price_runs("hasync", "Steel", 3), 1);
+    let again = price(&base(&b), &req).await;
+    assert_eq!(again.status, 200);
+    assert!(
+        ["HIT-L1", "HIT-L2"].contains(&again.x_cache()),
+        "{}",
+        again.x_cache()
+    );
+    assert_eq!(
+        again.json(),
+        op["response"],
+        "the recorded answer is the kept one"
+    );
+    assert_eq!(mes.price_runs("hasync", "Steel", 3), 1, "computed once");
 }

@@ -172,6 +172,19 @@ impl Computer {
             Ok(b) => b,
             Err(e) => return (problem(&e), "bypass"),
         };
+        self.handle_read(parts, body, remote, route, rule).await
+    }
+
+    /// [`Computer::handle`] of a request whose body is read (and carries no
+    /// credentials): an accepted operation's, executed from the queue.
+    pub(crate) async fn handle_read(
+        &self,
+        parts: http::request::Parts,
+        body: Bytes,
+        remote: SocketAddr,
+        route: &Route,
+        rule: &Arc<ComputeRule>,
+    ) -> (Response<Body>, &'static str) {
         let key = match canon::key(&route.name, rule, &body) {
             Ok(k) => k,
             Err(why) => {
@@ -353,7 +366,7 @@ fn respond_entry(
     resp
 }
 
-async fn read_body(body: ClientBody, max: usize) -> Result<Bytes, GatewayError> {
+pub(crate) async fn read_body(body: ClientBody, max: usize) -> Result<Bytes, GatewayError> {
     match Limited::new(body, max).collect().await {
         Ok(c) => Ok(c.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
