@@ -12,7 +12,7 @@ use mesgate::operations::StoredRequest;
 use mesgate::operations::store::{GROUP, Start, Store};
 
 mod support;
-use support::client::{Resp, get, other_status, send};
+use support::client::{Resp, final_op, get, other_status, send};
 use support::gateway::{TestGateway, redis_block, spawn_gateway};
 use support::redis::RedisServer;
 
@@ -74,21 +74,6 @@ async fn patch(base: &str, id: u64, status: &str, prefer: Option<&str>) -> Resp 
     let url = format!("{base}/api/orders/{id}/status");
     let body = Bytes::from(format!("{{\"status\":\"{status}\"}}"));
     send(Method::PATCH, &url, &headers, body).await
-}
-
-/// Polls `GET {base}{location}` until the operation is final (bounded).
-async fn final_op(base: &str, location: &str) -> serde_json::Value {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let r = get(&format!("{base}{location}")).await;
-        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
-        let op = r.json();
-        if op["state"] == "succeeded" || op["state"] == "failed" {
-            return op;
-        }
-        assert!(Instant::now() < deadline, "operation never finished: {op}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 fn status_of(r: &Resp) -> String {

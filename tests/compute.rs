@@ -11,7 +11,7 @@ use mes_sim::{self as sim, SimConfig, SimHandle};
 
 mod support;
 
-use support::client::{Resp, get, send};
+use support::client::{Resp, final_op, send};
 use support::gateway::{TestGateway, redis_block, spawn_gateway};
 use support::redis::RedisServer;
 
@@ -482,21 +482,6 @@ async fn the_leaseholder_killed_mid_computation_another_instance_takes_over() {
     assert_eq!(count(&b, "takeover"), 1);
     assert_eq!(count(&b, "started"), 1);
     let _ = std::fs::remove_file(&file);
-}
-
-/// Reads the operation at `location` on `base` until it is final (at most 20 s).
-async fn final_op(base: &str, location: &str) -> serde_json::Value {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let r = get(&format!("{base}{location}")).await;
-        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
-        let op = r.json();
-        if op["state"] == "succeeded" || op["state"] == "failed" {
-            return op;
-        }
-        assert!(Instant::now() < deadline, "operation never finished: {op}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// `Prefer: respond-async`: `202` and an operation, read on the other instance; the

@@ -151,3 +151,22 @@ pub fn other_status(s: &str) -> &'static str {
         "MANUFACTURING_STARTED"
     }
 }
+
+/// Polls `GET {base}{location}` (an operation resource) until the operation is final
+/// (at most 20 s); its JSON.
+pub async fn final_op(base: &str, location: &str) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let r = get(&format!("{base}{location}")).await;
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        let op = r.json();
+        if op["state"] == "succeeded" || op["state"] == "failed" {
+            return op;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "operation never finished: {op}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
