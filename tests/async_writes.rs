@@ -2,7 +2,6 @@
 //! operation is executed from a Redis Stream by any instance (one killed after its 202
 //! included), its outcome and its invalidation are both applied, a retry is harmless.
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -338,49 +337,6 @@ async fn ghost_takes(
     let _: () = p.query_async(c).await.unwrap();
 }
 
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
-
-/// Starts the binary on a free port; a port taken meanwhile (it exits) is tried again.
-async fn start_binary(
-    file: &std::path::Path,
-    mes: &SimHandle,
-    redis: &RedisServer,
-) -> (std::process::Child, u16) {
-    for _ in 0..3 {
-        let port = free_port();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_mesgate"))
-            .arg("--config")
-            .arg(file)
-            .env("MESGATE_LISTEN", format!("127.0.0.1:{port}"))
-            .env("MESGATE_UPSTREAM", mes.base_url())
-            .env("MESGATE_REDIS_URL", redis.url())
-            // Its own port: an empty value would leave the file's 127.0.0.1:9901.
-            .env("MESGATE_ADMIN_LISTEN", "127.0.0.1:0")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start mesgate");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-            {
-                return (child, port);
-            }
-            if child.try_wait().unwrap().is_some() {
-                break;
-            }
-            assert!(Instant::now() < deadline, "mesgate did not start");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-    panic!("mesgate exited at start three times");
-}
-
 /// The real binary accepts an operation and is SIGKILLed while its attempt is at the MES;
 /// another instance claims it and carries it out.
 #[tokio::test]
@@ -392,10 +348,11 @@ async fn an_operation_survives_the_instance_that_accepted_it_being_killed() {
     let file = std::env::temp_dir().join(format!(
         "mesgate-async-{}-{}.toml",
         std::process::id(),
-        free_port()
+        support::process::free_port()
     ));
     std::fs::write(&file, &cfg).unwrap();
-    let (mut child, port) = start_binary(&file, &mes, &redis).await;
+    let (mut child, port) =
+        support::process::start_binary(&file, &mes.base_url(), &redis.url()).await;
     let base = format!("http://127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(20);
     let id = 33;

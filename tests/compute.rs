@@ -2,7 +2,7 @@
 //! results kept and served, errors not, the lease taken over when its holder dies.
 //! A real `redis-server`, the simulator as the MES, a real mesgate process for the kill.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -382,11 +382,6 @@ async fn an_admin_purge_by_key_fields_drops_the_result_on_every_instance() {
     assert_eq!(bad.status, 400);
 }
 
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
-
 /// Kills the child on drop, so a failed assertion leaves no process behind.
 struct Child(std::process::Child);
 
@@ -402,29 +397,13 @@ async fn the_leaseholder_killed_mid_computation_another_instance_takes_over() {
     let redis = RedisServer::start().await;
     let mes = mes(Duration::from_millis(1500)).await;
     let cfg = config("900ms", true);
-    let file = std::env::temp_dir().join(format!("mesgate-compute-{}.toml", free_port()));
+    let file = std::env::temp_dir().join(format!(
+        "mesgate-compute-{}.toml",
+        support::process::free_port()
+    ));
     std::fs::write(&file, &cfg).unwrap();
-    let port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_mesgate"))
-        .args(["--config", file.to_str().unwrap()])
-        .env("MESGATE_LISTEN", format!("127.0.0.1:{port}"))
-        .env("MESGATE_UPSTREAM", mes.base_url())
-        .env("MESGATE_REDIS_URL", redis.url())
-        // Its own port: an empty value would leave the file's 127.0.0.1:9901.
-        .env("MESGATE_ADMIN_LISTEN", "127.0.0.1:0")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start mesgate");
+    let (child, port) = support::process::start_binary(&file, &mes.base_url(), &redis.url()).await;
     let mut child = Child(child);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
-        assert!(Instant::now() < deadline, "mesgate did not start");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
     let b = spawn_gateway(&cfg, &mes.base_url(), Some(&redis.url())).await;
     let req = body("killed", 9);
     let on_a = {

@@ -122,29 +122,18 @@ impl Writer {
         let gw = self.clone();
         let (tx, rx) = oneshot::channel();
         tokio::spawn(async move {
-            let _ = tx.send(gw.write_detached(req, remote, &rule, &params, false).await);
+            let _ = tx.send(gw.execute(req, remote, &rule, &params, false).await);
         });
         rx.await
             .unwrap_or_else(|_| problem(&GatewayError::FetchLost))
     }
 
-    /// Executes an accepted operation's write: exactly the synchronous path (forward,
-    /// index move, invalidation, before it returns). `retried`: an earlier attempt may
+    /// The write itself (forward, index move, invalidation, before it returns), run in a
+    /// task of its own by [`Writer::write_buffered`] and by an accepted operation's
+    /// consumer. `retried`: an earlier attempt may
     /// have reached the MES, so a conflict is checked against the entity's state
     /// ([`Writer::confirm`]).
     pub async fn execute(
-        &self,
-        req: Request<Bytes>,
-        remote: SocketAddr,
-        rule: &InvalidateRule,
-        params: &[(String, String)],
-        retried: bool,
-    ) -> Response<Body> {
-        self.write_detached(req, remote, rule, params, retried)
-            .await
-    }
-
-    async fn write_detached(
         &self,
         req: Request<Bytes>,
         remote: SocketAddr,

@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use super::process::free_port;
+
 /// A `redis-server` child process owned by one test.
 pub struct RedisServer {
     port: u16,
@@ -34,11 +36,6 @@ fn missing() -> ! {
         let _ = writeln!(std::io::stderr(), "\n{INSTALL_HINT}\n");
     }
     panic!("redis-server missing (how to install it: printed once, above the test list)");
-}
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    l.local_addr().expect("local addr").port()
 }
 
 impl RedisServer {
