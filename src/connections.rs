@@ -48,6 +48,11 @@ pub struct Connections {
 }
 
 /// What one connection is doing, as far as closing it goes.
+///
+/// A request's begin and end only touch atomics: nothing is woken per request (that
+/// cost a task wake and a timer reset on every hit). The idle watch sleeps to the
+/// deadline it last computed and computes it again when it wakes (see
+/// [`Activity::expired`]).
 #[derive(Debug)]
 pub struct Activity {
     /// Requests whose answer is not fully sent yet.
@@ -55,14 +60,16 @@ pub struct Activity {
     /// Whether a request has arrived (the first one is awaited for `client_header`, the
     /// next ones for `client_idle`).
     served: AtomicBool,
-    /// When it was accepted or last finished an answer. A std `Mutex`: never held across
-    /// an `.await`.
-    last: Mutex<Instant>,
+    /// When it was accepted: `last` counts from here.
+    born: Instant,
+    /// When it was accepted or last finished an answer, in nanoseconds since `born`.
+    last: AtomicU64,
     /// Chosen to make way at the cap.
     evicted: AtomicBool,
     evict: Notify,
-    /// A request began or an answer finished: the idle deadline moved.
-    changed: Notify,
+    /// The first request arrived: the deadline changes from `client_header` to
+    /// `client_idle`, which may be shorter.
+    first_request: Notify,
 }
 
 /// A connection's place under the cap; dropping it frees the place.
@@ -122,10 +129,11 @@ impl Connections {
         let activity = Arc::new(Activity {
             in_flight: AtomicUsize::new(0),
             served: AtomicBool::new(false),
-            last: Mutex::new(Instant::now()),
+            born: Instant::now(),
+            last: AtomicU64::new(0),
             evicted: AtomicBool::new(false),
             evict: Notify::new(),
-            changed: Notify::new(),
+            first_request: Notify::new(),
         });
         self.lock().insert(id, activity.clone());
         Slot {
@@ -174,13 +182,14 @@ impl Activity {
     /// Marks a request begun; the returned guard ends it when dropped.
     pub fn begin(self: &Arc<Self>) -> Busy {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
-        self.served.store(true, Ordering::Release);
-        self.changed.notify_waiters();
+        if !self.served.load(Ordering::Acquire) && !self.served.swap(true, Ordering::AcqRel) {
+            self.first_request.notify_waiters();
+        }
         Busy(self.clone())
     }
 
     fn last_active(&self) -> Instant {
-        *self.last.lock().unwrap_or_else(|e| e.into_inner())
+        self.born + Duration::from_nanos(self.last.load(Ordering::Acquire))
     }
 
     /// When the connection is due to close for idleness, if it is idle now: `first`
@@ -198,20 +207,25 @@ impl Activity {
     }
 
     /// Resolves once the connection has been idle too long (see `Activity::due`).
+    ///
+    /// Exact without being woken per request: an answer only ever moves the deadline
+    /// later, so sleeping to the deadline computed last and computing it again on waking
+    /// never closes early; while an answer is in progress it looks again every `idle`, so
+    /// it wakes within `idle` of the answer's end, before the new deadline.
     pub async fn expired(&self, first: Duration, idle: Duration) {
         loop {
-            // Registered before the state is read, so a change in between is not missed.
-            let changed = self.changed.notified();
+            // Registered before the state is read, so a first request in between is seen.
+            let first_request = self.first_request.notified();
             match self.due(first, idle) {
                 Some(at) if at <= Instant::now() => return,
-                Some(at) => {
+                Some(at) if !self.served.load(Ordering::Acquire) => {
                     tokio::select! {
                         () = tokio::time::sleep_until(at) => {}
-                        () = changed => {}
+                        () = first_request => {}
                     }
                 }
-                // Busy: the answer's end wakes us.
-                None => changed.await,
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => tokio::time::sleep(idle).await,
             }
         }
     }
@@ -224,9 +238,10 @@ impl Activity {
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        *self.0.last.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+        let since = Instant::now().saturating_duration_since(self.0.born);
+        let nanos = u64::try_from(since.as_nanos()).unwrap_or(u64::MAX);
+        self.0.last.fetch_max(nanos, Ordering::AcqRel);
         self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
-        self.0.changed.notify_waiters();
     }
 }
 

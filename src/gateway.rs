@@ -389,14 +389,14 @@ impl Gateway {
         if let Some(id) = req.uri().path().strip_prefix(operations::PATH)
             && is_read(req.method())
         {
-            let resp = self.inner.operations.read(id).await;
+            let resp = Box::pin(self.inner.operations.read(id)).await;
             return (resp, routing.unmatched.clone(), FORWARD);
         }
         let Some(m) = routing.table.find(req.method(), req.uri().path()) else {
             req.extensions_mut()
                 .insert(RouteLabel(metrics::unmatched()));
             let counted = routing.unmatched.clone();
-            return (pass.pass(req, remote).await, counted, FORWARD);
+            return (Box::pin(pass.pass(req, remote)).await, counted, FORWARD);
         };
         let route = m.route;
         let name = routing.requests[m.index].clone();
@@ -418,11 +418,12 @@ impl Gateway {
             let credentials =
                 h.contains_key(http::header::AUTHORIZATION) || h.contains_key(http::header::COOKIE);
             if prefer.is_async() && !credentials {
-                let (resp, outcome) = self.accept_compute(req, remote, route, rule, prefer).await;
+                let accepting = self.accept_compute(req, remote, route, rule, prefer);
+                let (resp, outcome) = Box::pin(accepting).await;
                 return (resp, name, outcome);
             }
             let computer = &self.inner.computer;
-            let (resp, outcome) = computer.handle(req, remote, route, rule).await;
+            let (resp, outcome) = Box::pin(computer.handle(req, remote, route, rule)).await;
             return (resp, name, outcome);
         }
         if cached_read {
@@ -435,15 +436,15 @@ impl Gateway {
         match &route.invalidate {
             Some(rule) if rule.async_ && Prefer::parse(req.headers()).is_async() => {
                 let prefer = Prefer::parse(req.headers());
-                let resp = self.accept(req, remote, rule, params.pairs, prefer).await;
+                let resp = Box::pin(self.accept(req, remote, rule, params.pairs, prefer)).await;
                 (resp, name, "async")
             }
             Some(rule) => {
                 let writer = &self.inner.writer;
-                let resp = writer.write(req, remote, rule.clone(), params.pairs).await;
+                let resp = Box::pin(writer.write(req, remote, rule.clone(), params.pairs)).await;
                 (resp, name, "write")
             }
-            None => (pass.pass(req, remote).await, name, FORWARD),
+            None => (Box::pin(pass.pass(req, remote)).await, name, FORWARD),
         }
     }
 

@@ -22,7 +22,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Semaphore, oneshot, watch};
 use tracing::{debug, info, warn};
 
 use crate::client_body::ClientBody;
@@ -155,7 +155,8 @@ fn serve(
             let resp =
                 if req.uri().path() == crate::events::PATH && req.method() == http::Method::GET {
                     let (headers, query) = (req.headers(), req.uri().query());
-                    let events = gateway.events().subscribe(headers, query).await;
+                    // Boxed: see `Gateway::dispatch` (the hit path's future stays small).
+                    let events = Box::pin(gateway.events().subscribe(headers, query)).await;
                     events.map(Either::Right)
                 } else {
                     gateway.handle(req, remote).await.map(Either::Left)
@@ -166,31 +167,52 @@ fn serve(
     let conn = builder
         .serve_connection(TokioIo::new(stream), service)
         .into_owned();
-    let (slot, mut stopped) = (ctx.slot, ctx.stopped);
+    let (slot, stopped) = (ctx.slot, ctx.stopped);
+    let close = watch_closing(slot.activity().clone(), stopped, timeouts);
     tokio::spawn(async move {
-        tokio::pin!(conn);
-        let activity = slot.activity().clone();
-        let (first, idle) = (timeouts.client_header, timeouts.client_idle);
+        tokio::pin!(conn, close);
         let mut closing = false;
         loop {
-            let why = tokio::select! {
+            tokio::select! {
                 done = conn.as_mut() => {
                     if let Err(e) = done {
                         debug!(error = %e, %remote, "connection ended with an error");
                     }
                     break;
                 }
-                () = activity.expired(first, idle), if !closing => "idle",
-                () = activity.evicted(), if !closing => "making way at max_connections",
-                _ = stopped.changed(), if !closing => "shutdown",
-            };
-            // Lets an answer in progress finish; an idle connection closes at once.
-            debug!(%remote, why, "closing connection");
-            conn.as_mut().graceful_shutdown();
-            closing = true;
+                why = close.as_mut(), if !closing => {
+                    // Lets an answer in progress finish; an idle connection closes at once.
+                    debug!(%remote, why = why.unwrap_or("watch ended"), "closing connection");
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+            }
         }
         drop(slot);
     });
+}
+
+/// Why a connection should close, from a task of its own: idle too long, chosen to make
+/// way at the cap, or shutdown. The connection's task then waits on one channel, cheap to
+/// poll each time its socket wakes it, instead of polling three watches per request. The
+/// watch ends with the connection (its receiver dropped).
+fn watch_closing(
+    activity: Arc<connections::Activity>,
+    mut stopped: watch::Receiver<bool>,
+    timeouts: Timeouts,
+) -> oneshot::Receiver<&'static str> {
+    let (mut tx, rx) = oneshot::channel();
+    tokio::spawn(async move {
+        let (first, idle) = (timeouts.client_header, timeouts.client_idle);
+        let why = tokio::select! {
+            () = tx.closed() => return,
+            () = activity.expired(first, idle) => "idle",
+            () = activity.evicted() => "making way at max_connections",
+            _ = stopped.changed() => "shutdown",
+        };
+        let _ = tx.send(why);
+    });
+    rx
 }
 
 /// Answers `503` and closes: every connection under the cap is in the middle of a request.

@@ -115,11 +115,11 @@ impl Reader {
         answerer: Option<&Answerer>,
     ) -> Served {
         let Some(policy) = route.cache.as_ref() else {
-            return (self.inner.pass.pass(req, remote).await, None);
+            return (Box::pin(self.inner.pass.pass(req, remote)).await, None);
         };
         if let Some(reason) = refusal(params, req.headers()) {
             req.extensions_mut().insert(RouteLabel(route.name.clone()));
-            let resp = self.inner.pass.bypass(req, remote, reason).await;
+            let resp = Box::pin(self.inner.pass.bypass(req, remote, reason)).await;
             return (resp, Some(CacheOutcome::Bypass(reason)));
         }
         let params = &params.pairs[..];
@@ -159,7 +159,7 @@ impl Reader {
             Ok(Probe::Miss(local, key)) => (local, key),
             Err(reason) => {
                 req.extensions_mut().insert(RouteLabel(route.name.clone()));
-                let resp = self.inner.pass.bypass(req, remote, reason).await;
+                let resp = Box::pin(self.inner.pass.bypass(req, remote, reason)).await;
                 return (resp, Some(CacheOutcome::Bypass(reason)));
             }
         };
@@ -178,7 +178,8 @@ impl Reader {
             entry: l.entry.clone(),
         });
         let ctx = self.fill_ctx(&route.name, policy.clone(), key, params);
-        self.miss(parts, remote, ctx, stale, remember_key).await
+        // Boxed, as every path past a hit: see `Gateway::dispatch`.
+        Box::pin(self.miss(parts, remote, ctx, stale, remember_key)).await
     }
 
     fn fill_ctx(
