@@ -25,6 +25,7 @@ PHASES = ["before", "during", "after"]
 KINDS = ["list_p1", "list_p2", "detail", "counts"]
 XCACHE = {
     "mesgate": ["HIT-L1", "HIT-L2", "HIT-INDEX", "MISS", "STALE", "BYPASS"],
+    "mesgate-cluster": ["HIT-L1", "HIT-L2", "HIT-INDEX", "MISS", "STALE", "BYPASS"],
     "nginx": ["nginx-HIT", "nginx-MISS", "nginx-EXPIRED", "nginx-UPDATING", "nginx-STALE",
               "nginx-REVALIDATED"],
 }
@@ -152,7 +153,7 @@ def row(results, name):
             })
         r["phases"] = phases
         r["outage"] = meta.get("outage", "")
-        if target == "mesgate":
+        if target != "nginx":
             r["counters"] = outage_counters(f"{results}/{name}.gw-a.metrics")
         else:
             r["counters"] = ("nginx does not use Redis: the same load and the same redis-server "
@@ -165,7 +166,7 @@ def row(results, name):
             "sent": [v(cs, k) for k in ("med", "p(99)", "max")],
             "stale_beyond": cnt("cross_stale_beyond_2s"), "stale_polls": cnt("cross_stale_polls"),
             "timeout_ms": meta.get("cross_timeout_ms", "2000"),
-            "bus": bus_latency(f"{results}/{name}.gw-b.metrics") if target == "mesgate"
+            "bus": bus_latency(f"{results}/{name}.gw-b.metrics") if target != "nginx"
             else "n/a (nginx has no invalidation bus)",
             "p99_a": v("op_read_ms{inst:A}", "p(99)"), "p99_b": v("op_read_ms{inst:B}", "p(99)"),
         }
@@ -270,7 +271,7 @@ def bus_latency(path):
 # ---------------------------------------------------------------- tables
 
 def order(rows):
-    tord = {"mesgate": 0, "nginx": 1}
+    tord = {"mesgate": 0, "mesgate-cluster": 1, "nginx": 2}
     return sorted(rows, key=lambda r: (r["round"], tord.get(r["target"], 9), r["name"]))
 
 
@@ -477,7 +478,7 @@ def compare(hit_json, k6_results):
             "two instances, Redis stopped: stale reads on B / late B reads (during the outage)"]
     body = []
     fig = {}
-    for target in ("mesgate", "nginx", "bare"):
+    for target in ("mesgate", "mesgate-cluster", "nginx", "bare"):
         if target == "mesgate":
             l1, l2 = "gateway-L1", "gateway-L2"
         else:

@@ -12,7 +12,12 @@
 #   (default all; two_instances_outage runs against mesgate only: nginx has no bus)
 #
 # Knobs (environment):
-#   TARGETS="mesgate nginx"   what to run each scenario against, in this order
+#   TARGETS="mesgate nginx"   what to run each scenario against, in this order;
+#                        mesgate-cluster: mesgate on a Redis Cluster of 3 primaries + 3
+#                        replicas ([redis] mode = "cluster", ports CLUSTER_PORT..+5, their
+#                        cluster bus +10000); its Redis outage is a primary's (SIGKILL: the
+#                        replica takes over, the node comes back as a replica; SIGSTOP: the
+#                        same, then it resumes)
 #   ROUNDS=1             rounds; each runs every scenario against every target
 #   BUILD=1              0: use what is in $BIN
 #   BIN=target/release   where mesgate and mes-sim are
@@ -71,6 +76,8 @@ ADMIN_PORT=${ADMIN_PORT:-18282}
 ADMIN_B_PORT=${ADMIN_B_PORT:-18283}
 SIM_PORT=${SIM_PORT:-19290}
 REDIS_PORT=${REDIS_PORT:-16490}
+CLUSTER_PORT=${CLUSTER_PORT:-16500}
+CLUSTER_NODE_TIMEOUT=${CLUSTER_NODE_TIMEOUT:-2000}
 GW_REDIS=${GW_REDIS:-on}
 NGINX_VALID=${NGINX_VALID:-10s}
 STAMP=$(date -u +%Y%m%d-%H%M%S)
@@ -91,10 +98,17 @@ case "$SCENARIO" in
   *) die "unknown scenario '$SCENARIO' (shift_start, live_shift, redis_outage, two_instances, two_instances_outage, all)" ;;
 esac
 read -r -a TARGET_LIST <<<"$TARGETS"
-(( ${#TARGET_LIST[@]} > 0 )) || die "TARGETS is empty (mesgate, nginx)"
+(( ${#TARGET_LIST[@]} > 0 )) || die "TARGETS is empty (mesgate, mesgate-cluster, nginx)"
 for t in "${TARGET_LIST[@]}"; do
-  [[ "$t" == mesgate || "$t" == nginx ]] || die "TARGETS: mesgate and/or nginx, got '$t'"
+  [[ "$t" == mesgate || "$t" == mesgate-cluster || "$t" == nginx ]] \
+    || die "TARGETS: mesgate, mesgate-cluster and/or nginx, got '$t'"
 done
+CLUSTER_PORTS=()
+for i in 0 1 2 3 4 5; do CLUSTER_PORTS+=($(( CLUSTER_PORT + i ))); done
+if [[ " ${TARGET_LIST[*]} " == *" mesgate-cluster "* ]]; then
+  (( CLUSTER_PORT + 5 + 10000 < 65536 )) || die "CLUSTER_PORT: below 55531 (each node's cluster bus is its port + 10000)"
+  command -v redis-cli >/dev/null || die "redis-cli is needed for mesgate-cluster (apt-get install -y redis-tools)"
+fi
 
 secs() { # 45s | 2m | 90 -> seconds
   local d=$1
@@ -213,15 +227,56 @@ start_redis() { # LOG
   redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no >>"$1" 2>&1 &
   redis_pid=$!; pids+=("$redis_pid"); wait_port "$REDIS_PORT" "$redis_pid" redis-server
 }
+# start_cluster LOG: six redis-servers in cluster mode (CLUSTER_PORT..+5, data in $TMP),
+# joined by `redis-cli --cluster create` as 3 primaries + 3 replicas; waits, bounded, until
+# every node says cluster_state:ok. Sets cluster_pids (by port index) and redis_pid (the
+# node on CLUSTER_PORT, a primary: the one the outage scenarios stop).
+start_cluster_node() { # INDEX LOG
+  local port=${CLUSTER_PORTS[$1]} dir="$TMP/cluster-${CLUSTER_PORTS[$1]}"
+  mkdir -p "$dir"
+  redis-server --port "$port" --bind 127.0.0.1 --dir "$dir" --cluster-enabled yes \
+    --cluster-config-file nodes.conf --cluster-node-timeout "$CLUSTER_NODE_TIMEOUT" \
+    --save "" --appendonly no >>"$2" 2>&1 &
+  cluster_pids[$1]=$!; pids+=("$!"); wait_port "$port" "$!" "redis-server (cluster node $port)"
+}
+cluster_ok() { # PORT
+  redis-cli -h 127.0.0.1 -p "$1" cluster info 2>/dev/null | grep -q '^cluster_state:ok'
+}
+start_cluster() { # LOG
+  rm -rf "$TMP"/cluster-*
+  cluster_pids=()
+  local i nodes=()
+  for i in 0 1 2 3 4 5; do start_cluster_node "$i" "$1"; nodes+=("127.0.0.1:${CLUSTER_PORTS[$i]}"); done
+  timeout 60 redis-cli --cluster create "${nodes[@]}" --cluster-replicas 1 --cluster-yes >>"$1" 2>&1 \
+    || die "redis-cli --cluster create failed (see $1)"
+  local p ok
+  for _ in $(seq 1 300); do
+    ok=1
+    for p in "${CLUSTER_PORTS[@]}"; do cluster_ok "$p" || { ok=0; break; }; done
+    (( ok )) && break
+    sleep 0.1
+  done
+  (( ok )) || die "the cluster is not ok 30 s after it was created (see $1)"
+  redis-cli -h 127.0.0.1 -p "$CLUSTER_PORT" role 2>/dev/null | head -n1 | grep -q master \
+    || die "the node on $CLUSTER_PORT is not a primary after create (see $1)"
+  redis_pid=${cluster_pids[0]}
+}
+# redis_pids: every redis-server of the current stack (for teardown).
+redis_pids() { if (( ${#cluster_pids[@]} )); then echo "${cluster_pids[@]}"; else echo "$redis_pid"; fi; }
+cluster_pids=()
 start_sim() { # LOG
   "$BIN/mes-sim" --listen "127.0.0.1:$SIM_PORT" >"$1" 2>&1 &
   sim_pid=$!; pids+=("$sim_pid"); wait_port "$SIM_PORT" "$sim_pid" mes-sim
 }
-start_gw() { # PORT ADMIN_PORT LOG -> sets gw_pid
-  local gw_redis="redis://127.0.0.1:$REDIS_PORT"
+start_gw() { # PORT ADMIN_PORT LOG [cluster] -> sets gw_pid
+  local gw_redis="redis://127.0.0.1:$REDIS_PORT" mode=standalone p
   [[ "$GW_REDIS" == off ]] && gw_redis=off
+  if [[ "${4:-}" == cluster ]]; then
+    mode=cluster; gw_redis=
+    for p in "${CLUSTER_PORTS[@]}"; do gw_redis="$gw_redis${gw_redis:+,}redis://127.0.0.1:$p"; done
+  fi
   MESGATE_LISTEN="127.0.0.1:$1" MESGATE_UPSTREAM="http://127.0.0.1:$SIM_PORT" \
-  MESGATE_REDIS_URL="$gw_redis" MESGATE_ADMIN_LISTEN="127.0.0.1:$2" \
+  MESGATE_REDIS_URL="$gw_redis" MESGATE_REDIS_MODE="$mode" MESGATE_ADMIN_LISTEN="127.0.0.1:$2" \
   RUST_LOG=${RUST_LOG:-warn} "$BIN/mesgate" --config config/mesgate.toml >"$3" 2>&1 &
   gw_pid=$!; pids+=("$gw_pid"); wait_port "$1" "$gw_pid" mesgate
   wait_port "$2" "$gw_pid" "mesgate admin"
@@ -258,6 +313,7 @@ start_nginx() {
 start_front() {
   case "$1" in
     mesgate) start_gw "$2" "$3" "$RESULTS/$4.gw-$5.log" ;;
+    mesgate-cluster) start_gw "$2" "$3" "$RESULTS/$4.gw-$5.log" cluster ;;
     nginx) start_nginx "$2" "$4.nginx-$5" ;;
   esac
 }
@@ -334,6 +390,7 @@ PY
 label() {
   case "$1" in
     mesgate) if [[ "$GW_REDIS" == on ]]; then echo "mesgate (L1 + Redis)"; else echo "mesgate (L1 only)"; fi ;;
+    mesgate-cluster) echo "mesgate (L1 + Redis Cluster, 3 primaries + 3 replicas)" ;;
     nginx) echo "nginx proxy_cache ($NGINX_VALID)" ;;
   esac
 }
@@ -343,8 +400,11 @@ label() {
 stack() {
   local name=$1 target=$2
   ports_free "$GW_PORT" "$GW_B_PORT" "$ADMIN_PORT" "$ADMIN_B_PORT" "$SIM_PORT" "$REDIS_PORT"
-  redis_pid=
-  if [[ "$target" == mesgate || "${3:-}" == redis ]]; then
+  redis_pid=; cluster_pids=()
+  if [[ "$target" == mesgate-cluster ]]; then
+    ports_free "${CLUSTER_PORTS[@]}"
+    start_cluster "$RESULTS/$name.redis.log"
+  elif [[ "$target" == mesgate || "${3:-}" == redis ]]; then
     start_redis "$RESULTS/$name.redis.log"
   fi
   start_sim "$RESULTS/$name.sim.log"
@@ -355,9 +415,13 @@ teardown() {
   local p
   for p in "$@"; do [[ -z "$p" ]] || stop "$p"; done
   for p in "$GW_PORT" "$GW_B_PORT" "$SIM_PORT" "$REDIS_PORT"; do wait_closed "$p"; done
+  if (( ${#cluster_pids[@]} )); then
+    for p in "${CLUSTER_PORTS[@]}"; do wait_closed "$p"; done
+    cluster_pids=()
+  fi
 }
 # scrape_a NAME TARGET: instance A's /metrics (mesgate only).
-scrape_a() { [[ "$2" != mesgate ]] || scrape "$ADMIN_PORT" "$RESULTS/$1.gw-a.metrics"; }
+scrape_a() { [[ "$2" == nginx ]] || scrape "$ADMIN_PORT" "$RESULTS/$1.gw-a.metrics"; }
 
 run_shift_start() { # NAME TARGET ROUND
   local name=$1 target=$2 round=$3
@@ -368,7 +432,7 @@ run_shift_start() { # NAME TARGET ROUND
   wait_k6 "$name"
   local after; after=$(sim_stats)
   scrape_a "$name" "$target"
-  teardown "$gw_a_pid" "$sim_pid" "$redis_pid"
+  teardown "$gw_a_pid" "$sim_pid" $(redis_pids)
   meta "$name" "$before" "$after" target="$target" "label=$(label "$target")" round="$round" scenario=shift_start \
     vus="$SHIFT_VUS" duration="$SHIFT_POLL"
   table "$name"
@@ -387,7 +451,7 @@ run_live_shift() { # NAME TARGET ROUND
   wait_k6 "$name"
   local after; after=$(sim_stats)
   scrape_a "$name" "$target"
-  teardown "$gw_a_pid" "$sim_pid" "$redis_pid"
+  teardown "$gw_a_pid" "$sim_pid" $(redis_pids)
   meta "$name" "$before" "$after" target="$target" "label=$(label "$target")" round="$round" scenario=live_shift \
     title="$OPERATORS closed-loop operators (think ${THINK}s), $CHANGES status changes/s, $CREATES creates/s for $LIVE_DURATION"
   table "$name"
@@ -424,11 +488,23 @@ redis_down() {
 }
 # redis_up SIGNAL LOG: CONT for a stopped one; otherwise a fresh (empty) redis-server on the
 # same port.
+# On a cluster (cluster_pids set) both act on the primary on CLUSTER_PORT: its replica takes
+# over after CLUSTER_NODE_TIMEOUT; a killed node is started again on its own data dir and
+# nodes.conf, and rejoins as a replica.
 redis_up() {
-  if [[ "$1" == STOP ]]; then kill -CONT "$redis_pid"; else start_redis "$2"; fi
+  if [[ "$1" == STOP ]]; then kill -CONT "$redis_pid"
+  elif (( ${#cluster_pids[@]} )); then start_cluster_node 0 "$2"; redis_pid=${cluster_pids[0]}
+  else start_redis "$2"; fi
 }
-signal_text() { [[ "$1" == STOP ]] && echo "stopped (SIGSTOP)" || echo "killed (SIG$1)"; }
-resume_text() { [[ "$1" == STOP ]] && echo "resumed (SIGCONT)" || echo "restarted (empty)"; }
+signal_text() {
+  local what=""; (( ${#cluster_pids[@]} )) && what="a primary "
+  [[ "$1" == STOP ]] && echo "${what}stopped (SIGSTOP)" || echo "${what}killed (SIG$1)"
+}
+resume_text() {
+  if [[ "$1" == STOP ]]; then echo "resumed (SIGCONT)"
+  elif (( ${#cluster_pids[@]} )); then echo "restarted (rejoins as a replica)"
+  else echo "restarted (empty)"; fi
+}
 
 run_redis_outage() { # NAME TARGET ROUND
   local name=$1 target=$2 round=$3 sig=${OUTAGE_SIGNAL:-KILL}
@@ -452,7 +528,7 @@ run_redis_outage() { # NAME TARGET ROUND
   wait_k6 "$name"
   local after; after=$(sim_stats)
   scrape_a "$name" "$target"
-  teardown "$gw_a_pid" "$sim_pid" "$redis_pid"
+  teardown "$gw_a_pid" "$sim_pid" $(redis_pids)
   meta "$name" "$before" "$after" target="$target" "label=$(label "$target")" round="$round" scenario=redis_outage \
     title="the live shift ($OPERATORS operators, $CHANGES changes/s, $CREATES creates/s, $OUTAGE_DURATION) with redis-server $(signal_text "$sig") after ${OUTAGE_AT} s and $(resume_text "$sig") ${OUTAGE_LEN} s later; nginx does not use Redis (same load, same stop)" \
     outage="$(signal_text "$sig") at +$(( killed - t0 )) ms, $(resume_text "$sig") at +$(( restarted - t0 )) ms, listening at +$(( up - t0 )) ms after the first request" \
@@ -472,10 +548,11 @@ run_two_instances() { # NAME TARGET ROUND
   wait_k6 "$name"
   local after; after=$(sim_stats)
   scrape_a "$name" "$target"
-  [[ "$target" != mesgate ]] || scrape "$ADMIN_B_PORT" "$RESULTS/$name.gw-b.metrics"
-  teardown "$gw_a_pid" "$gw_b_pid" "$sim_pid" "$redis_pid"
+  [[ "$target" == nginx ]] || scrape "$ADMIN_B_PORT" "$RESULTS/$name.gw-b.metrics"
+  teardown "$gw_a_pid" "$gw_b_pid" "$sim_pid" $(redis_pids)
   local what="two mesgate instances on one Redis"
   [[ "$target" == nginx ]] && what="two nginx instances, each with its own cache"
+  [[ "$target" == mesgate-cluster ]] && what="two mesgate instances on one Redis Cluster"
   meta "$name" "$before" "$after" target="$target" "label=$(label "$target") A + B" round="$round" scenario=two_instances \
     title="the live shift on two instances ($what; $OPERATORS operators split over A and B, $CHANGES changes/s and $CREATES creates/s through A, own-read checks on A, convergence checks on B; $TWO_DURATION)" \
     cross_timeout_ms="$CROSS_TIMEOUT_MS"
@@ -538,7 +615,7 @@ run_two_instances_outage() { # NAME TARGET ROUND
   stop "$watch_pid"
   scrape_a "$name" "$target"
   scrape "$ADMIN_B_PORT" "$RESULTS/$name.gw-b.metrics"
-  teardown "$gw_a_pid" "$gw_b_pid" "$sim_pid" "$redis_pid"
+  teardown "$gw_a_pid" "$gw_b_pid" "$sim_pid" $(redis_pids)
   meta "$name" "$before" "$after" target="$target" "label=$(label "$target") A + B" round="$round" \
     scenario=two_instances_outage \
     title="two mesgate instances on one Redis, the live shift ($OPERATORS operators split over A and B, $CHANGES changes/s and $CREATES creates/s through A; $TWO_DURATION) with redis-server $(signal_text "$sig") after ${OUTAGE_AT} s and $(resume_text "$sig") ${OUTAGE_LEN} s later; after every write B's detail polled until fresh, then read again ${B_STALE_AFTER_MS} ms after A's ack" \
@@ -554,7 +631,7 @@ for round in $(seq 1 "$ROUNDS"); do
   for s in "${SCENARIOS[@]}"; do
     for t in "${TARGET_LIST[@]}"; do
       name="$s-$t-r$round"
-      if [[ "$s" == two_instances_outage && "$t" != mesgate ]]; then
+      if [[ "$s" == two_instances_outage && "$t" == nginx ]]; then
         note "$name: skipped (nginx has no invalidation bus and no Redis: nothing to cut off)"
         continue
       fi
