@@ -18,7 +18,7 @@ use support::redis::RedisServer;
 const CHROMIUM: &str = "/usr/bin/chromium";
 
 /// How to get what the test needs; `bash .ci/run` does all of it.
-const INSTALL_HINT: &str = "the browser test needs node (20 or newer), Chromium at \
+const INSTALL_HINT: &str = "the browser test needs node (18 or newer), Chromium at \
      /usr/bin/chromium and playwright-core: `apt-get install -y chromium nodejs npm && \
      (cd tests/browser && npm ci)`; `bash .ci/run` does this for you";
 
