@@ -117,3 +117,45 @@ async fn a_status_changed_on_the_page_moves_its_row_live_and_shows_the_operation
     gw.stop().await;
     mes.shutdown().await;
 }
+
+/// Without `[ui] enabled` the path is the MES's like any other; with it, the gateway
+/// answers the page's files itself, with the security headers, and the MES sees nothing.
+#[tokio::test]
+async fn the_page_is_the_gateways_only_when_enabled() {
+    let mes = support::fake_mes::FakeMes::builder()
+        .reply(
+            "/mesgate/ui",
+            200,
+            &[("content-type", "text/plain")],
+            "the MES's own",
+        )
+        .start()
+        .await;
+    let off = "upstream = \"http://127.0.0.1:1\"\n";
+    let gw = spawn_gateway(off, &mes.url(), None).await;
+    let r = get(&gw.url("/mesgate/ui")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body.as_ref(), b"the MES's own");
+    assert_eq!(mes.hits("/mesgate/ui"), 1);
+    gw.stop().await;
+
+    let gw = spawn_gateway(&format!("{off}[ui]\nenabled = true\n"), &mes.url(), None).await;
+    for (path, ty) in [
+        ("/mesgate/ui", "text/html"),
+        ("/mesgate/ui/app.js", "text/javascript"),
+        ("/mesgate/ui/app.css", "text/css"),
+        ("/mesgate/ui/config.json", "application/json"),
+    ] {
+        let r = get(&gw.url(path)).await;
+        assert_eq!(r.status, 200, "{path}");
+        assert!(r.header("content-type").starts_with(ty), "{path}");
+        assert!(
+            r.header("content-security-policy")
+                .contains("default-src 'none'")
+        );
+        assert_eq!(r.header("x-content-type-options"), "nosniff");
+        assert_eq!(r.header("cache-control"), "no-store");
+    }
+    assert_eq!(mes.hits("/mesgate/ui"), 1, "the MES was not asked again");
+    gw.stop().await;
+}

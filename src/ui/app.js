@@ -3,8 +3,8 @@
 // GET /mesgate/events, and a control on each order that changes its status with
 // `Prefer: respond-async`, whose outcome is shown under Operations.
 //
-// No framework, no build step: this file is served as it is (src/ui/mod.rs).
-"use strict";
+// No framework, no build step: this file is served as it is (src/ui/mod.rs), as a module
+// (strict mode).
 
 // The MES's statuses in their usual order: the select offers the next one first.
 const FLOW = ["SUBMITTED", "PRICE_CALCULATED", "MANUFACTURING_APPROVED", "MANUFACTURING_STARTED",
@@ -118,21 +118,17 @@ async function change(order, from, to, button) {
   settle(entry, "sending", "PATCH, Prefer: respond-async");
   $("#operations").prepend(entry);
   $("#operations-empty").hidden = true;
-  let resp;
-  try {
-    resp = await fetch(`/api/orders/${encodeURIComponent(order)}/status`, {
-      method: "PATCH",
-      headers: { "content-type": "application/json", prefer: "respond-async" },
-      body: JSON.stringify({ status: to }),
-    });
-  } catch (e) {
-    button.disabled = false;
-    return settle(entry, "failed", `request failed: ${e.message}`);
-  }
+  const resp = await fetch(`/api/orders/${encodeURIComponent(order)}/status`, {
+    method: "PATCH",
+    headers: { "content-type": "application/json", prefer: "respond-async" },
+    body: JSON.stringify({ status: to }),
+  }).catch((e) => e);
+  // Disabled only while sending, against a double click.
+  button.disabled = false;
+  if (resp instanceof Error) return settle(entry, "failed", `request failed: ${resp.message}`);
   if (resp.status !== 202) {
     // Answered synchronously (the gateway could not queue it, e.g. without Redis): the
     // answer is the outcome, and no event will move the rows, so the lists are read again.
-    button.disabled = false;
     settle(entry, resp.ok ? "succeeded" : "failed",
       resp.ok ? `${resp.status}, answered at once` : await describe(resp));
     return Promise.all([load(from), load(to)]);
@@ -142,8 +138,8 @@ async function change(order, from, to, button) {
   Object.assign(entry.dataset, { operation: id, location });
   entry.dataset.what += ` (operation ${id})`;
   settle(entry, "queued", `202 Accepted, operation ${id}`);
-  if (early.has(id)) return outcome(early.get(id));
   waiting.set(id, entry);
+  if (early.has(id)) return outcome(early.get(id));
   if (!live) poll(location, id);
 }
 
@@ -230,10 +226,14 @@ function listen() {
 
 async function start() {
   const resp = await fetch("/mesgate/ui/config.json");
+  if (!resp.ok) throw new Error(await describe(resp));
   const config = await resp.json();
   config.statuses.forEach(addList);
   listen();
   await Promise.all(config.statuses.map(load));
 }
 
-start();
+start().catch((e) => {
+  $("#failure").textContent = `The page could not start: ${e.message}`;
+  $("#failure").hidden = false;
+});
