@@ -386,6 +386,11 @@ impl Gateway {
         if let Some(e) = forward::refusal(req.version(), req.headers()) {
             return (problem(&e), routing.unmatched.clone(), FORWARD);
         }
+        if is_read(req.method())
+            && let Some(resp) = crate::ui::answer(req.uri().path(), &self.inner.config.ui)
+        {
+            return (resp, routing.unmatched.clone(), FORWARD);
+        }
         if let Some(id) = req.uri().path().strip_prefix(operations::PATH)
             && is_read(req.method())
         {
@@ -632,6 +637,8 @@ fn need_restart(old: &Config, new: &Config) -> Vec<&'static str> {
         ("timeouts", old.timeouts != new.timeouts),
         ("limits", old.limits != new.limits),
         ("route.index", index_rules(old) != index_rules(new)),
+        // The page is answered from the config the instance started with.
+        ("ui", old.ui != new.ui),
         (
             "log.format",
             old.log.format != new.log.format || old.log.level != new.log.level,

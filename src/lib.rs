@@ -20,6 +20,8 @@
 //!   (`operations::worker`), records in `operations::store`.
 //! - [`events`]: live updates at `GET /mesgate/events` (Server-Sent Events): what writes
 //!   changed and operation outcomes, from a Redis Stream; one subscriber in `events::sse`.
+//! - [`ui`]: the operator page at `/mesgate/ui` (`[ui] enabled`): embedded static files
+//!   that read and write through the routes above.
 //!
 //! Keeping answers true:
 //!
@@ -105,5 +107,6 @@ pub mod pass;
 pub mod read;
 pub mod redis_master;
 pub mod server;
+pub mod ui;
 pub mod upstream;
 pub mod write;

@@ -54,12 +54,18 @@ async fn the_tour_moves_an_order_of_the_page_it_cached_to_the_new_statuss_page()
     assert_eq!(s[4].ids, mes_ids(&mes, TO).await);
     assert_eq!(s[4].status, 200);
 
-    // What a new user reads in the README is what the demo prints (seeded data).
+    assert_eq!(t.page, Some(format!("http://{}/mesgate/ui", gw.addr)));
+
+    // What a new user reads in the README is what the demo prints (seeded data), on the
+    // demo's default port.
     let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
         .expect("README.md");
+    let printed = t
+        .to_string()
+        .replace(&gw.addr.to_string(), "127.0.0.1:8080");
     assert!(
-        readme.contains(&t.to_string()),
-        "README.md does not show the tour as printed:\n{t}"
+        readme.contains(&printed),
+        "README.md does not show the tour as printed:\n{printed}"
     );
     gw.stop().await;
 }
@@ -112,6 +118,7 @@ fn the_demo_binary_prints_the_tour_and_stops_at_once_on_ctrl_c() {
         "200 HIT-L1",
         "is gone from the page",
         "is listed here now",
+        "/mesgate/ui",
     ] {
         assert!(printed.contains(want), "want {want:?} in:\n{printed}");
     }

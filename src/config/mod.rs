@@ -34,11 +34,11 @@ pub use parse::{parse_duration, parse_size};
 pub use raw::{
     CredentialPolicy, LogConfig, LogFormat, RawAdmin, RawCache, RawCompute, RawConfig, RawEvents,
     RawIndex, RawInvalidate, RawL1, RawLimits, RawMembers, RawOperations, RawRedis, RawRoute,
-    RawSize, RawTimeouts, UnknownQuery,
+    RawSize, RawTimeouts, RawUi, UnknownQuery,
 };
 pub use runtime::{
     AnswerPath, CachePolicy, EventsConfig, IndexRule, InvalidateRule, Limits, Members,
-    OperationsConfig, QueryParam, RedisConfig, RedisTopology, Timeouts, UpstreamTarget,
+    OperationsConfig, QueryParam, RedisConfig, RedisTopology, Timeouts, UiConfig, UpstreamTarget,
 };
 
 /// Why a config was rejected. Every variant names where: a route by its position and its
@@ -218,6 +218,8 @@ pub struct Config {
     pub operations: OperationsConfig,
     /// Live updates.
     pub events: EventsConfig,
+    /// The operator page.
+    pub ui: UiConfig,
 }
 
 /// Values that the environment (or CLI) puts over the file, for containers.

@@ -8,7 +8,7 @@
 
 use serde::Deserialize;
 
-pub use super::raw_live::{RawEvents, RawOperations};
+pub use super::raw_live::{RawEvents, RawOperations, RawUi};
 pub use super::raw_redis::RawRedis;
 
 /// The whole config file.
@@ -48,6 +48,9 @@ pub struct RawConfig {
     /// Live updates, `GET /mesgate/events` (fields in `raw_live.rs`).
     #[serde(default)]
     pub events: RawEvents,
+    /// The operator page, `/mesgate/ui` (fields in `raw_live.rs`).
+    #[serde(default)]
+    pub ui: RawUi,
 }
 
 fn default_listen() -> String {

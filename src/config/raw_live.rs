@@ -92,3 +92,44 @@ fn default_operations_claim_idle() -> String {
 fn default_operations_max_wait() -> String {
     "30s".into()
 }
+
+/// `[ui]`: the operator page at `/mesgate/ui` (docs/async-and-events.md, "The operator
+/// page"): the first pages of a few statuses, updated live from `/mesgate/events`, with a
+/// control on each order that changes its status with `Prefer: respond-async`. Off by
+/// default: anyone who can reach the gateway can open it and change statuses through it
+/// (no more than they can with `curl`, but a production gateway should not advertise it);
+/// `config/demo.toml` turns it on.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUi {
+    /// Serve the page. Default `false`; off, `/mesgate/ui` is forwarded to the MES like
+    /// any path no route matches.
+    #[serde(default)]
+    pub enabled: bool,
+    /// The statuses whose first page (`GET /api/orders?status=S`, through the gateway)
+    /// the page shows, in this order. Letters, digits, `_` and `-` only. Default the ones
+    /// operators work on: `["MANUFACTURING_APPROVED", "SUBMITTED", "PRICE_CALCULATED",
+    /// "MANUFACTURING_STARTED"]`.
+    #[serde(default = "default_ui_statuses")]
+    pub statuses: Vec<String>,
+}
+
+impl Default for RawUi {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            statuses: default_ui_statuses(),
+        }
+    }
+}
+
+fn default_ui_statuses() -> Vec<String> {
+    [
+        "MANUFACTURING_APPROVED",
+        "SUBMITTED",
+        "PRICE_CALCULATED",
+        "MANUFACTURING_STARTED",
+    ]
+    .map(String::from)
+    .to_vec()
+}

@@ -177,6 +177,15 @@ pub struct EventsConfig {
     pub retry: Duration,
 }
 
+/// Validated `[ui]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UiConfig {
+    /// Whether `/mesgate/ui` is served.
+    pub enabled: bool,
+    /// The statuses whose first pages it shows, in order.
+    pub statuses: Vec<String>,
+}
+
 /// Validated `[operations]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OperationsConfig {

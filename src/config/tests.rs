@@ -437,3 +437,33 @@ fn a_toml_syntax_error_names_its_line_and_column() {
     let e = err("upstream = \"http://127.0.0.1:9090\"\nlisten = 127.0.0.1:8080\n");
     assert!(e.starts_with("line 2, column "), "{e}");
 }
+
+#[test]
+fn ui_is_off_by_default_and_its_statuses_are_plain_names() {
+    let c: Config = MINIMAL.parse().unwrap();
+    assert!(!c.ui.enabled);
+    assert_eq!(c.ui.statuses[0], "MANUFACTURING_APPROVED");
+    let on: Config = format!("{MINIMAL}[ui]\nenabled = true\nstatuses = [\"SHIPPED\"]\n")
+        .parse()
+        .unwrap();
+    assert!(on.ui.enabled);
+    assert_eq!(on.ui.statuses, ["SHIPPED"]);
+    for (bad, at) in [
+        (
+            "statuses = [\"A\", \"x y\"]",
+            "ui.statuses[1]: \"x y\" is not a status name",
+        ),
+        (
+            "statuses = [\"A\", \"A\"]",
+            "ui.statuses[1]: A is named twice",
+        ),
+        (
+            "enabled = true\nstatuses = []",
+            "ui.statuses: must name at least one",
+        ),
+        ("open = true", "unknown field `open`"),
+    ] {
+        let e = err(&format!("{MINIMAL}[ui]\n{bad}\n"));
+        assert!(e.contains(at), "{bad}: {e}");
+    }
+}

@@ -14,8 +14,8 @@ use super::parse::{parse_duration, parse_size};
 use super::validate_route::validate_routes;
 use super::{
     Config, ConfigError, EventsConfig, Limits, LogConfig, OperationsConfig, RawConfig, RawEvents,
-    RawL1, RawLimits, RawOperations, RawRedis, RawTimeouts, RedisConfig, RedisTopology, Timeouts,
-    UpstreamTarget, invalid,
+    RawL1, RawLimits, RawOperations, RawRedis, RawTimeouts, RawUi, RedisConfig, RedisTopology,
+    Timeouts, UiConfig, UpstreamTarget, invalid,
 };
 
 fn parse_addr(path: &str, value: &str) -> Result<SocketAddr, ConfigError> {
@@ -51,6 +51,7 @@ impl RawConfig {
             log: validate_log(self.log)?,
             operations: self.operations.validate()?,
             events: self.events.validate()?,
+            ui: self.ui.validate()?,
         })
     }
 }
@@ -72,6 +73,31 @@ impl RawEvents {
             buffer: self.buffer,
             heartbeat,
             retry: parse_duration("events.retry", &self.retry)?,
+        })
+    }
+}
+
+impl RawUi {
+    fn validate(self) -> Result<UiConfig, ConfigError> {
+        if self.enabled && self.statuses.is_empty() {
+            return Err(invalid("ui.statuses", "must name at least one status"));
+        }
+        for (i, s) in self.statuses.iter().enumerate() {
+            let plain = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+            if s.is_empty() || !s.chars().all(plain) {
+                let why = format!("{s:?} is not a status name (letters, digits, _ and - only)");
+                return Err(invalid(format!("ui.statuses[{i}]"), why));
+            }
+            if self.statuses[..i].contains(s) {
+                return Err(invalid(
+                    format!("ui.statuses[{i}]"),
+                    format!("{s} is named twice"),
+                ));
+            }
+        }
+        Ok(UiConfig {
+            enabled: self.enabled,
+            statuses: self.statuses,
         })
     }
 }

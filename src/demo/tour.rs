@@ -45,6 +45,8 @@ pub struct Tour {
     pub order: u64,
     /// The steps, in the order they ran.
     pub steps: Vec<Step>,
+    /// The operator page's URL, when the gateway serves it (`[ui] enabled`).
+    pub page: Option<String>,
 }
 
 /// Why the tour could not run.
@@ -236,7 +238,9 @@ pub async fn run(gateway: SocketAddr, sim: &SimHandle) -> Result<Tour, TourError
         order_status: None,
     });
 
-    Ok(Tour { order, steps })
+    let ui = http.send(Method::GET, crate::ui::PATH, None).await?;
+    let page = (ui.status == 200).then(|| format!("{}{}", http.base, crate::ui::PATH));
+    Ok(Tour { order, steps, page })
 }
 
 impl fmt::Display for Tour {
@@ -248,6 +252,12 @@ impl fmt::Display for Tour {
         for (i, s) in self.steps.iter().enumerate() {
             writeln!(f, "  {}. {}", i + 1, s.request)?;
             writeln!(f, "     {} {:<9} {}", s.status, s.x_cache, s.note)?;
+        }
+        if let Some(page) = &self.page {
+            writeln!(
+                f,
+                "the operator page (these lists, live with Redis; change a status there): {page}"
+            )?;
         }
         Ok(())
     }
