@@ -345,6 +345,32 @@ fn index_preload_concurrency_is_bounded() {
 }
 
 #[test]
+fn a_write_that_changes_an_indexed_list_must_name_the_index() {
+    // Without `index`, the status change's answers would not move the index, and it would
+    // keep listing a moved order under its old status (seen in a demo config that had an
+    // index added to its list route and not to its writes).
+    let shipped = std::fs::read_to_string(config_dir().join("mesgate.toml")).unwrap();
+    let link = "\nindex = \"order-list\"\n";
+    assert_eq!(
+        shipped.matches(link).count(),
+        2,
+        "the two writes name the index"
+    );
+    // The first is the status change's.
+    let unlinked = shipped.replacen(link, "\n", 1);
+    assert_rejected(
+        "write-without-index",
+        &unlinked,
+        "route[3] \"status-change\".invalidate.index",
+    );
+    let e = unlinked.parse::<Config>().unwrap_err().to_string();
+    assert!(
+        e.contains("missing: it ends family group \"status\", which route \"order-list\""),
+        "{e}"
+    );
+}
+
+#[test]
 fn check_config_rejects_what_cannot_run_and_warns_of_an_open_admin() {
     // Each passed check-config before, then panicked at start (a duration that overflows
     // the clock), never matched (a misspelt method), or defeated the breaker.

@@ -521,6 +521,9 @@ fn check_index_refs(routes: &[Route]) -> Result<(), ConfigError> {
                 ));
             }
         }
+        if let Some(w) = r.invalidate.as_ref().filter(|w| w.index.is_none()) {
+            check_index_not_bypassed(i, w, routes)?;
+        }
         let Some(name) = r.invalidate.as_ref().and_then(|w| w.index.as_ref()) else {
             continue;
         };
@@ -530,6 +533,56 @@ fn check_index_refs(routes: &[Route]) -> Result<(), ConfigError> {
                 format!("{name:?}: no route of that name has a [route.index]"),
             ));
         }
+    }
+    Ok(())
+}
+
+/// A write that makes an indexed route's answers wrong (it ends one of that route's family
+/// groups, or changes the kind of entity its pages list) must name the index: the index
+/// is kept true only by the answers of the writes that name it, and would otherwise keep
+/// serving what such a write changed (until an audit finds it).
+fn check_index_not_bypassed(
+    i: usize,
+    write: &super::InvalidateRule,
+    routes: &[Route],
+) -> Result<(), ConfigError> {
+    let ends: HashSet<String> = write
+        .families
+        .iter()
+        .map(Template::group)
+        .chain(write.fallback.iter().cloned())
+        .collect();
+    let entity = write.entity.as_ref().map(Template::group);
+    for indexed in routes.iter().filter(|o| o.index.is_some()) {
+        let Some(cache) = &indexed.cache else {
+            continue;
+        };
+        let shared = cache
+            .families
+            .iter()
+            .map(Template::group)
+            .find(|g| ends.contains(g));
+        let lists = cache
+            .members
+            .as_ref()
+            .map(|m| m.entity.group())
+            .filter(|g| entity.as_ref() == Some(g));
+        let Some(why) = shared
+            .map(|g| format!("it ends family group {g:?}"))
+            .or(lists.map(|g| format!("it changes {g:?} entities")))
+        else {
+            continue;
+        };
+        return Err(invalid(
+            format!("route[{i}].invalidate.index"),
+            format!(
+                "missing: {why}, which route {:?} serves from its index; add index = {:?} \
+                 so this write's answers move the index (without it the index would keep \
+                 serving what the write changed)",
+                indexed.name.as_str(),
+                indexed.name.as_str()
+            ),
+        ));
     }
     Ok(())
 }
