@@ -1,5 +1,6 @@
-//! `mesgate demo`: its tour's claims are true (the order it changes is on the page it
-//! caches, and afterwards gone from it and on the new status's page, as the MES has it),
+//! `mesgate demo`: its tour's claims are true (the order it changes is on the indexed page
+//! it reads, and afterwards gone from it and on the new status's page, as the MES has it,
+//! with no list request to the MES but the history page's),
 //! the binary prints that tour and stops at once on Ctrl-C, and the README shows the same;
 //! a port in use is named once.
 
@@ -9,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use mes_sim::{self as sim, SimConfig};
 use mesgate::demo::EMBEDDED_DEMO_CONFIG;
-use mesgate::demo::tour::{self, FROM, TO};
+use mesgate::demo::tour::{self, COLD, FROM, TO};
 
 mod support;
 use support::gateway::spawn_gateway;
@@ -20,39 +21,52 @@ async fn mes_ids(sim: &sim::SimHandle, status: &str) -> Vec<u64> {
 }
 
 #[tokio::test]
-async fn the_tour_moves_an_order_of_the_page_it_cached_to_the_new_statuss_page() {
+async fn the_tour_moves_an_order_between_indexed_pages_with_no_mes_list_request() {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     // The demo's own simulator settings (its latencies) and config.
     let mes = sim::spawn(l, SimConfig::default());
     let gw = spawn_gateway(EMBEDDED_DEMO_CONFIG, &mes.base_url(), None).await;
+    assert!(
+        tour::indexes_ready(&gw.gateway, Duration::from_secs(30)).await,
+        "the demo's status index is ready"
+    );
+    let listed = mes_ids(&mes, FROM).await;
+    let lists = mes.stats().list;
     let t = tour::run(gw.addr, &mes).await.expect("the tour runs");
     let s = &t.steps;
-    assert_eq!(s.len(), 5, "{t}");
+    assert_eq!(s.len(), 6, "{t}");
     let outcome = |i: usize| (s[i].status, s[i].x_cache.as_str());
 
-    assert_eq!(outcome(0), (200, "MISS"), "{t}");
-    assert!(
-        s[0].ids.contains(&t.order),
-        "the order is on the page it caches: {t}"
-    );
-    assert_eq!(outcome(1), (200, "HIT-L1"), "{t}");
-    assert_eq!(s[1].ids, s[0].ids);
+    assert_eq!(outcome(0), (200, "HIT-INDEX"), "{t}");
+    assert!(s[0].ids.contains(&t.order), "the order is on the page: {t}");
+    assert_eq!(s[0].ids, listed, "as the MES listed it before the write");
 
-    assert_eq!(s[2].status, 200, "{t}");
-    assert_eq!(s[2].order_status.as_deref(), Some(TO));
+    assert_eq!(s[1].status, 200, "{t}");
+    assert_eq!(s[1].order_status.as_deref(), Some(TO));
     assert_eq!(
         mes.order_status(t.order).as_deref(),
         Some(TO),
         "the MES has it"
     );
 
-    // The page read again: from memory, without the order, as the MES lists it now.
-    assert_eq!(outcome(3), (200, "HIT-L1"), "{t}");
-    assert!(!s[3].ids.contains(&t.order), "{t}");
-    assert_eq!(s[3].ids, mes_ids(&mes, FROM).await);
-    assert!(s[4].ids.contains(&t.order), "{t}");
-    assert_eq!(s[4].ids, mes_ids(&mes, TO).await);
-    assert_eq!(s[4].status, 200);
+    // Both pages read again: composed from the index, as the MES lists them now.
+    assert_eq!(outcome(2), (200, "HIT-INDEX"), "{t}");
+    assert!(!s[2].ids.contains(&t.order), "{t}");
+    assert_eq!(outcome(3), (200, "HIT-INDEX"), "{t}");
+    assert!(s[3].ids.contains(&t.order), "{t}");
+    // History: the ordinary cache, the MES asked once.
+    assert_eq!(outcome(4), (200, "MISS"), "{t}");
+    assert_eq!(outcome(5), (200, "HIT-L1"), "{t}");
+    assert_eq!(s[5].ids, s[4].ids);
+    assert_eq!(
+        mes.stats().list - lists,
+        1,
+        "the one list request of the tour is the history page's: {t}"
+    );
+    // Only now ask the MES (its list counter was read above).
+    assert_eq!(s[2].ids, mes_ids(&mes, FROM).await);
+    assert_eq!(s[3].ids, mes_ids(&mes, TO).await);
+    assert_eq!(s[4].ids, mes_ids(&mes, COLD).await);
 
     assert_eq!(t.page, Some(format!("http://{}/mesgate/ui", gw.addr)));
 
@@ -114,6 +128,7 @@ fn the_demo_binary_prints_the_tour_and_stops_at_once_on_ctrl_c() {
     for want in [
         "tour (real requests",
         &format!("GET /api/orders?status={FROM}"),
+        "200 HIT-INDEX",
         "200 MISS",
         "200 HIT-L1",
         "is gone from the page",

@@ -1,6 +1,8 @@
-//! The demo's tour: a few real requests through the gateway that cache a status page,
-//! change the status of an order on it, and read the page and the new status's page, with
-//! each step's cache outcome, so a first look shows invalidation at work.
+//! The demo's tour: a few real requests through the gateway that read a status page (from
+//! the status index), change the status of an order on it, read the page and the new
+//! status's page again, then a page of history (the ordinary cache), with each step's
+//! cache outcome and the list requests that reached the MES, so a first look shows the
+//! index kept true by the write itself.
 //!
 //! The ids are the simulator's own (seeded data), so the printed tour is the same on
 //! every fresh start and the README can show it.
@@ -20,6 +22,8 @@ use mes_sim::SimHandle;
 pub const FROM: &str = "MANUFACTURING_APPROVED";
 /// The status the tour moves an order of that page to.
 pub const TO: &str = "MANUFACTURING_STARTED";
+/// A status of history, not indexed: the ordinary cache answers it.
+pub const COLD: &str = "DELIVERED";
 
 /// One request of the tour and what came back.
 #[derive(Debug, Clone)]
@@ -136,8 +140,48 @@ fn ids(json: &serde_json::Value) -> Vec<u64> {
         .unwrap_or_default()
 }
 
+/// What a list answer's `X-Cache` says about where it came from.
+fn source(x_cache: &str) -> &'static str {
+    match x_cache {
+        "HIT-INDEX" => "composed from the status index",
+        "HIT-L1" => "from memory",
+        "HIT-L2" => "from Redis",
+        "MISS" => "fetched from the MES and cached",
+        _ => "answered",
+    }
+}
+
+fn requests(n: u64) -> String {
+    format!("{n} list request{}", if n == 1 { "" } else { "s" })
+}
+
+/// Waits, bounded, until every status index of `gateway` is ready (or refused): the tour
+/// then shows the index at work rather than its preload. Whether they all became ready.
+pub async fn indexes_ready(gateway: &crate::gateway::Gateway, within: std::time::Duration) -> bool {
+    use crate::index::service::PartitionState;
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let states: Vec<PartitionState> = gateway
+            .indexes()
+            .all()
+            .iter()
+            .flat_map(|ix| ix.states().into_iter().map(|(_, s)| s))
+            .collect();
+        if states.iter().all(|s| *s == PartitionState::Ready) {
+            return true;
+        }
+        if states.iter().all(|s| *s != PartitionState::Loading)
+            || tokio::time::Instant::now() >= deadline
+        {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// Runs the tour against the gateway at `gateway`, in front of `sim` (whose counters
-/// show what reached the MES).
+/// show what reached the MES). Run it once the status index is ready
+/// ([`indexes_ready`]).
 pub async fn run(gateway: SocketAddr, sim: &SimHandle) -> Result<Tour, TourError> {
     let http = Http {
         client: Client::builder(TokioExecutor::new()).build_http(),
@@ -159,25 +203,15 @@ pub async fn run(gateway: SocketAddr, sim: &SimHandle) -> Result<Tour, TourError
     let asked = lists() - before;
     steps.push(Step {
         note: format!(
-            "{} orders, the first is {order}; the MES was asked ({asked} list request)",
-            first.len()
+            "{} orders, the first is {order}; {} ({} to the MES)",
+            first.len(),
+            source(&a.x_cache),
+            requests(asked)
         ),
         request: format!("GET {page}"),
         status: a.status,
         x_cache: a.x_cache,
         ids: first,
-        order_status: None,
-    });
-
-    let before = lists();
-    let b = http.send(Method::GET, &page, None).await?;
-    let asked = lists() - before;
-    steps.push(Step {
-        note: format!("the same page from memory ({asked} list requests to the MES)"),
-        request: format!("GET {page}"),
-        status: b.status,
-        x_cache: b.x_cache,
-        ids: ids(&b.json),
         order_status: None,
     });
 
@@ -210,10 +244,12 @@ pub async fn run(gateway: SocketAddr, sim: &SimHandle) -> Result<Tour, TourError
     let asked = lists() - before;
     steps.push(Step {
         note: if again.contains(&order) {
-            format!("order {order} is STILL listed: invalidation did not happen")
+            format!("order {order} is STILL listed: the write did not reach this page")
         } else {
             format!(
-                "order {order} is gone from the page (the write fetched it again: {asked} list request)"
+                "order {order} is gone from the page, {} ({} to the MES since the write)",
+                source(&c.x_cache),
+                requests(asked)
             )
         },
         request: format!("GET {page}"),
@@ -224,11 +260,18 @@ pub async fn run(gateway: SocketAddr, sim: &SimHandle) -> Result<Tour, TourError
     });
 
     let to_page = format!("/api/orders?status={TO}");
+    let before = lists();
     let d = http.send(Method::GET, &to_page, None).await?;
     let listed = ids(&d.json);
+    let asked = lists() - before;
     steps.push(Step {
         note: match listed.iter().position(|&id| id == order) {
-            Some(p) => format!("order {order} is listed here now, at position {}", p + 1),
+            Some(p) => format!(
+                "order {order} is listed here now, at position {}, {} ({})",
+                p + 1,
+                source(&d.x_cache),
+                requests(asked)
+            ),
             None => format!("order {order} is not on this page"),
         },
         request: format!("GET {to_page}"),
@@ -237,6 +280,27 @@ pub async fn run(gateway: SocketAddr, sim: &SimHandle) -> Result<Tour, TourError
         ids: listed,
         order_status: None,
     });
+
+    // History is not indexed: the ordinary cache answers it, the MES once.
+    let cold = format!("/api/orders?status={COLD}");
+    for again in [false, true] {
+        let before = lists();
+        let e = http.send(Method::GET, &cold, None).await?;
+        let asked = lists() - before;
+        let what = if again {
+            "again"
+        } else {
+            "history, not indexed"
+        };
+        steps.push(Step {
+            note: format!("{what}: {} ({})", source(&e.x_cache), requests(asked)),
+            request: format!("GET {cold}"),
+            status: e.status,
+            x_cache: e.x_cache,
+            ids: ids(&e.json),
+            order_status: None,
+        });
+    }
 
     let ui = http.send(Method::GET, crate::ui::PATH, None).await?;
     let page = (ui.status == 200).then(|| format!("{}{}", http.base, crate::ui::PATH));

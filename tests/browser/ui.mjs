@@ -41,7 +41,7 @@ try {
   // The stream is open before the change: its events are what must move the row.
   await page.locator('#live[data-state="open"]').waitFor();
   const xCache = await from.locator(".meta").textContent();
-  if (!/X-Cache: (MISS|HIT-L1|HIT-L2)/.test(xCache)) throw new Error(`no X-Cache shown: ${xCache}`);
+  if (!/X-Cache: (MISS|HIT-L1|HIT-L2|HIT-INDEX)/.test(xCache)) throw new Error(`no X-Cache shown: ${xCache}`);
 
   // A mark on this document: still there at the end means the page was not reloaded.
   await page.evaluate(() => { window.notReloaded = true; });
