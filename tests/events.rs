@@ -284,3 +284,36 @@ async fn callers_with_credentials_get_no_events() {
     }
     assert_eq!(gw.gateway.events().subscribers(), 0);
 }
+
+#[tokio::test]
+async fn an_order_event_caused_by_an_operation_names_it() {
+    let redis = RedisServer::start().await;
+    let mes = mes().await;
+    let gw = gateway(&mes, &redis, "").await;
+    let id = 230;
+    let old = mes.order_status(id).unwrap();
+    let target = other_status(&old);
+    // A synchronous write first: its event names no operation, and its id is where the
+    // filtered stream below resumes (the operation's id is known only from its 202).
+    let mut s = subscribe(&gw.url(&format!("/mesgate/events?order={id}")), None).await;
+    assert_eq!(patch(&gw.url(""), id, target, None).await.status, 200);
+    let sync = s.next_of("order").await;
+    assert!(sync.json().get("operation").is_none(), "{}", sync.data);
+    drop(s);
+
+    let r = patch(&gw.url(""), id, &old, Some("respond-async")).await;
+    assert_eq!(r.status, 202);
+    let op = r.header("location").rsplit('/').next().unwrap().to_owned();
+    let url = gw.url(&format!("/mesgate/events?operation={op}"));
+    let mut s = subscribe(&url, Some(&sync.id)).await;
+    assert_eq!(s.next().await.retry, "2000");
+    let moved = s.next().await;
+    assert_eq!(moved.event, "order", "{moved:?}");
+    assert_eq!(moved.json()["operation"], op.as_str());
+    assert_eq!(moved.json()["status"], old.as_str());
+    assert_eq!(moved.json()["previous"], target);
+    let done = s.next().await;
+    assert_eq!(done.event, "operation", "{done:?}");
+    assert_eq!(done.json()["operation"], op.as_str());
+    assert_eq!(done.json()["state"], "succeeded");
+}

@@ -86,9 +86,15 @@ impl Event {
 
 impl Event {
     /// What a successful write changed: its answer `row` (the entity's new state; the
-    /// MES's `id` and `status` fields), whether it was created, and the status it left
-    /// when known. `None`: the answer is not such a row.
-    pub fn order(row: &[u8], created: bool, previous: Option<&str>) -> Option<Self> {
+    /// MES's `id` and `status` fields), whether it was created, the status it left
+    /// when known, and the asynchronous operation that made it, if one did (then the
+    /// data names it as `operation`). `None`: the answer is not such a row.
+    pub fn order(
+        row: &[u8],
+        created: bool,
+        previous: Option<&str>,
+        operation: Option<&str>,
+    ) -> Option<Self> {
         let json: serde_json::Value = serde_json::from_slice(row).ok()?;
         let order = match &json["id"] {
             serde_json::Value::Number(n) => n.to_string(),
@@ -96,19 +102,23 @@ impl Event {
             _ => return None,
         };
         let status = json["status"].as_str().unwrap_or_default().to_owned();
-        let data = serde_json::json!({
+        let mut data = serde_json::json!({
             "order": json["id"],
             "status": status,
             "previous": previous,
             "created": created,
             "row": json,
         });
+        if let Some(op) = operation {
+            data["operation"] = op.into();
+        }
         Some(Self {
             kind: "order".into(),
             data: data.to_string(),
             order,
             status,
             previous: previous.unwrap_or_default().to_owned(),
+            operation: operation.unwrap_or_default().to_owned(),
             ..Self::default()
         })
     }

@@ -144,13 +144,21 @@ impl Outcome {
 /// gateway implements it with its route table and write path). `retried`: an earlier
 /// attempt may have reached the MES.
 pub trait Execute: Send + Sync {
-    /// Executes `req`; the write's invalidation is applied before the future ends.
+    /// Executes `req`, operation `id`; the write's invalidation is applied before the
+    /// future ends.
     fn execute(
         &self,
+        id: OperationId,
         req: StoredRequest,
         retried: bool,
     ) -> Pin<Box<dyn Future<Output = Outcome> + Send + '_>>;
 }
+
+/// The operation a request is executed for, carried in its extensions: the write path
+/// names it in the `order` event it publishes, so a client can match the move to its
+/// request (and `?operation=` finds both events).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OperationId(pub std::sync::Arc<str>);
 
 /// The operations of one gateway. Cheap to clone.
 #[derive(Clone)]

@@ -163,7 +163,8 @@ async fn attempt(ctx: Arc<Ctx>, exec: Weak<dyn Execute>, entry: String, op: Stri
         Err(e) => return warn!(error = %e, tier = "shared", %op, "operation not started"),
     };
     let renew = tokio::spawn(renew(ctx.clone(), entry.clone()));
-    let outcome: Outcome = exec.execute(request, attempt > 1).await;
+    let id = super::OperationId(op.as_str().into());
+    let outcome: Outcome = exec.execute(id, request, attempt > 1).await;
     renew.abort();
     match ctx.store.finish(&op, &outcome).await {
         Ok(recorded) => {
