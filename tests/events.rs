@@ -317,3 +317,42 @@ async fn an_order_event_caused_by_an_operation_names_it() {
     assert_eq!(done.json()["operation"], op.as_str());
     assert_eq!(done.json()["state"], "succeeded");
 }
+
+#[tokio::test]
+async fn subscribers_past_their_share_of_the_connections_are_refused_and_requests_get_through() {
+    let redis = RedisServer::start().await;
+    let mes = mes().await;
+    // No events.max_subscribers: half of the 4 connections. A subscriber that left is
+    // noticed when the next write to it fails: a heartbeat at the latest.
+    let cfg = SHIPPED.replace("[limits]\n", "[limits]\nmax_connections = 4\n");
+    let cfg = format!("{cfg}\n[events]\nheartbeat = \"200ms\"\n");
+    let gw = spawn_gateway(&cfg, &mes.base_url(), Some(&redis.url())).await;
+    wait_indexed(&gw).await;
+    let url = gw.url("/mesgate/events");
+    let first = subscribe(&url, None).await;
+    let _second = subscribe(&url, None).await;
+    let third = tokio::time::timeout(Duration::from_secs(5), support::client::get(&url))
+        .await
+        .expect("a subscriber past the cap is answered at once, not streamed to");
+    assert_eq!(third.status, 503);
+    assert_eq!(third.json()["type"], "urn:mesgate:problem:events-full");
+    assert_eq!(third.header("retry-after"), "5");
+    assert_eq!(gw.gateway.events().stats().refused, 1);
+    // The requests keep their connections.
+    for _ in 0..3 {
+        let r = support::client::get(&gw.url("/api/orders?status=SUBMITTED")).await;
+        assert_eq!(r.status, 200);
+    }
+    // A subscriber that leaves makes room.
+    drop(first);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while gw.gateway.events().subscribers() > 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the subscriber that left is still counted"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut again = subscribe(&url, None).await;
+    assert_eq!(again.next().await.retry, "2000");
+}

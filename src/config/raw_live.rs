@@ -26,6 +26,12 @@ pub struct RawEvents {
     /// The reconnection delay suggested to clients (`retry:`). Default `2s`.
     #[serde(default = "default_events_retry")]
     pub retry: String,
+    /// The most subscribers one instance serves at once; one more is answered `503`
+    /// (`events-full`, `Retry-After`). Each holds a client connection for as long as it
+    /// listens, counted in `limits.max_connections`, so this must stay below it (room
+    /// for the requests). Default: half the connection cap.
+    #[serde(default)]
+    pub max_subscribers: Option<usize>,
 }
 
 impl Default for RawEvents {
@@ -35,6 +41,7 @@ impl Default for RawEvents {
             buffer: default_events_buffer(),
             heartbeat: default_events_heartbeat(),
             retry: default_events_retry(),
+            max_subscribers: None,
         }
     }
 }

@@ -175,6 +175,8 @@ pub struct EventsConfig {
     pub heartbeat: Duration,
     /// `retry:` hint.
     pub retry: Duration,
+    /// The most subscribers at once (`None`: half the connection cap).
+    pub max_subscribers: Option<usize>,
 }
 
 /// Validated `[operations]`.

@@ -52,6 +52,24 @@ impl RawConfig {
             operations: self.operations.validate()?,
             events: self.events.validate()?,
         })
+        .and_then(subscribers_below_connections)
+    }
+}
+
+/// Subscribers hold their connections (`events.max_subscribers` ≥ 1) and need to leave
+/// some of `limits.max_connections` to the requests.
+fn subscribers_below_connections(c: Config) -> Result<Config, ConfigError> {
+    let at = "events.max_subscribers";
+    match (c.events.max_subscribers, c.limits.max_connections) {
+        (Some(0), _) => Err(invalid(at, "must be at least 1")),
+        (Some(s), Some(conns)) if s >= conns => Err(invalid(
+            at,
+            &format!(
+                "{s} must be below limits.max_connections ({conns}): subscribers hold \
+                 connections, and requests need some"
+            ),
+        )),
+        _ => Ok(c),
     }
 }
 
@@ -72,6 +90,7 @@ impl RawEvents {
             buffer: self.buffer,
             heartbeat,
             retry: parse_duration("events.retry", &self.retry)?,
+            max_subscribers: self.max_subscribers,
         })
     }
 }
