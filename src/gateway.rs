@@ -520,6 +520,8 @@ impl Gateway {
             mes_unreachable: self.inner.pass.upstream().unreachable(),
             indexes: self.inner.indexes.reports(),
             compute: self.inner.computer.stats(),
+            operations: self.inner.operations.stats(),
+            events: self.inner.events.stats(),
         }
     }
 }

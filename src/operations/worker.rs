@@ -4,6 +4,7 @@
 //! It owns delivery (at least once); the record's states are [`super::store`]'s and the
 //! write itself is the [`Execute`]r's.
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -11,7 +12,7 @@ use redis::Value;
 use tracing::{debug, warn};
 
 use super::store::{GROUP, Start, Store};
-use super::{Execute, Outcome};
+use super::{Execute, OperationStats, Outcome};
 use crate::config::OperationsConfig;
 use crate::events::{Event, Events, items, text};
 use crate::l2::L2Error;
@@ -27,15 +28,23 @@ const BATCH: usize = 16;
 struct Ctx {
     store: Store,
     events: Events,
+    stats: Arc<OperationStats>,
     consumer: String,
     claim_idle: Duration,
 }
 
 /// Starts the consumer loop in a task of its own.
-pub fn spawn(store: Store, config: OperationsConfig, events: Events, exec: Weak<dyn Execute>) {
+pub fn spawn(
+    store: Store,
+    config: OperationsConfig,
+    events: Events,
+    stats: Arc<OperationStats>,
+    exec: Weak<dyn Execute>,
+) {
     let ctx = Arc::new(Ctx {
         store,
         events,
+        stats,
         consumer: format!("c-{}", &super::new_id()[..16]),
         claim_idle: config.claim_idle,
     });
@@ -60,10 +69,21 @@ async fn run(ctx: Arc<Ctx>, exec: Weak<dyn Execute>) {
         let claim_due = last_claim.is_none_or(|t| t.elapsed() >= ctx.claim_idle / 2);
         let got = if claim_due {
             last_claim = Some(Instant::now());
-            claim(&ctx, c).await
+            claim(&ctx, c).await.inspect(|got| {
+                let n = got.len() as u64;
+                ctx.stats.claimed.fetch_add(n, Ordering::Relaxed);
+            })
         } else {
             read_new(&ctx, c).await
         };
+        // Entries are deleted when done: the length is what is not finished yet.
+        if let Ok(n) = redis::cmd("XLEN")
+            .arg(ctx.store.queue_key())
+            .query_async::<u64>(c)
+            .await
+        {
+            ctx.stats.queued.store(n, Ordering::Relaxed);
+        }
         match got {
             Ok(entries) => {
                 for (entry, op) in entries {
@@ -170,6 +190,11 @@ async fn attempt(ctx: Arc<Ctx>, exec: Weak<dyn Execute>, entry: String, op: Stri
         Ok(recorded) => {
             debug!(%op, attempt, status = outcome.status, recorded, "operation finished");
             if recorded {
+                let counter = match outcome.state() {
+                    super::State::Succeeded => &ctx.stats.succeeded,
+                    _ => &ctx.stats.failed,
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
                 let state = outcome.state().as_str();
                 let at = format!("{}{op}", super::PATH);
                 let e = Event::operation(&op, state, outcome.status, &outcome.body, &at);
