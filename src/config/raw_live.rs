@@ -78,6 +78,16 @@ pub struct RawOperations {
     /// The longest `Prefer: wait=N` honoured; a longer wait is cut to this. Default `30s`.
     #[serde(default = "default_operations_max_wait")]
     pub max_wait: String,
+    /// Attempts at an operation while the MES is unreachable (nothing was sent: connection
+    /// refused, reset before a request went out), the first included; then it fails with
+    /// mesgate's `502` problem. An MES that answers, even with an error, is not retried.
+    /// Default 4.
+    #[serde(default = "default_operations_max_attempts")]
+    pub max_attempts: u32,
+    /// The wait before the second attempt; it doubles for each next one, at most `30s`.
+    /// Default `500ms`.
+    #[serde(default = "default_operations_retry_backoff")]
+    pub retry_backoff: String,
 }
 
 impl Default for RawOperations {
@@ -86,6 +96,8 @@ impl Default for RawOperations {
             keep: default_operations_keep(),
             claim_idle: default_operations_claim_idle(),
             max_wait: default_operations_max_wait(),
+            max_attempts: default_operations_max_attempts(),
+            retry_backoff: default_operations_retry_backoff(),
         }
     }
 }
@@ -98,4 +110,10 @@ fn default_operations_claim_idle() -> String {
 }
 fn default_operations_max_wait() -> String {
     "30s".into()
+}
+fn default_operations_max_attempts() -> u32 {
+    4
+}
+fn default_operations_retry_backoff() -> String {
+    "500ms".into()
 }

@@ -188,6 +188,10 @@ pub struct OperationsConfig {
     pub claim_idle: Duration,
     /// The longest `Prefer: wait` honoured.
     pub max_wait: Duration,
+    /// Attempts while the MES is unreachable, the first included (at least 1).
+    pub max_attempts: u32,
+    /// The wait before the second attempt (doubling).
+    pub retry_backoff: Duration,
 }
 
 /// A GET path rendered from a write's facts: one template per segment.

@@ -108,6 +108,11 @@ impl RawOperations {
             keep: positive("operations.keep", &self.keep)?,
             claim_idle: positive("operations.claim_idle", &self.claim_idle)?,
             max_wait: parse_duration("operations.max_wait", &self.max_wait)?,
+            max_attempts: match self.max_attempts {
+                0 => return Err(invalid("operations.max_attempts", "must be at least 1")),
+                n => n,
+            },
+            retry_backoff: parse_duration("operations.retry_backoff", &self.retry_backoff)?,
         })
     }
 }

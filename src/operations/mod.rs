@@ -181,19 +181,22 @@ pub struct OperationStats {
     pub failed: AtomicU64,
     /// Entries claimed from a consumer that went silent.
     pub claimed: AtomicU64,
+    /// Attempts made again because the MES was unreachable.
+    pub retried: AtomicU64,
     /// Entries in the queue not finished yet (every instance's), as last read.
     pub queued: AtomicU64,
 }
 
 impl OperationStats {
     /// The counters by name, as the metrics label them.
-    pub fn counts(&self) -> [(&'static str, u64); 4] {
+    pub fn counts(&self) -> [(&'static str, u64); 5] {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         [
             ("accepted", get(&self.accepted)),
             ("succeeded", get(&self.succeeded)),
             ("failed", get(&self.failed)),
             ("claimed", get(&self.claimed)),
+            ("retried", get(&self.retried)),
         ]
     }
 }
