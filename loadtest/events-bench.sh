@@ -8,7 +8,7 @@
 #
 # Knobs: SUBSCRIBERS=10000 WRITES=10 (per second) DURATION=30s BUILD=1 ASYNC=0
 #        (1: the writes are sent with Prefer: respond-async, the acknowledgement is the 202)
-#        GW_PORT=18380 SIM_PORT=19390 REDIS_PORT=16690
+#        GW_PORT=18380 ADMIN_PORT=18381 SIM_PORT=19390 REDIS_PORT=16690
 set -euo pipefail
 
 SUBSCRIBERS=${SUBSCRIBERS:-10000}
@@ -17,6 +17,7 @@ DURATION=${DURATION:-30s}
 BUILD=${BUILD:-1}
 ASYNC=${ASYNC:-0}
 GW_PORT=${GW_PORT:-18380}
+ADMIN_PORT=${ADMIN_PORT:-18381}
 SIM_PORT=${SIM_PORT:-19390}
 REDIS_PORT=${REDIS_PORT:-16690}
 
@@ -25,6 +26,7 @@ cd "$ROOT"
 
 die() { echo "events-bench: $*" >&2; exit 1; }
 command -v redis-server >/dev/null || die "install redis-server (apt-get install -y redis-server)"
+command -v curl >/dev/null || die "install curl (apt-get install -y curl)"
 [[ "$SUBSCRIBERS" =~ ^[0-9]+$ && "$SUBSCRIBERS" -gt 0 ]] || die "SUBSCRIBERS: a positive number"
 
 # One descriptor per subscriber on each side (mesgate and the client), plus room.
@@ -59,7 +61,7 @@ fi
 BIN=target/release
 
 # Something else answering on one of our ports would be measured instead of our servers.
-for p in "$GW_PORT" "$SIM_PORT" "$REDIS_PORT"; do
+for p in "$GW_PORT" "$ADMIN_PORT" "$SIM_PORT" "$REDIS_PORT"; do
   if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then die "something already listens on 127.0.0.1:$p"; fi
 done
 
@@ -81,9 +83,17 @@ pids+=("$!"); wait_port "$REDIS_PORT"
 "$BIN/mes-sim" --listen "127.0.0.1:$SIM_PORT" >/dev/null 2>&1 &
 pids+=("$!"); wait_port "$SIM_PORT"
 MESGATE_LISTEN="127.0.0.1:$GW_PORT" MESGATE_UPSTREAM="http://127.0.0.1:$SIM_PORT" \
-MESGATE_REDIS_URL="redis://127.0.0.1:$REDIS_PORT" MESGATE_ADMIN_LISTEN="127.0.0.1:0" RUST_LOG=warn \
+MESGATE_REDIS_URL="redis://127.0.0.1:$REDIS_PORT" MESGATE_ADMIN_LISTEN="127.0.0.1:$ADMIN_PORT" RUST_LOG=warn \
   "$BIN/mesgate" --config "$TMP/mesgate.toml" >"$TMP/mesgate.log" 2>&1 &
-gw_pid=$!; pids+=("$gw_pid"); wait_port "$GW_PORT"
+gw_pid=$!; pids+=("$gw_pid"); wait_port "$GW_PORT"; wait_port "$ADMIN_PORT"
+# The status index preloads at start: its memory is not the subscribers'. Wait (bounded)
+# until no partition is loading any more.
+for i in $(seq 1 600); do
+  m=$(curl -s "http://127.0.0.1:$ADMIN_PORT/metrics" || true)
+  if grep -q 'state="ready"} [1-9]' <<<"$m" && ! grep -q 'state="loading"} [1-9]' <<<"$m"; then break; fi
+  [ "$i" = 600 ] && die "the status index did not finish loading in 60 s"
+  sleep 0.1
+done
 
 async_flag=()
 [ "$ASYNC" = 1 ] && async_flag=(--respond-async)
@@ -96,3 +106,9 @@ timeout 600 "$BIN/examples/sse_subscribers" --gateway "http://127.0.0.1:$GW_PORT
   --gateway-pid "$gw_pid" --clk-tck "$(getconf CLK_TCK)" "${async_flag[@]}" &
 client=$!; pids+=("$client")
 wait "$client" || die "the load client failed (mesgate log: $(tail -n 3 "$TMP/mesgate.log"))"
+# What mesgate said went wrong (an event it could not append to the stream is lost for
+# every subscriber: publishing is best effort, the write itself is done).
+warns=$(grep -c -i "warn" "$TMP/mesgate.log" || true)
+unpublished=$(grep -c "event not published" "$TMP/mesgate.log" || true)
+echo
+echo "mesgate log: $warns warnings, $unpublished of them \"event not published\"$([ "$warns" -gt 0 ] && printf '; first: %s' "$(grep -i -m1 warn "$TMP/mesgate.log" | cut -c1-200)")"
