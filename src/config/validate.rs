@@ -64,7 +64,7 @@ fn subscribers_below_connections(c: Config) -> Result<Config, ConfigError> {
         (Some(0), _) => Err(invalid(at, "must be at least 1")),
         (Some(s), Some(conns)) if s >= conns => Err(invalid(
             at,
-            &format!(
+            format!(
                 "{s} must be below limits.max_connections ({conns}): subscribers hold \
                  connections, and requests need some"
             ),
