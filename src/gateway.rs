@@ -520,7 +520,9 @@ impl Gateway {
             mes_unreachable: self.inner.pass.upstream().unreachable(),
             indexes: self.inner.indexes.reports(),
             compute: self.inner.computer.stats(),
-            operations: self.inner.operations.stats(),
+            operations: self.inner.operations.stats().counts(),
+            operations_queued: (self.inner.operations.stats().queued)
+                .load(std::sync::atomic::Ordering::Relaxed),
             events: self.inner.events.stats(),
         }
     }

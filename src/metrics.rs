@@ -127,8 +127,10 @@ pub struct Snapshot<'a> {
     pub indexes: Vec<IndexReport>,
     /// The compute path's counters.
     pub compute: &'a crate::compute::stats::ComputeStats,
-    /// The asynchronous operations' counters.
-    pub operations: &'a crate::operations::OperationStats,
+    /// The asynchronous operations' counters by kind (`accepted`, `succeeded`, …).
+    pub operations: [(&'static str, u64); 5],
+    /// Operations in the queue not finished yet.
+    pub operations_queued: u64,
     /// The event streams' counters.
     pub events: crate::events::EventStats,
 }
@@ -252,12 +254,12 @@ impl Live {
         );
     }
 
-    fn render(&self, ops: &crate::operations::OperationStats, ev: crate::events::EventStats) {
-        for (kind, v) in ops.counts() {
+    fn render(&self, gw: &Snapshot<'_>) {
+        for (kind, v) in gw.operations {
             sync(&self.operations.get_or_create(&KindLabels { kind }), v);
         }
-        let queued = ops.queued.load(Ordering::Relaxed);
-        self.operations_queued.set(queued as i64);
+        self.operations_queued.set(gw.operations_queued as i64);
+        let ev = gw.events;
         self.subscribers.set(ev.subscribers as i64);
         sync(&self.delivered, ev.delivered);
         sync(&self.dropped, ev.dropped);
@@ -570,7 +572,7 @@ impl Metrics {
         if saved > now {
             self.compute_saved.inc_by(saved - now);
         }
-        self.live.render(gw.operations, gw.events);
+        self.live.render(gw);
         let mut out = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
