@@ -74,6 +74,9 @@ pub enum GatewayError {
     /// The event stream is in Redis, and Redis is not there.
     #[error("events cannot be streamed now: {0}")]
     EventsUnavailable(String),
+    /// Every one of this instance's `events.max_subscribers` subscriptions is taken.
+    #[error("all {0} event subscriptions of this instance are taken; try again later")]
+    EventsFull(usize),
 }
 
 impl GatewayError {
@@ -94,7 +97,8 @@ impl GatewayError {
             Self::UnsupportedCoding(_) => StatusCode::NOT_IMPLEMENTED,
             Self::TooManyConnections(_)
             | Self::OperationsUnavailable(_)
-            | Self::EventsUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            | Self::EventsUnavailable(_)
+            | Self::EventsFull(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -117,6 +121,7 @@ impl GatewayError {
             Self::OperationsUnavailable(_) => "operations-unavailable",
             Self::EventsForbidden => "events-forbidden",
             Self::EventsUnavailable(_) => "events-unavailable",
+            Self::EventsFull(_) => "events-full",
         }
     }
 
@@ -138,7 +143,8 @@ impl GatewayError {
             Self::FetchLost
             | Self::TooManyConnections(_)
             | Self::OperationsUnavailable(_)
-            | Self::EventsUnavailable(_) => Fault::Internal,
+            | Self::EventsUnavailable(_)
+            | Self::EventsFull(_) => Fault::Internal,
         }
     }
 
@@ -219,6 +225,7 @@ mod tests {
                 503,
                 Fault::Internal,
             ),
+            (GatewayError::EventsFull(2), 503, Fault::Internal),
         ];
         for (err, status, fault) in rows {
             assert_eq!(err.fault(), fault);

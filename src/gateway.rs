@@ -26,7 +26,7 @@ use crate::index::service::{Answerer, Indexes};
 use crate::l1::L1;
 use crate::l2::L2;
 use crate::metrics::{self, Metrics, RouteLabel, RouteRequests, Snapshot};
-use crate::operations::{self, Execute, Operations, Outcome, Prefer, StoredRequest};
+use crate::operations::{self, Execute, OperationId, Operations, Outcome, Prefer, StoredRequest};
 use crate::outcome::CacheOutcome;
 use crate::pass::{Body, Pass, RouteTimeout, problem};
 use crate::read::Reader;
@@ -526,6 +526,10 @@ impl Gateway {
             mes_unreachable: self.inner.pass.upstream().unreachable(),
             indexes: self.inner.indexes.reports(),
             compute: self.inner.computer.stats(),
+            operations: self.inner.operations.stats().counts(),
+            operations_queued: (self.inner.operations.stats().queued)
+                .load(std::sync::atomic::Ordering::Relaxed),
+            events: self.inner.events.stats(),
         }
     }
 }
@@ -533,6 +537,7 @@ impl Gateway {
 impl Execute for Inner {
     fn execute(
         &self,
+        id: OperationId,
         stored: StoredRequest,
         retried: bool,
     ) -> std::pin::Pin<Box<dyn Future<Output = Outcome> + Send + '_>> {
@@ -570,6 +575,7 @@ impl Execute for Inner {
                 return outcome(problem(&e)).await;
             };
             req.extensions_mut().insert(RouteLabel(name));
+            req.extensions_mut().insert(id);
             if let Some(t) = timeout {
                 req.extensions_mut().insert(RouteTimeout(t));
             }

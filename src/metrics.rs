@@ -127,6 +127,12 @@ pub struct Snapshot<'a> {
     pub indexes: Vec<IndexReport>,
     /// The compute path's counters.
     pub compute: &'a crate::compute::stats::ComputeStats,
+    /// The asynchronous operations' counters by kind (`accepted`, `succeeded`, …).
+    pub operations: [(&'static str, u64); 5],
+    /// Operations in the queue not finished yet.
+    pub operations_queued: u64,
+    /// The event streams' counters.
+    pub events: crate::events::EventStats,
 }
 
 /// What one status index reports to the metrics.
@@ -194,6 +200,72 @@ pub struct Metrics {
     index_events: Family<IndexLabels, Counter>,
     compute_events: Family<KindLabels, Counter>,
     compute_saved: Counter<f64, std::sync::atomic::AtomicU64>,
+    live: Live,
+}
+
+/// The metrics of asynchronous operations and event streams.
+#[derive(Default)]
+struct Live {
+    operations: Family<KindLabels, Counter>,
+    operations_queued: Gauge,
+    subscribers: Gauge,
+    delivered: Counter,
+    dropped: Counter,
+    refused: Counter,
+    reconnects: Counter,
+}
+
+impl Live {
+    fn register(&self, r: &mut Registry) {
+        r.register(
+            "operations",
+            "Asynchronous operations: accepted here, outcomes recorded here (succeeded, failed), claimed from a silent consumer",
+            self.operations.clone(),
+        );
+        r.register(
+            "operations_queued",
+            "Operations in the queue not finished yet, every instance's (read by this instance's consumer)",
+            self.operations_queued.clone(),
+        );
+        r.register(
+            "event_subscribers",
+            "Event stream subscribers connected to this instance",
+            self.subscribers.clone(),
+        );
+        r.register(
+            "events_delivered",
+            "Events sent to subscribers (one per subscriber)",
+            self.delivered.clone(),
+        );
+        r.register(
+            "event_subscribers_dropped",
+            "Subscribers dropped for falling events.buffer behind",
+            self.dropped.clone(),
+        );
+        r.register(
+            "event_subscribers_refused",
+            "Subscriptions refused at events.max_subscribers",
+            self.refused.clone(),
+        );
+        r.register(
+            "event_reader_reconnects",
+            "Times the event stream reader connected to Redis again",
+            self.reconnects.clone(),
+        );
+    }
+
+    fn render(&self, gw: &Snapshot<'_>) {
+        for (kind, v) in gw.operations {
+            sync(&self.operations.get_or_create(&KindLabels { kind }), v);
+        }
+        self.operations_queued.set(gw.operations_queued as i64);
+        let ev = gw.events;
+        self.subscribers.set(ev.subscribers as i64);
+        sync(&self.delivered, ev.delivered);
+        sync(&self.dropped, ev.dropped);
+        sync(&self.refused, ev.refused);
+        sync(&self.reconnects, ev.reconnects);
+    }
 }
 
 /// `{route}`.
@@ -250,6 +322,7 @@ impl Metrics {
             index_events: Family::default(),
             compute_events: Family::default(),
             compute_saved: Counter::default(),
+            live: Live::default(),
         };
         m.register();
         m
@@ -372,6 +445,7 @@ impl Metrics {
             "Computation time that hits and joins on compute routes spared the MES",
             self.compute_saved.clone(),
         );
+        self.live.register(r);
     }
 
     /// Records one answered request.
@@ -498,6 +572,7 @@ impl Metrics {
         if saved > now {
             self.compute_saved.inc_by(saved - now);
         }
+        self.live.render(gw);
         let mut out = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out

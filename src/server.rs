@@ -50,6 +50,8 @@ pub async fn run(
         .unwrap_or_else(|| connections::derived_cap(connections::nofile_limit()));
     let conns = Connections::new(cap);
     info!(max_connections = cap, "connection cap");
+    // Event streams hold their connections under this cap: they get a share of it.
+    gateway.events().default_cap(cap);
     let refusals = Arc::new(Semaphore::new(REFUSALS));
     let (stop, stopped) = watch::channel(false);
     let mut backoff = Backoff::default();

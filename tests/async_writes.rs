@@ -383,3 +383,67 @@ async fn an_operation_survives_the_instance_that_accepted_it_being_killed() {
     assert_eq!(status_of(&detail), target);
     b.stop().await;
 }
+
+#[tokio::test]
+async fn an_operation_is_tried_again_while_the_mes_is_unreachable_then_fails_or_applies() {
+    let redis = RedisServer::start().await;
+    // Nothing listens there yet: every attempt finds the MES unreachable.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let cfg = config(&redis_block()).replace(
+        "claim_idle = \"500ms\"",
+        "claim_idle = \"500ms\"\nmax_attempts = 4\nretry_backoff = \"200ms\"",
+    );
+    let gw = spawn_gateway(
+        &cfg,
+        &format!("http://127.0.0.1:{port}"),
+        Some(&redis.url()),
+    )
+    .await;
+    let base = gw.url("");
+
+    // Never reachable: four attempts, then failed with mesgate's 502.
+    let r = patch(&base, 17, "SHIPPED", Some("respond-async")).await;
+    assert_eq!(r.status, 202);
+    let op = final_op(&base, r.header("location")).await;
+    assert_eq!(op["state"], "failed", "{op}");
+    assert_eq!(op["status"], 502);
+    assert_eq!(op["attempts"], 4);
+    assert_eq!(
+        op["response"]["type"],
+        "urn:mesgate:problem:upstream-unreachable"
+    );
+
+    // Reachable from the third attempt on: applied once.
+    let id = 18;
+    let target = other_status(&mes(Duration::ZERO).await.order_status(id).unwrap());
+    let r = patch(&base, id, target, Some("respond-async")).await;
+    assert_eq!(r.status, 202);
+    let location = r.header("location").to_owned();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let op = get(&format!("{base}{location}")).await.json();
+        assert_eq!(op["state"], "running", "tried again, not final: {op}");
+        if op["attempts"].as_u64() >= Some(2) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no second attempt: {op}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut sim_cfg = SimConfig::instant();
+    sim_cfg.orders = 200;
+    let l = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let mes = sim::spawn(l, sim_cfg);
+    let op = final_op(&base, &location).await;
+    assert_eq!(op["state"], "succeeded", "{op}");
+    assert_eq!(op["status"], 200);
+    assert!(matches!(op["attempts"].as_u64(), Some(3 | 4)), "{op}");
+    assert_eq!(mes.order_status(id).as_deref(), Some(target));
+    assert_eq!(mes.stats().status_change, 1);
+    gw.stop().await;
+}

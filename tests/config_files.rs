@@ -398,6 +398,11 @@ fn check_config_rejects_what_cannot_run_and_warns_of_an_open_admin() {
             "redis.op_timeout",
         ),
         ("[limits]\nmax_connections = 0\n", "limits.max_connections"),
+        (
+            "[limits]\nmax_connections = 10\n[events]\nmax_subscribers = 10\n",
+            "events.max_subscribers",
+        ),
+        ("[events]\nmax_subscribers = 0\n", "events.max_subscribers"),
     ];
     for (extra, field) in cases {
         let file = TempConfig::new("cannot-run", &format!("{VALID}{extra}"));

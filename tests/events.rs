@@ -284,3 +284,75 @@ async fn callers_with_credentials_get_no_events() {
     }
     assert_eq!(gw.gateway.events().subscribers(), 0);
 }
+
+#[tokio::test]
+async fn an_order_event_caused_by_an_operation_names_it() {
+    let redis = RedisServer::start().await;
+    let mes = mes().await;
+    let gw = gateway(&mes, &redis, "").await;
+    let id = 230;
+    let old = mes.order_status(id).unwrap();
+    let target = other_status(&old);
+    // A synchronous write first: its event names no operation, and its id is where the
+    // filtered stream below resumes (the operation's id is known only from its 202).
+    let mut s = subscribe(&gw.url(&format!("/mesgate/events?order={id}")), None).await;
+    assert_eq!(patch(&gw.url(""), id, target, None).await.status, 200);
+    let sync = s.next_of("order").await;
+    assert!(sync.json().get("operation").is_none(), "{}", sync.data);
+    drop(s);
+
+    let r = patch(&gw.url(""), id, &old, Some("respond-async")).await;
+    assert_eq!(r.status, 202);
+    let op = r.header("location").rsplit('/').next().unwrap().to_owned();
+    let url = gw.url(&format!("/mesgate/events?operation={op}"));
+    let mut s = subscribe(&url, Some(&sync.id)).await;
+    assert_eq!(s.next().await.retry, "2000");
+    let moved = s.next().await;
+    assert_eq!(moved.event, "order", "{moved:?}");
+    assert_eq!(moved.json()["operation"], op.as_str());
+    assert_eq!(moved.json()["status"], old.as_str());
+    assert_eq!(moved.json()["previous"], target);
+    let done = s.next().await;
+    assert_eq!(done.event, "operation", "{done:?}");
+    assert_eq!(done.json()["operation"], op.as_str());
+    assert_eq!(done.json()["state"], "succeeded");
+}
+
+#[tokio::test]
+async fn subscribers_past_their_share_of_the_connections_are_refused_and_requests_get_through() {
+    let redis = RedisServer::start().await;
+    let mes = mes().await;
+    // No events.max_subscribers: half of the 4 connections. A subscriber that left is
+    // noticed when the next write to it fails: a heartbeat at the latest.
+    let cfg = SHIPPED.replace("[limits]\n", "[limits]\nmax_connections = 4\n");
+    let cfg = format!("{cfg}\n[events]\nheartbeat = \"200ms\"\n");
+    let gw = spawn_gateway(&cfg, &mes.base_url(), Some(&redis.url())).await;
+    wait_indexed(&gw).await;
+    let url = gw.url("/mesgate/events");
+    let first = subscribe(&url, None).await;
+    let _second = subscribe(&url, None).await;
+    let third = tokio::time::timeout(Duration::from_secs(5), support::client::get(&url))
+        .await
+        .expect("a subscriber past the cap is answered at once, not streamed to");
+    assert_eq!(third.status, 503);
+    assert_eq!(third.json()["type"], "urn:mesgate:problem:events-full");
+    assert_eq!(third.header("retry-after"), "5");
+    assert_eq!(gw.gateway.events().stats().refused, 1);
+    // The requests keep their connections.
+    for _ in 0..3 {
+        let r = support::client::get(&gw.url("/api/orders?status=SUBMITTED")).await;
+        assert_eq!(r.status, 200);
+    }
+    // A subscriber that leaves makes room.
+    drop(first);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while gw.gateway.events().subscribers() > 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the subscriber that left is still counted"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut again = subscribe(&url, None).await;
+    assert_eq!(again.next().await.retry, "2000");
+}

@@ -26,6 +26,12 @@ pub struct RawEvents {
     /// The reconnection delay suggested to clients (`retry:`). Default `2s`.
     #[serde(default = "default_events_retry")]
     pub retry: String,
+    /// The most subscribers one instance serves at once; one more is answered `503`
+    /// (`events-full`, `Retry-After`). Each holds a client connection for as long as it
+    /// listens, counted in `limits.max_connections`, so this must stay below it (room
+    /// for the requests). Default: half the connection cap.
+    #[serde(default)]
+    pub max_subscribers: Option<usize>,
 }
 
 impl Default for RawEvents {
@@ -35,6 +41,7 @@ impl Default for RawEvents {
             buffer: default_events_buffer(),
             heartbeat: default_events_heartbeat(),
             retry: default_events_retry(),
+            max_subscribers: None,
         }
     }
 }
@@ -71,6 +78,16 @@ pub struct RawOperations {
     /// The longest `Prefer: wait=N` honoured; a longer wait is cut to this. Default `30s`.
     #[serde(default = "default_operations_max_wait")]
     pub max_wait: String,
+    /// Attempts at an operation while the MES is unreachable (nothing was sent: connection
+    /// refused, reset before a request went out), the first included; then it fails with
+    /// mesgate's `502` problem. An MES that answers, even with an error, is not retried.
+    /// Default 4.
+    #[serde(default = "default_operations_max_attempts")]
+    pub max_attempts: u32,
+    /// The wait before the second attempt; it doubles for each next one, at most `30s`.
+    /// Default `500ms`.
+    #[serde(default = "default_operations_retry_backoff")]
+    pub retry_backoff: String,
 }
 
 impl Default for RawOperations {
@@ -79,6 +96,8 @@ impl Default for RawOperations {
             keep: default_operations_keep(),
             claim_idle: default_operations_claim_idle(),
             max_wait: default_operations_max_wait(),
+            max_attempts: default_operations_max_attempts(),
+            retry_backoff: default_operations_retry_backoff(),
         }
     }
 }
@@ -91,6 +110,12 @@ fn default_operations_claim_idle() -> String {
 }
 fn default_operations_max_wait() -> String {
     "30s".into()
+}
+fn default_operations_max_attempts() -> u32 {
+    4
+}
+fn default_operations_retry_backoff() -> String {
+    "500ms".into()
 }
 
 /// `[ui]`: the operator page at `/mesgate/ui` (docs/async-and-events.md, "The operator

@@ -175,6 +175,8 @@ pub struct EventsConfig {
     pub heartbeat: Duration,
     /// `retry:` hint.
     pub retry: Duration,
+    /// The most subscribers at once (`None`: half the connection cap).
+    pub max_subscribers: Option<usize>,
 }
 
 /// Validated `[ui]`.
@@ -195,6 +197,10 @@ pub struct OperationsConfig {
     pub claim_idle: Duration,
     /// The longest `Prefer: wait` honoured.
     pub max_wait: Duration,
+    /// Attempts while the MES is unreachable, the first included (at least 1).
+    pub max_attempts: u32,
+    /// The wait before the second attempt (doubling).
+    pub retry_backoff: Duration,
 }
 
 /// A GET path rendered from a write's facts: one template per segment.

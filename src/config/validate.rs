@@ -53,6 +53,24 @@ impl RawConfig {
             events: self.events.validate()?,
             ui: self.ui.validate()?,
         })
+        .and_then(subscribers_below_connections)
+    }
+}
+
+/// Subscribers hold their connections (`events.max_subscribers` ≥ 1) and need to leave
+/// some of `limits.max_connections` to the requests.
+fn subscribers_below_connections(c: Config) -> Result<Config, ConfigError> {
+    let at = "events.max_subscribers";
+    match (c.events.max_subscribers, c.limits.max_connections) {
+        (Some(0), _) => Err(invalid(at, "must be at least 1")),
+        (Some(s), Some(conns)) if s >= conns => Err(invalid(
+            at,
+            format!(
+                "{s} must be below limits.max_connections ({conns}): subscribers hold \
+                 connections, and requests need some"
+            ),
+        )),
+        _ => Ok(c),
     }
 }
 
@@ -73,6 +91,7 @@ impl RawEvents {
             buffer: self.buffer,
             heartbeat,
             retry: parse_duration("events.retry", &self.retry)?,
+            max_subscribers: self.max_subscribers,
         })
     }
 }
@@ -115,6 +134,11 @@ impl RawOperations {
             keep: positive("operations.keep", &self.keep)?,
             claim_idle: positive("operations.claim_idle", &self.claim_idle)?,
             max_wait: parse_duration("operations.max_wait", &self.max_wait)?,
+            max_attempts: match self.max_attempts {
+                0 => return Err(invalid("operations.max_attempts", "must be at least 1")),
+                n => n,
+            },
+            retry_backoff: parse_duration("operations.retry_backoff", &self.retry_backoff)?,
         })
     }
 }

@@ -86,9 +86,15 @@ impl Event {
 
 impl Event {
     /// What a successful write changed: its answer `row` (the entity's new state; the
-    /// MES's `id` and `status` fields), whether it was created, and the status it left
-    /// when known. `None`: the answer is not such a row.
-    pub fn order(row: &[u8], created: bool, previous: Option<&str>) -> Option<Self> {
+    /// MES's `id` and `status` fields), whether it was created, the status it left
+    /// when known, and the asynchronous operation that made it, if one did (then the
+    /// data names it as `operation`). `None`: the answer is not such a row.
+    pub fn order(
+        row: &[u8],
+        created: bool,
+        previous: Option<&str>,
+        operation: Option<&str>,
+    ) -> Option<Self> {
         let json: serde_json::Value = serde_json::from_slice(row).ok()?;
         let order = match &json["id"] {
             serde_json::Value::Number(n) => n.to_string(),
@@ -96,19 +102,23 @@ impl Event {
             _ => return None,
         };
         let status = json["status"].as_str().unwrap_or_default().to_owned();
-        let data = serde_json::json!({
+        let mut data = serde_json::json!({
             "order": json["id"],
             "status": status,
             "previous": previous,
             "created": created,
             "row": json,
         });
+        if let Some(op) = operation {
+            data["operation"] = op.into();
+        }
         Some(Self {
             kind: "order".into(),
             data: data.to_string(),
             order,
             status,
             previous: previous.unwrap_or_default().to_owned(),
+            operation: operation.unwrap_or_default().to_owned(),
             ..Self::default()
         })
     }
@@ -153,9 +163,15 @@ pub struct Events {
 struct Shared {
     l2: L2,
     config: EventsConfig,
-    tx: broadcast::Sender<Arc<Event>>,
+    tx: broadcast::Sender<Arc<Live>>,
     subscribers: AtomicUsize,
+    /// The most subscribers at once (`events.max_subscribers`, else half the connection
+    /// cap, set by [`Events::default_cap`]).
+    cap: AtomicUsize,
     dropped: AtomicU64,
+    refused: AtomicU64,
+    delivered: AtomicU64,
+    reconnects: AtomicU64,
     /// Set when the instance drains: every stream ends (clients reconnect elsewhere).
     closing: tokio::sync::watch::Sender<bool>,
 }
@@ -169,7 +185,11 @@ impl Events {
                 config,
                 tx: broadcast::channel(config.buffer).0,
                 subscribers: AtomicUsize::new(0),
+                cap: AtomicUsize::new(config.max_subscribers.unwrap_or(usize::MAX)),
                 dropped: AtomicU64::new(0),
+                refused: AtomicU64::new(0),
+                delivered: AtomicU64::new(0),
+                reconnects: AtomicU64::new(0),
                 closing: tokio::sync::watch::Sender::new(false),
             })
         });
@@ -222,6 +242,54 @@ impl Events {
         let s = self.shared.as_ref();
         s.map_or(0, |s| s.dropped.load(Ordering::Relaxed))
     }
+
+    /// Sets the subscriber cap from the connection cap when `events.max_subscribers` is
+    /// not given: half of it, so subscribers (each holds a connection for as long as it
+    /// listens) can never take every connection from the requests.
+    pub fn default_cap(&self, max_connections: usize) {
+        if let Some(s) = &self.shared
+            && s.config.max_subscribers.is_none()
+        {
+            s.cap.store((max_connections / 2).max(1), Ordering::Relaxed);
+        }
+    }
+
+    /// The counters, for the metrics.
+    pub fn stats(&self) -> EventStats {
+        let Some(s) = &self.shared else {
+            return EventStats::default();
+        };
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        EventStats {
+            subscribers: s.subscribers.load(Ordering::Relaxed),
+            delivered: get(&s.delivered),
+            dropped: get(&s.dropped),
+            refused: get(&s.refused),
+            reconnects: get(&s.reconnects),
+        }
+    }
+}
+
+/// What the events of one instance report to the metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EventStats {
+    /// Subscribers connected now.
+    pub subscribers: usize,
+    /// Events sent to subscribers (one per subscriber it was sent to).
+    pub delivered: u64,
+    /// Subscribers dropped for falling behind.
+    pub dropped: u64,
+    /// Subscriptions refused at `events.max_subscribers`.
+    pub refused: u64,
+    /// Times the stream reader connected to Redis again after losing its connection.
+    pub reconnects: u64,
+}
+
+/// An event as the reader hands it to the subscribers: its SSE record formatted once,
+/// shared by every subscriber it is sent to.
+pub(crate) struct Live {
+    event: Event,
+    frame: bytes::Bytes,
 }
 
 impl Shared {
@@ -294,12 +362,19 @@ enum Since {
 async fn read_loop(shared: std::sync::Weak<Shared>) {
     let mut conn = None;
     let mut last: Option<String> = None;
+    let mut connected_before = false;
     loop {
         let Some(s) = shared.upgrade() else { return };
         let c = match conn.as_mut() {
             Some(c) => c,
             None => match s.l2.dedicated(BLOCK).await {
-                Ok(c) => conn.insert(c),
+                Ok(c) => {
+                    if connected_before {
+                        s.reconnects.fetch_add(1, Ordering::Relaxed);
+                    }
+                    connected_before = true;
+                    conn.insert(c)
+                }
                 Err(e) => {
                     debug!(error = %e, tier = "shared", "event stream not reachable");
                     drop(s);
@@ -332,10 +407,11 @@ async fn read_loop(shared: std::sync::Weak<Shared>) {
             Ok(v) => {
                 for stream in items(&v) {
                     let entries = items(stream).get(1).map(items).unwrap_or_default();
-                    for e in entries.iter().filter_map(Event::from_entry) {
-                        last = Some(e.id.clone());
+                    for event in entries.iter().filter_map(Event::from_entry) {
+                        last = Some(event.id.clone());
+                        let frame = sse::frame(&event);
                         // No subscriber: nothing to do (an error only says that).
-                        let _ = s.tx.send(Arc::new(e));
+                        let _ = s.tx.send(Arc::new(Live { event, frame }));
                     }
                 }
             }

@@ -16,7 +16,7 @@ use http_body_util::{BodyExt, StreamBody};
 use tokio::sync::broadcast;
 use tracing::debug;
 
-use super::{Event, Events, Shared, Since, parse_id};
+use super::{Event, Events, Live, Shared, Since, parse_id};
 use crate::error::GatewayError;
 
 /// The body of an event stream (or of its refusal).
@@ -83,6 +83,13 @@ impl Events {
                 "no [redis] configured".into(),
             ));
         };
+        // Counted before it is let in: the cap holds however many arrive at once.
+        let cap = shared.cap.load(Ordering::Relaxed);
+        if shared.subscribers.fetch_add(1, Ordering::Relaxed) >= cap {
+            shared.subscribers.fetch_sub(1, Ordering::Relaxed);
+            shared.refused.fetch_add(1, Ordering::Relaxed);
+            return refusal(&GatewayError::EventsFull(cap));
+        }
         // Subscribed before the history is read: nothing falls between the two.
         let rx = shared.tx.subscribe();
         let mut sub = Subscriber::new(shared.clone(), rx, Filter::parse(query));
@@ -109,8 +116,13 @@ impl Events {
 }
 
 fn refusal(e: &GatewayError) -> Response<EventBody> {
-    e.to_response()
-        .map(|b| b.map_err(|never: Infallible| match never {}).boxed())
+    let mut resp = e.to_response();
+    if matches!(e, GatewayError::EventsFull(_)) {
+        // A subscriber comes back by itself (EventSource reconnects): not at once.
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+    }
+    resp.map(|b| b.map_err(|never: Infallible| match never {}).boxed())
 }
 
 type Item = Result<Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>>;
@@ -118,7 +130,7 @@ type Item = Result<Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>>;
 /// One subscriber's state: what is queued for it, where it is in the stream.
 struct Subscriber {
     shared: Arc<Shared>,
-    rx: broadcast::Receiver<Arc<Event>>,
+    rx: broadcast::Receiver<Arc<Live>>,
     filter: Filter,
     queued: VecDeque<Bytes>,
     /// The newest id sent or skipped: a live event not newer was in the backlog.
@@ -129,8 +141,8 @@ struct Subscriber {
 }
 
 impl Subscriber {
-    fn new(shared: Arc<Shared>, rx: broadcast::Receiver<Arc<Event>>, filter: Filter) -> Self {
-        shared.subscribers.fetch_add(1, Ordering::Relaxed);
+    /// A subscriber already counted in `shared.subscribers` (its drop uncounts it).
+    fn new(shared: Arc<Shared>, rx: broadcast::Receiver<Arc<Live>>, filter: Filter) -> Self {
         let every = shared.config.heartbeat;
         let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -150,6 +162,7 @@ impl Subscriber {
     fn push(&mut self, e: &Event) {
         self.last = parse_id(&e.id).or(self.last);
         if self.filter.matches(e) {
+            self.shared.delivered.fetch_add(1, Ordering::Relaxed);
             self.queued.push_back(frame(e));
         }
     }
@@ -173,14 +186,15 @@ impl Subscriber {
         loop {
             tokio::select! {
                 got = self.rx.recv() => match got {
-                    Ok(e) => {
-                        let id = parse_id(&e.id);
+                    Ok(live) => {
+                        let id = parse_id(&live.event.id);
                         if id.is_some() && id <= self.last {
                             continue;
                         }
                         self.last = id.or(self.last);
-                        if self.filter.matches(&e) {
-                            return Some((Ok(Frame::data(frame(&e))), self));
+                        if self.filter.matches(&live.event) {
+                            self.shared.delivered.fetch_add(1, Ordering::Relaxed);
+                            return Some((Ok(Frame::data(live.frame.clone())), self));
                         }
                     }
                     Err(broadcast::error::RecvError::Lagged(n)) => {

@@ -14,7 +14,8 @@ pub mod worker;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Weak;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -144,13 +145,21 @@ impl Outcome {
 /// gateway implements it with its route table and write path). `retried`: an earlier
 /// attempt may have reached the MES.
 pub trait Execute: Send + Sync {
-    /// Executes `req`; the write's invalidation is applied before the future ends.
+    /// Executes `req`, operation `id`; the write's invalidation is applied before the
+    /// future ends.
     fn execute(
         &self,
+        id: OperationId,
         req: StoredRequest,
         retried: bool,
     ) -> Pin<Box<dyn Future<Output = Outcome> + Send + '_>>;
 }
+
+/// The operation a request is executed for, carried in its extensions: the write path
+/// names it in the `order` event it publishes, so a client can match the move to its
+/// request (and `?operation=` finds both events).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OperationId(pub std::sync::Arc<str>);
 
 /// The operations of one gateway. Cheap to clone.
 #[derive(Clone)]
@@ -158,6 +167,38 @@ pub struct Operations {
     store: Option<Store>,
     config: OperationsConfig,
     events: Events,
+    stats: Arc<OperationStats>,
+}
+
+/// What this instance did with operations, for the metrics.
+#[derive(Debug, Default)]
+pub struct OperationStats {
+    /// Recorded and queued (answered `202`, or waited for).
+    pub accepted: AtomicU64,
+    /// Outcomes recorded as succeeded by this instance.
+    pub succeeded: AtomicU64,
+    /// Outcomes recorded as failed by this instance.
+    pub failed: AtomicU64,
+    /// Entries claimed from a consumer that went silent.
+    pub claimed: AtomicU64,
+    /// Attempts made again because the MES was unreachable.
+    pub retried: AtomicU64,
+    /// Entries in the queue not finished yet (every instance's), as last read.
+    pub queued: AtomicU64,
+}
+
+impl OperationStats {
+    /// The counters by name, as the metrics label them.
+    pub fn counts(&self) -> [(&'static str, u64); 5] {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        [
+            ("accepted", get(&self.accepted)),
+            ("succeeded", get(&self.succeeded)),
+            ("failed", get(&self.failed)),
+            ("claimed", get(&self.claimed)),
+            ("retried", get(&self.retried)),
+        ]
+    }
 }
 
 impl Operations {
@@ -167,14 +208,21 @@ impl Operations {
             store: l2.cloned().map(Store::new),
             config,
             events,
+            stats: Arc::default(),
         }
     }
 
     /// Starts this instance's consumer of the queue; it stops when `exec` is gone.
     pub fn start(&self, exec: Weak<dyn Execute>) {
         if let Some(store) = &self.store {
-            worker::spawn(store.clone(), self.config, self.events.clone(), exec);
+            let (events, stats) = (self.events.clone(), self.stats.clone());
+            worker::spawn(store.clone(), self.config, events, stats, exec);
         }
+    }
+
+    /// The counters, for the metrics.
+    pub fn stats(&self) -> &OperationStats {
+        &self.stats
     }
 
     /// Records and queues `req`; its id. An error: it could not be recorded durably (the
@@ -183,6 +231,7 @@ impl Operations {
         let store = self.store.as_ref().ok_or(L2Error::Skipped)?;
         let id = new_id();
         store.record(&id, req, self.config.keep).await?;
+        self.stats.accepted.fetch_add(1, Ordering::Relaxed);
         Ok(id)
     }
 

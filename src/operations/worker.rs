@@ -4,6 +4,7 @@
 //! It owns delivery (at least once); the record's states are [`super::store`]'s and the
 //! write itself is the [`Execute`]r's.
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -11,8 +12,9 @@ use redis::Value;
 use tracing::{debug, warn};
 
 use super::store::{GROUP, Start, Store};
-use super::{Execute, Outcome};
+use super::{Execute, OperationStats, Outcome};
 use crate::config::OperationsConfig;
+use crate::error::GatewayError;
 use crate::events::{Event, Events, items, text};
 use crate::l2::L2Error;
 
@@ -27,17 +29,29 @@ const BATCH: usize = 16;
 struct Ctx {
     store: Store,
     events: Events,
+    stats: Arc<OperationStats>,
     consumer: String,
     claim_idle: Duration,
+    max_attempts: u32,
+    retry_backoff: Duration,
 }
 
 /// Starts the consumer loop in a task of its own.
-pub fn spawn(store: Store, config: OperationsConfig, events: Events, exec: Weak<dyn Execute>) {
+pub fn spawn(
+    store: Store,
+    config: OperationsConfig,
+    events: Events,
+    stats: Arc<OperationStats>,
+    exec: Weak<dyn Execute>,
+) {
     let ctx = Arc::new(Ctx {
         store,
         events,
+        stats,
         consumer: format!("c-{}", &super::new_id()[..16]),
         claim_idle: config.claim_idle,
+        max_attempts: config.max_attempts,
+        retry_backoff: config.retry_backoff,
     });
     tokio::spawn(run(ctx, exec));
 }
@@ -60,10 +74,21 @@ async fn run(ctx: Arc<Ctx>, exec: Weak<dyn Execute>) {
         let claim_due = last_claim.is_none_or(|t| t.elapsed() >= ctx.claim_idle / 2);
         let got = if claim_due {
             last_claim = Some(Instant::now());
-            claim(&ctx, c).await
+            claim(&ctx, c).await.inspect(|got| {
+                let n = got.len() as u64;
+                ctx.stats.claimed.fetch_add(n, Ordering::Relaxed);
+            })
         } else {
             read_new(&ctx, c).await
         };
+        // Entries are deleted when done: the length is what is not finished yet.
+        if let Ok(n) = redis::cmd("XLEN")
+            .arg(ctx.store.queue_key())
+            .query_async::<u64>(c)
+            .await
+        {
+            ctx.stats.queued.store(n, Ordering::Relaxed);
+        }
         match got {
             Ok(entries) => {
                 for (entry, op) in entries {
@@ -153,22 +178,22 @@ fn entries(list: &Value) -> Vec<(String, String)> {
     items(list).iter().filter_map(one).collect()
 }
 
-/// One attempt at operation `op` (queue entry `entry`).
+/// Operation `op` (queue entry `entry`): its attempts, then its outcome recorded once.
 async fn attempt(ctx: Arc<Ctx>, exec: Weak<dyn Execute>, entry: String, op: String) {
     let Some(exec) = exec.upgrade() else { return };
-    let (attempt, request) = match ctx.store.start(&op).await {
-        Ok(Start::Run { attempt, request }) => (attempt, request),
-        Ok(Start::Gone | Start::Final) => return done(&ctx, &entry).await,
-        // Left pending: claimed again after `claim_idle`.
-        Err(e) => return warn!(error = %e, tier = "shared", %op, "operation not started"),
-    };
     let renew = tokio::spawn(renew(ctx.clone(), entry.clone()));
-    let outcome: Outcome = exec.execute(request, attempt > 1).await;
+    let outcome = attempts(&ctx, &*exec, &entry, &op).await;
     renew.abort();
+    let Some(outcome) = outcome else { return };
     match ctx.store.finish(&op, &outcome).await {
         Ok(recorded) => {
-            debug!(%op, attempt, status = outcome.status, recorded, "operation finished");
+            debug!(%op, status = outcome.status, recorded, "operation finished");
             if recorded {
+                let counter = match outcome.state() {
+                    super::State::Succeeded => &ctx.stats.succeeded,
+                    _ => &ctx.stats.failed,
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
                 let state = outcome.state().as_str();
                 let at = format!("{}{op}", super::PATH);
                 let e = Event::operation(&op, state, outcome.status, &outcome.body, &at);
@@ -179,6 +204,51 @@ async fn attempt(ctx: Arc<Ctx>, exec: Weak<dyn Execute>, entry: String, op: Stri
         // Left pending: a later attempt finds the write applied (see write::confirm).
         Err(e) => warn!(error = %e, tier = "shared", %op, "operation outcome not recorded"),
     }
+}
+
+/// Runs attempts until there is an outcome to record: an MES found unreachable (nothing
+/// was sent) is tried again after a backoff, up to `operations.max_attempts` in all.
+/// `None`: nothing to record (already final or gone, or Redis did not answer: the entry
+/// stays pending and is claimed again).
+async fn attempts(ctx: &Ctx, exec: &dyn Execute, entry: &str, op: &str) -> Option<Outcome> {
+    loop {
+        let (attempt, request) = match ctx.store.start(op).await {
+            Ok(Start::Run { attempt, request }) => (attempt, request),
+            Ok(Start::Gone | Start::Final) => {
+                done(ctx, entry).await;
+                return None;
+            }
+            Err(e) => {
+                warn!(error = %e, tier = "shared", %op, "operation not started");
+                return None;
+            }
+        };
+        let id = super::OperationId(op.into());
+        let outcome: Outcome = exec.execute(id, request, attempt > 1).await;
+        if !mes_unreachable(&outcome) || attempt >= u64::from(ctx.max_attempts) {
+            return Some(outcome);
+        }
+        let wait = backoff(ctx.retry_backoff, attempt);
+        debug!(%op, attempt, wait_ms = wait.as_millis() as u64, "MES unreachable; operation retried");
+        ctx.stats.retried.fetch_add(1, Ordering::Relaxed);
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// Whether the attempt found the MES unreachable: mesgate's own problem answer, the
+/// request never reached it.
+fn mes_unreachable(o: &Outcome) -> bool {
+    let kind = GatewayError::UpstreamConnect(String::new());
+    let json: Option<serde_json::Value> = serde_json::from_slice(&o.body).ok();
+    let want = format!("urn:mesgate:problem:{}", kind.as_str());
+    o.status == kind.status().as_u16()
+        && json.is_some_and(|j| j["type"].as_str() == Some(want.as_str()))
+}
+
+/// The wait after attempt `n` (1 for the first): `base`, doubling, at most 30 s.
+fn backoff(base: Duration, n: u64) -> Duration {
+    let doubled = base.saturating_mul(1 << (n.saturating_sub(1)).min(16) as u32);
+    doubled.min(Duration::from_secs(30))
 }
 
 /// Keeps the entry ours while the attempt runs (a slow MES is not a dead consumer).
@@ -225,6 +295,13 @@ mod tests {
 
     fn bulk(s: &str) -> Value {
         Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn backoff_doubles_from_the_base_up_to_30_s() {
+        let base = Duration::from_millis(500);
+        let waits: Vec<_> = (1..=8).map(|n| backoff(base, n).as_millis()).collect();
+        assert_eq!(waits, [500, 1000, 2000, 4000, 8000, 16000, 30000, 30000]);
     }
 
     #[test]

@@ -26,6 +26,7 @@ use crate::error::GatewayError;
 use crate::events::{Event, Events};
 use crate::family::{Source, json_field};
 use crate::index::service::Indexes;
+use crate::operations::OperationId;
 use crate::pass::{Body, Pass};
 use crate::read::Reader;
 use crate::upstream::error_chain;
@@ -142,6 +143,7 @@ impl Writer {
         retried: bool,
     ) -> Response<Body> {
         let request: Option<Value> = serde_json::from_slice(req.body()).ok();
+        let operation = req.extensions().get::<OperationId>().cloned();
         // Kept for the check of a retried write's conflict (it reads the entity with them).
         let headers = retried.then(|| req.headers().clone());
         let req = req.map(|b| Either::Right(Full::new(b)));
@@ -248,7 +250,8 @@ impl Writer {
             _ => None,
         };
         let event = bytes.as_ref().filter(|_| !outdated);
-        if let Some(e) = event.and_then(|b| Event::order(b, created, previous)) {
+        let operation = operation.as_ref().map(|o| &*o.0);
+        if let Some(e) = event.and_then(|b| Event::order(b, created, previous, operation)) {
             self.events.publish(e).await;
         }
         match bytes {
