@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use mes_sim::{self as sim, SimConfig};
-use support::client::{get, newest, other_status, patch_status};
+use support::client::{final_op, get, newest, other_status, patch_status, send};
 use support::cluster::Cluster;
 use support::gateway::{TestGateway, spawn_gateway, without_index};
 
@@ -285,4 +285,34 @@ async fn a_primary_killed_under_load_costs_no_request_and_serves_nothing_stale()
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(!cluster.primaries().await.contains(&victim));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_asynchronous_write_is_queued_and_run_through_the_cluster() {
+    let cluster = Cluster::start().await;
+    let sim = simulator().await;
+    let config = cluster_config(false);
+    let a = spawn_gateway(&config, &sim.base_url(), Some(&cluster.urls())).await;
+    let b = spawn_gateway(&config, &sim.base_url(), Some(&cluster.urls())).await;
+    let (x, from) = newest(&sim).await;
+    let to = other_status(&from);
+    // Queued on A (a record and a stream entry, one script in one slot), read by a
+    // blocking XREADGROUP on a connection of its own, run, and its record read on B.
+    let r = send(
+        http::Method::PATCH,
+        &a.url(&format!("/api/orders/{x}/status")),
+        &[
+            ("content-type", "application/json"),
+            ("prefer", "respond-async"),
+        ],
+        bytes::Bytes::from(format!("{{\"status\":\"{to}\"}}")),
+    )
+    .await;
+    assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+    let location = r.header("location").to_owned();
+    let op = final_op(&b.url(""), &location).await;
+    assert_eq!(op["state"], "succeeded", "{op}");
+    assert_eq!(sim.order_status(x).as_deref(), Some(to));
+    let d = get(&b.url(&format!("/api/orders/{x}"))).await;
+    assert_eq!(d.json()["status"], to);
 }
