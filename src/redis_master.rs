@@ -96,11 +96,6 @@ pub(crate) struct Endpoint {
 }
 
 impl Endpoint {
-    /// A cluster: its slots spread over several primaries, no script may span two.
-    pub fn is_cluster(&self) -> bool {
-        matches!(self.server, Server::Cluster { .. })
-    }
-
     /// A pub/sub connection subscribed to `channel`. On a cluster, on one of the seed
     /// nodes (the one after the last one used, so a resubscription after a node's loss
     /// goes elsewhere; a node that refuses is skipped).
@@ -167,6 +162,8 @@ pub(crate) struct Endpoints {
     sentinel: Option<Arc<(Vec<String>, String)>>,
     /// Bumped each time another master is taken.
     moved: Arc<watch::Sender<u64>>,
+    /// A Redis Cluster (fixed at start).
+    cluster: bool,
 }
 
 impl Endpoints {
@@ -184,6 +181,7 @@ impl Endpoints {
             connect_timeout: cfg.connect_timeout,
             sentinel: None,
             moved: Arc::new(watch::Sender::new(0)),
+            cluster: matches!(cfg.topology, RedisTopology::Cluster { .. }),
         };
         match &cfg.topology {
             RedisTopology::Standalone => {
@@ -224,7 +222,7 @@ impl Endpoints {
 
     /// On a Redis Cluster (the same for the life of the process).
     pub fn is_cluster(&self) -> bool {
-        self.current().is_some_and(|e| e.is_cluster())
+        self.cluster
     }
 
     /// Under Sentinel: asks the sentinels for the master every `every` and takes the one
