@@ -1,8 +1,11 @@
-//! The Redis server the shared tier talks to: one fixed server, or the master a set of
-//! sentinels names, followed through failovers.
+//! The Redis the shared tier talks to: one fixed server, a Redis Cluster, or the master a
+//! set of sentinels names, followed through failovers.
 //!
 //! Standalone, the endpoint is built once and never changes (its managed connection
-//! reconnects by itself). Under Sentinel, `Endpoints::follow` asks the sentinels for
+//! reconnects by itself). On a cluster too: the cluster connection follows `MOVED`/`ASK`
+//! and refreshes its slot map after a failover by itself; [`Conn`] puts it behind the
+//! same interface as the single-server connection, so every user of the shared tier
+//! runs the same calls on both. Under Sentinel, `Endpoints::follow` asks the sentinels for
 //! the master every round and, when they name another one (a failover), swaps in an
 //! endpoint for it and tells the bus to subscribe again. The managed connection alone
 //! would keep reconnecting to the old address, or keep talking to a demoted master.
@@ -15,20 +18,138 @@
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::cluster::{ClusterClient, ClusterConfig};
+use redis::cluster_async::ClusterConnection;
 use redis::sentinel::Sentinel;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::config::{RedisConfig, RedisTopology};
 
-/// One Redis server: a client (for connections of their own, such as the bus's) and the
-/// managed connection every operation shares.
+/// A connection to the Redis in use, whatever its kind: every operation of the shared
+/// tier runs on it (`redis::aio::ConnectionLike`). Cheap to clone.
+#[derive(Clone)]
+pub(crate) enum Conn {
+    /// The managed connection to one server (standalone, or the master in force).
+    Managed(ConnectionManager),
+    /// A connection of its own to one server (a blocking read).
+    Own(MultiplexedConnection),
+    /// A Redis Cluster: each command goes to the node of its key's slot.
+    Cluster(ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Conn {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Conn::Managed(c) => c.req_packed_command(cmd),
+            Conn::Own(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Conn::Managed(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Own(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Managed(c) => c.get_db(),
+            Conn::Own(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// How to open connections of one's own (the bus's subscription, blocking reads).
+enum Server {
+    One(redis::Client),
+    /// The cluster, and a client per seed node (a subscription lives on one node:
+    /// classic pub/sub reaches every node of a cluster).
+    Cluster {
+        client: Box<ClusterClient>,
+        seeds: Vec<redis::Client>,
+    },
+}
+
+/// The Redis in use: how to open connections of one's own, and the connection every
+/// operation shares.
 pub(crate) struct Endpoint {
-    pub client: redis::Client,
-    pub conn: ConnectionManager,
-    /// `host:port`, for logs and comparisons.
+    server: Server,
+    pub conn: Conn,
+    /// `host:port` (a cluster: its seed nodes), for logs and comparisons.
     pub addr: String,
+    /// The seed node the next subscription tries first (a cluster).
+    next_seed: std::sync::atomic::AtomicUsize,
+}
+
+impl Endpoint {
+    /// A pub/sub connection subscribed to `channel`. On a cluster, on one of the seed
+    /// nodes (the one after the last one used, so a resubscription after a node's loss
+    /// goes elsewhere; a node that refuses is skipped).
+    pub async fn subscribe(&self, channel: &str) -> redis::RedisResult<redis::aio::PubSub> {
+        let clients: Vec<&redis::Client> = match &self.server {
+            Server::One(c) => vec![c],
+            Server::Cluster { seeds, .. } => {
+                let first = self
+                    .next_seed
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                (0..seeds.len())
+                    .map(|i| &seeds[(first + i) % seeds.len()])
+                    .collect()
+            }
+        };
+        let mut last = None;
+        for c in clients {
+            let subscribed = async {
+                let mut ps = c.get_async_pubsub().await?;
+                ps.subscribe(channel).await?;
+                Ok::<_, redis::RedisError>(ps)
+            };
+            match subscribed.await {
+                Ok(ps) => return Ok(ps),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| (redis::ErrorKind::Io, "no node to subscribe on").into()))
+    }
+
+    /// A connection of its own (a blocking read would hold up every command of the
+    /// shared one), answering within `response`.
+    pub async fn own(&self, connect: Duration, response: Duration) -> redis::RedisResult<Conn> {
+        match &self.server {
+            Server::One(client) => {
+                let cfg = redis::AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(connect))
+                    .set_response_timeout(Some(response));
+                Ok(Conn::Own(
+                    client
+                        .get_multiplexed_async_connection_with_config(&cfg)
+                        .await?,
+                ))
+            }
+            Server::Cluster { client, .. } => {
+                let cfg = ClusterConfig::new()
+                    .set_connection_timeout(connect)
+                    .set_response_timeout(response);
+                Ok(Conn::Cluster(
+                    client.get_async_connection_with_config(cfg).await?,
+                ))
+            }
+        }
+    }
 }
 
 /// The endpoint in force, and how to find the next one. Cheap to clone.
@@ -41,6 +162,8 @@ pub(crate) struct Endpoints {
     sentinel: Option<Arc<(Vec<String>, String)>>,
     /// Bumped each time another master is taken.
     moved: Arc<watch::Sender<u64>>,
+    /// A Redis Cluster (fixed at start).
+    cluster: bool,
 }
 
 impl Endpoints {
@@ -58,6 +181,7 @@ impl Endpoints {
             connect_timeout: cfg.connect_timeout,
             sentinel: None,
             moved: Arc::new(watch::Sender::new(0)),
+            cluster: matches!(cfg.topology, RedisTopology::Cluster { .. }),
         };
         match &cfg.topology {
             RedisTopology::Standalone => {
@@ -67,6 +191,9 @@ impl Endpoints {
             RedisTopology::Sentinel { sentinels, master } => {
                 e.sentinel = Some(Arc::new((sentinels.clone(), master.clone())));
             }
+            RedisTopology::Cluster { nodes } => {
+                e.now = Arc::new(RwLock::new(Some(Arc::new(cluster(nodes, cfg)?))));
+            }
         }
         Ok(e)
     }
@@ -74,8 +201,12 @@ impl Endpoints {
     fn endpoint(&self, client: redis::Client) -> redis::RedisResult<Endpoint> {
         Ok(Endpoint {
             addr: client.get_connection_info().addr().to_string(),
-            conn: ConnectionManager::new_lazy_with_config(client.clone(), self.manager.clone())?,
-            client,
+            conn: Conn::Managed(ConnectionManager::new_lazy_with_config(
+                client.clone(),
+                self.manager.clone(),
+            )?),
+            server: Server::One(client),
+            next_seed: Default::default(),
         })
     }
 
@@ -87,6 +218,11 @@ impl Endpoints {
     /// Sees each change of master.
     pub fn watch_moves(&self) -> watch::Receiver<u64> {
         self.moved.subscribe()
+    }
+
+    /// On a Redis Cluster (the same for the life of the process).
+    pub fn is_cluster(&self) -> bool {
+        self.cluster
     }
 
     /// Under Sentinel: asks the sentinels for the master every `every` and takes the one
@@ -156,4 +292,33 @@ impl Endpoints {
             }
         }
     }
+}
+
+/// The endpoint of a Redis Cluster found from `nodes`, connected lazily (the gateway
+/// starts while the cluster is down). Few, short retries: an operation has
+/// `redis.op_timeout` in all, and the breaker, not the client, waits out an outage.
+fn cluster(nodes: &[String], cfg: &RedisConfig) -> redis::RedisResult<Endpoint> {
+    let client = ClusterClient::builder(nodes.iter().map(String::as_str))
+        .retries(3)
+        .min_retry_wait(5)
+        .max_retry_wait(100)
+        .build()?;
+    let conn = client.get_pending_async_connection_with_config(
+        ClusterConfig::new()
+            .set_connection_timeout(cfg.connect_timeout)
+            .set_response_timeout(cfg.op_timeout),
+    );
+    let seeds = nodes
+        .iter()
+        .map(|n| redis::Client::open(n.as_str()))
+        .collect::<redis::RedisResult<Vec<_>>>()?;
+    Ok(Endpoint {
+        addr: nodes.join(","),
+        conn: Conn::Cluster(conn),
+        server: Server::Cluster {
+            client: Box::new(client),
+            seeds,
+        },
+        next_seed: Default::default(),
+    })
 }

@@ -88,11 +88,11 @@ impl Shared {
     }
 
     fn result_key(&self, key: &str) -> String {
-        format!("{{{}}}:c:r:{key}", self.l2.prefix())
+        format!("{{{}:c:{key}}}:r", self.l2.prefix())
     }
 
     fn lease_key(&self, key: &str) -> String {
-        format!("{{{}}}:c:l:{key}", self.l2.prefix())
+        format!("{{{}:c:{key}}}:l", self.l2.prefix())
     }
 
     /// The channel of [`Notice`]s.

@@ -231,7 +231,7 @@ pub struct Overrides {
     pub upstream: Option<String>,
     /// `MESGATE_REDIS_URL`; `off` turns the shared tier off whatever the file says.
     pub redis_url: Option<String>,
-    /// `MESGATE_REDIS_MODE`: `standalone` or `sentinel`.
+    /// `MESGATE_REDIS_MODE`: `standalone`, `sentinel` or `cluster`.
     pub redis_mode: Option<String>,
     /// `MESGATE_REDIS_MASTER`: the master's name in sentinel mode.
     pub redis_master: Option<String>,

@@ -10,13 +10,15 @@ use serde::Deserialize;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRedis {
-    /// `standalone` (default: one Redis at `url`) or `sentinel` (the master named
+    /// `standalone` (default: one Redis at `url`), `sentinel` (the master named
     /// `master_name`, found through the sentinels at `url` and followed through
-    /// failovers). Env: `MESGATE_REDIS_MODE`. (`cluster` is not supported yet.)
+    /// failovers) or `cluster` (a Redis Cluster found from the seed nodes at `url`;
+    /// `MOVED`/`ASK` followed, failovers survived). Env: `MESGATE_REDIS_MODE`.
     #[serde(default = "default_mode")]
     pub mode: String,
     /// Standalone: `redis://host:port/db`. Sentinel: the sentinels, comma-separated
-    /// (`redis://10.0.0.1:26379,redis://10.0.0.2:26379`). Env: `MESGATE_REDIS_URL`.
+    /// (`redis://10.0.0.1:26379,redis://10.0.0.2:26379`). Cluster: some of its nodes,
+    /// comma-separated (the rest is discovered). Env: `MESGATE_REDIS_URL`.
     pub url: String,
     /// Sentinel mode: the name the sentinels monitor the master under. Env:
     /// `MESGATE_REDIS_MASTER`.

@@ -35,12 +35,17 @@ pub enum RedisTopology {
         /// The monitored master's name.
         master: String,
     },
+    /// A Redis Cluster, discovered from these seed nodes (URLs).
+    Cluster {
+        /// The seed nodes' URLs.
+        nodes: Vec<String>,
+    },
 }
 
 /// Validated `[redis]`.
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
-    /// Connection URL (standalone), or the first sentinel's (sentinel).
+    /// Connection URL (standalone), or the list as configured (sentinel, cluster).
     pub url: String,
     /// How the Redis in use is found.
     pub topology: RedisTopology,

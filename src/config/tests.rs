@@ -304,7 +304,7 @@ fn an_admin_listener_open_to_other_hosts_without_a_token_is_warned_of() {
 }
 
 #[test]
-fn redis_sentinel_mode_needs_the_masters_name_and_takes_a_list_of_sentinels() {
+fn redis_sentinel_and_cluster_modes_take_a_list_of_urls() {
     use crate::config::RedisTopology;
     let with = |body: &str| format!("{MINIMAL}[redis]\n{body}\n");
     let c: Config = with(
@@ -340,13 +340,31 @@ fn redis_sentinel_mode_needs_the_masters_name_and_takes_a_list_of_sentinels() {
         e.contains("redis.master_name") && e.contains("sentinel"),
         "{e}"
     );
-    let e = err(&with(
-        "mode = \"cluster\"\nurl = \"redis://127.0.0.1:6379\"",
-    ));
-    assert!(
-        e.contains("redis.mode") && e.contains("not supported yet"),
-        "{e}"
+    let c: Config =
+        with("mode = \"cluster\"\nurl = \"redis://127.0.0.1:7000,redis://127.0.0.1:7001\"")
+            .parse()
+            .unwrap();
+    assert_eq!(
+        c.redis.unwrap().topology,
+        RedisTopology::Cluster {
+            nodes: vec![
+                "redis://127.0.0.1:7000".into(),
+                "redis://127.0.0.1:7001".into()
+            ],
+        }
     );
+    let e = err(&with(
+        "mode = \"cluster\"\nurl = \"redis://127.0.0.1:7000,,redis://127.0.0.1:7001\"",
+    ));
+    assert!(e.contains("redis.url") && e.contains("seed nodes"), "{e}");
+    let e = err(&with(
+        "mode = \"cluster\"\nurl = \"redis://127.0.0.1:7000,http://x\"",
+    ));
+    assert!(e.contains("redis.url") && e.contains("http://x"), "{e}");
+    let e = err(&with(
+        "mode = \"cluster\"\nurl = \"redis://127.0.0.1:7000\"\nmaster_name = \"m\"",
+    ));
+    assert!(e.contains("redis.master_name"), "{e}");
     let e = err(&with(
         "mode = \"replica\"\nurl = \"redis://127.0.0.1:6379\"",
     ));

@@ -283,17 +283,7 @@ impl RawRedis {
                 Ok(RedisTopology::Standalone)
             }
             "sentinel" => {
-                let sentinels: Vec<String> =
-                    self.url.split(',').map(|u| u.trim().to_owned()).collect();
-                for u in &sentinels {
-                    if u.is_empty() {
-                        return Err(invalid(
-                            "redis.url",
-                            format!("{:?}: an empty entry in the list of sentinels", self.url),
-                        ));
-                    }
-                    open(u)?;
-                }
+                let sentinels = self.url_list("sentinels", &open)?;
                 let master = match self.master_name.as_deref().map(str::trim) {
                     Some(m) if !m.is_empty() && !m.contains(char::is_whitespace) => m.to_owned(),
                     Some(m) => {
@@ -311,15 +301,38 @@ impl RawRedis {
                 };
                 Ok(RedisTopology::Sentinel { sentinels, master })
             }
-            "cluster" => Err(invalid(
-                "redis.mode",
-                "\"cluster\" is not supported yet: use \"standalone\" or \"sentinel\"",
-            )),
+            "cluster" => {
+                if self.master_name.is_some() {
+                    return Err(invalid("redis.master_name", "only for mode = \"sentinel\""));
+                }
+                let nodes = self.url_list("seed nodes", &open)?;
+                Ok(RedisTopology::Cluster { nodes })
+            }
             other => Err(invalid(
                 "redis.mode",
-                format!("{other:?}: one of \"standalone\", \"sentinel\""),
+                format!("{other:?}: one of \"standalone\", \"sentinel\", \"cluster\""),
             )),
         }
+    }
+
+    /// `url` as a comma-separated list of Redis URLs (the sentinels, or a cluster's seed
+    /// nodes), each checked by `open`.
+    fn url_list(
+        &self,
+        what: &str,
+        open: &dyn Fn(&str) -> Result<(), ConfigError>,
+    ) -> Result<Vec<String>, ConfigError> {
+        let urls: Vec<String> = self.url.split(',').map(|u| u.trim().to_owned()).collect();
+        for u in &urls {
+            if u.is_empty() {
+                return Err(invalid(
+                    "redis.url",
+                    format!("{:?}: an empty entry in the list of {what}", self.url),
+                ));
+            }
+            open(u)?;
+        }
+        Ok(urls)
     }
 }
 

@@ -106,7 +106,7 @@ async fn run(ctx: Arc<Ctx>, exec: Weak<dyn Execute>) {
 }
 
 /// A connection of its own (the blocking read would hold up every other command).
-async fn connect(ctx: &Ctx) -> Result<redis::aio::MultiplexedConnection, L2Error> {
+async fn connect(ctx: &Ctx) -> Result<crate::redis_master::Conn, L2Error> {
     ctx.store.l2().dedicated(BLOCK).await
 }
 
@@ -118,7 +118,7 @@ fn no_queue_yet(e: &L2Error) -> bool {
 
 async fn read_new(
     ctx: &Ctx,
-    c: &mut redis::aio::MultiplexedConnection,
+    c: &mut crate::redis_master::Conn,
 ) -> Result<Vec<(String, String)>, L2Error> {
     let v: Value = redis::cmd("XREADGROUP")
         .arg("GROUP")
@@ -147,7 +147,7 @@ async fn read_new(
 /// died (or lost Redis) with them. A running attempt renews its claim, so it is not here.
 async fn claim(
     ctx: &Ctx,
-    c: &mut redis::aio::MultiplexedConnection,
+    c: &mut crate::redis_master::Conn,
 ) -> Result<Vec<(String, String)>, L2Error> {
     let v: Value = redis::cmd("XAUTOCLAIM")
         .arg(ctx.store.queue_key())

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod client;
+pub mod cluster;
 pub mod fake_mes;
 pub mod gateway;
 pub mod process;

@@ -118,7 +118,7 @@ impl SharedIndex {
         inv.key(self.key("ver"))
             .key(self.key("rows"))
             .key(self.key("seq"))
-            .key(load.unwrap_or(""))
+            .key(load.map_or_else(|| self.key("seq"), str::to_owned))
             .arg(self.zset(""));
         for r in rows {
             inv.arg(r.id)

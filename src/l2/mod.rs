@@ -1,99 +1,44 @@
 //! The shared tier: Redis with a short operation timeout and a circuit breaker.
 //!
 //! It never fails a request: every error comes back as an [`L2Error`] the caller treats
-//! as a miss. Entries are fenced by per-family epochs kept in Redis: a lookup returns the
-//! current epochs with the entry, and a store happens only if the epochs did not move
-//! since the fill started (one Lua script, so the check and the store are one step).
+//! as a miss. Entries are fenced by per-family epochs kept in Redis: an entry records the
+//! epochs it was filled under, a lookup reads the entry with the current epochs and
+//! serves it only if they are equal, and a store happens only if the epochs did not move
+//! since the fill started.
 //!
-//! Key layout: every key of a deployment carries the hash tag `{prefix}`, so the
-//! multi-key scripts stay in one slot under Redis Cluster. Entries, epochs and entity
-//! sets also carry the *generation* (`{prefix}:GEN:e:KEY`): a Redis that restarted (from
-//! an old snapshot, say: epochs back in time, ended entries valid again) or lost data is
-//! given a new generation by the first heartbeat that sees it ([`L2::heartbeat`]), and
-//! everything stored under the old one is never read again.
+//! Key layout (a table in `docs/operations.md`): entries, epochs and entity sets carry no
+//! hash tag, so a Redis Cluster spreads them over all its slots; no operation on them
+//! needs two keys in one slot. A lookup is one `MGET` (of the generation marker, the
+//! entry and its epochs: atomic on one server, split per node on a cluster, where it is
+//! still safe because epochs only grow within a generation, so epochs read equal to the
+//! entry's mean it was current when they were read). An invalidation moves its epochs,
+//! then stores what it refreshes, then publishes: the message never reaches another
+//! instance before the moves are done. They also carry the *generation*
+//! (`prefix:GEN:e:KEY`): a Redis that restarted (from an old snapshot, say: epochs back
+//! in time, ended entries valid again), failed over or lost data is given a new
+//! generation by the first heartbeat that sees it ([`L2::heartbeat`]), and everything
+//! stored under the old one is never read again. The marker (`{prefix}:gen`, `GEN/RUN`:
+//! the generation and the `run_id` of the server, or on a cluster of every primary)
+//! is read in the same `MGET` as the entry.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use redis::aio::ConnectionManager;
 
 use crate::breaker::{Breaker, BreakerState};
 use crate::config::RedisConfig;
 use crate::consistency::names::Name;
 use crate::entry::{CodecError, Entry};
-use crate::redis_master::Endpoints;
+use crate::redis_master::{Conn, Endpoints};
+
+mod steps;
+use steps::{HEARTBEAT, INVALIDATE, epoch_value, holds, server_run};
 
 /// Epoch keys live far longer than any entry, so an expired epoch (read as 0) can never
 /// make an old entry look valid again.
 const EPOCH_EXPIRE_MS: u64 = 7 * 24 * 3600 * 1000;
-
-// Every script that reads or moves entries and epochs first checks that the generation
-// it was built for is the one Redis holds (KEYS[1], ARGV[1]): after a restart or a data
-// loss, an instance still on the old generation cannot touch the new one's keys.
-const LOOKUP: &str = r"
-if redis.call('HGET', KEYS[1], 'gen') ~= ARGV[1] then return redis.error_reply('GENERATION moved') end
-local out = {redis.call('GET', KEYS[2]) or false}
-for i = 3, #KEYS do out[i - 1] = tonumber(redis.call('GET', KEYS[i]) or '0') end
-return out
-";
-
-const STORE_FENCED: &str = r"
-if redis.call('HGET', KEYS[1], 'gen') ~= ARGV[1] then return redis.error_reply('GENERATION moved') end
-for i = 3, #KEYS do
-  if tonumber(redis.call('GET', KEYS[i]) or '0') ~= tonumber(ARGV[i + 1]) then return 0 end
-end
-redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
-return 1
-";
-
-// KEYS: the generation, the n epochs to move, then per entry to store: its key and its m
-// epochs. ARGV: generation, channel, epoch expiry, message, n, entry count, then per
-// entry: m, keep ms, the encoded entry, and the m epoch values it must find (it is
-// stored only if it does).
-const INVALIDATE: &str = r"
-if redis.call('HGET', KEYS[1], 'gen') ~= ARGV[1] then return redis.error_reply('GENERATION moved') end
-local n = tonumber(ARGV[5])
-for i = 2, n + 1 do
-  redis.call('INCR', KEYS[i])
-  redis.call('PEXPIRE', KEYS[i], ARGV[3])
-end
-local k, a, stored = n + 2, 7, 0
-for _ = 1, tonumber(ARGV[6]) do
-  local m = tonumber(ARGV[a])
-  local fresh = true
-  for i = 1, m do
-    if tonumber(redis.call('GET', KEYS[k + i]) or '0') ~= tonumber(ARGV[a + 2 + i]) then
-      fresh = false
-    end
-  end
-  if fresh then
-    redis.call('SET', KEYS[k], ARGV[a + 2], 'PX', ARGV[a + 1])
-    stored = stored + 1
-  end
-  k, a = k + 1 + m, a + 3 + m
-end
-redis.call('PUBLISH', ARGV[2], ARGV[4])
-return stored
-";
-
-// The heartbeat and the generation check, in one step. KEYS[1]: the generation marker
-// (a hash: `gen`, and the `run` id of the Redis process that holds it). ARGV: a new
-// generation, the channel, the heartbeat message ('' to publish nothing). A marker
-// missing (data lost) or written by another Redis process (a restart, perhaps from an
-// old snapshot, or a failover) means nothing stored before can be trusted: the new
-// generation replaces it. Returns the generation in force.
-const HEARTBEAT: &str = r"
-local run = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
-local g = redis.call('HMGET', KEYS[1], 'gen', 'run')
-if not g[1] or g[2] ~= run then
-  redis.call('HSET', KEYS[1], 'gen', ARGV[1], 'run', run)
-  g[1] = ARGV[1]
-end
-if ARGV[3] ~= '' then redis.call('PUBLISH', ARGV[2], ARGV[3]) end
-return g[1]
-";
 
 /// An entry to store in the same step as an invalidation (refresh on write): `entry.epochs`
 /// are the values its epochs `names` must hold right after the invalidation's own moves,
@@ -180,9 +125,16 @@ pub struct L2 {
     op_timeout: Duration,
     breaker: Arc<Breaker>,
     stats: Arc<L2Stats>,
-    scripts: Arc<[redis::Script; 4]>,
+    heartbeat_script: Arc<redis::Script>,
+    invalidate_script: Arc<redis::Script>,
     /// The generation in force (`None` until the first heartbeat or check answers).
     generation: Arc<tokio::sync::watch::Sender<Option<Arc<str>>>>,
+    /// On a cluster: whether the last heartbeat reached every primary. A primary lost
+    /// may lose the writes its replica had not yet received when it takes over; the
+    /// replica's promotion takes at least the cluster's node timeout, far more than a
+    /// heartbeat, so reading nothing from a heartbeat failed until one succeeds (and
+    /// sees the new primary's run id: a new generation) keeps those losses unread.
+    verified: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl L2 {
@@ -196,13 +148,10 @@ impl L2 {
             op_timeout: cfg.op_timeout,
             breaker: Arc::new(Breaker::new(cfg.breaker_failures, cfg.breaker_cooldown)),
             stats: Arc::default(),
-            scripts: Arc::new([
-                redis::Script::new(LOOKUP),
-                redis::Script::new(STORE_FENCED),
-                redis::Script::new(INVALIDATE),
-                redis::Script::new(HEARTBEAT),
-            ]),
+            heartbeat_script: Arc::new(redis::Script::new(HEARTBEAT)),
+            invalidate_script: Arc::new(redis::Script::new(INVALIDATE)),
             generation: Arc::new(tokio::sync::watch::Sender::new(None)),
+            verified: Arc::default(),
         })
     }
 
@@ -222,24 +171,31 @@ impl L2 {
     }
 
     fn current_generation(&self) -> Result<Arc<str>, L2Error> {
+        if self.is_cluster() && !self.verified.load(Ordering::Acquire) {
+            return Err(L2Error::Generation);
+        }
         self.generation().ok_or(L2Error::Generation)
     }
 
-    /// The Redis key of the generation marker (a hash: `gen`, `run`).
+    fn is_cluster(&self) -> bool {
+        self.endpoints.is_cluster()
+    }
+
+    /// The Redis key of the generation marker (a string: `GEN/RUN`).
     fn generation_key(&self) -> String {
         format!("{{{}}}:gen", self.prefix)
     }
 
     fn entry_key(&self, generation: &str, key: &str) -> String {
-        format!("{{{}}}:{generation}:e:{key}", self.prefix)
+        format!("{}:{generation}:e:{key}", self.prefix)
     }
 
     fn name_key(&self, generation: &str, name: &Name) -> String {
-        format!("{{{}}}:{generation}:ep:{name}", self.prefix)
+        format!("{}:{generation}:ep:{name}", self.prefix)
     }
 
     fn members_key(&self, generation: &str, entity: &str) -> String {
-        format!("{{{}}}:{generation}:m:{entity}", self.prefix)
+        format!("{}:{generation}:m:{entity}", self.prefix)
     }
 
     /// The Redis key of an epoch in the generation in force (`-` before one is known).
@@ -260,10 +216,23 @@ impl L2 {
     /// Returns the generation in force. Not held back by the breaker (it is the probe
     /// that closes it), but it reports to it.
     pub async fn heartbeat(&self, message: &str) -> Result<Arc<str>, L2Error> {
-        let mut inv = self.scripts[3].key(self.generation_key());
-        inv.arg(new_generation()).arg(self.channel()).arg(message);
         let mut conn = self.connection().map_err(|e| self.probe_failed(e))?;
-        let op = async { inv.invoke_async::<String>(&mut conn).await };
+        let cluster = self.is_cluster();
+        let op = async {
+            // On a cluster the marker's server is one of several: the generation
+            // follows the run ids of all primaries (any of them lost is data lost).
+            let run = if cluster {
+                server_run(&mut conn).await?
+            } else {
+                String::new()
+            };
+            let mut inv = self.heartbeat_script.key(self.generation_key());
+            inv.arg(new_generation())
+                .arg(self.channel())
+                .arg(message)
+                .arg(run);
+            inv.invoke_async::<String>(&mut conn).await
+        };
         let g = match tokio::time::timeout(self.op_timeout, op).await {
             Ok(Ok(g)) => g,
             Ok(Err(e)) => return Err(self.probe_failed(L2Error::Redis(e))),
@@ -280,6 +249,7 @@ impl L2 {
             }
             moved
         });
+        self.verified.store(true, Ordering::Release);
         self.current_generation()
     }
 
@@ -292,19 +262,20 @@ impl L2 {
     /// entry whose recorded epochs differ from the current ones is dropped (invalidated).
     pub async fn lookup(&self, key: &str, epoch_names: &[Name]) -> Result<Lookup, L2Error> {
         let g = self.current_generation()?;
-        let mut inv = self.scripts[0].key(self.generation_key());
-        inv.key(self.entry_key(&g, key)).arg(&*g);
+        let mut cmd = redis::cmd("MGET");
+        cmd.arg(self.generation_key()).arg(self.entry_key(&g, key));
         for n in epoch_names {
-            inv.key(self.name_key(&g, n));
+            cmd.arg(self.name_key(&g, n));
         }
         let values: Vec<redis::Value> = self
-            .guarded(|mut c| async move { inv.invoke_async(&mut c).await })
+            .guarded(|mut c| async move { cmd.query_async(&mut c).await })
             .await?;
         let mut it = values.into_iter();
+        if !holds(it.next(), &g) {
+            return Err(L2Error::Generation);
+        }
         let raw = it.next();
-        let epochs: Vec<u64> = it
-            .map(|v| redis::from_redis_value::<u64>(v).unwrap_or(u64::MAX))
-            .collect();
+        let epochs: Vec<u64> = it.map(epoch_value).collect();
         let entry = match raw {
             Some(redis::Value::BulkString(b)) => Some(self.decode(b)?),
             _ => None,
@@ -330,23 +301,39 @@ impl L2 {
         epoch_names: &[Name],
     ) -> Result<bool, L2Error> {
         let g = self.current_generation()?;
-        let mut inv = self.scripts[1].key(self.generation_key());
-        inv.key(self.entry_key(&g, key)).arg(&*g);
+        let mut check = redis::cmd("MGET");
+        check.arg(self.generation_key());
         for n in epoch_names {
-            inv.key(self.name_key(&g, n));
+            check.arg(self.name_key(&g, n));
         }
-        inv.arg(entry.encode().as_ref())
+        let mut set = redis::cmd("SET");
+        set.arg(self.entry_key(&g, key))
+            .arg(entry.encode().as_ref())
+            .arg("PX")
             .arg(keep.as_millis().max(1) as u64);
-        for e in &entry.epochs {
-            inv.arg(*e);
-        }
-        let stored: i64 = self
-            .guarded(|mut c| async move { inv.invoke_async(&mut c).await })
+        let expected = entry.epochs.clone();
+        // The check, then the store: not one step on a cluster (the epochs may live on
+        // other nodes), nor needed: an epoch moved in between makes the entry's recorded
+        // epochs differ from the current ones, and no lookup serves it.
+        let stored: Option<bool> = self
+            .guarded(|mut c| async move {
+                let now: Vec<redis::Value> = check.query_async(&mut c).await?;
+                let mut it = now.into_iter();
+                if !holds(it.next(), &g) {
+                    return Ok(None);
+                }
+                if it.map(epoch_value).collect::<Vec<_>>() != expected {
+                    return Ok(Some(false));
+                }
+                set.query_async::<()>(&mut c).await?;
+                Ok(Some(true))
+            })
             .await?;
-        if stored == 0 {
+        let stored = stored.ok_or(L2Error::Generation)?;
+        if !stored {
             self.stats.fenced.fetch_add(1, Ordering::Relaxed);
         }
-        Ok(stored == 1)
+        Ok(stored)
     }
 
     /// Moves the epochs `names` and publishes `message` on the bus, atomically; in the
@@ -375,8 +362,11 @@ impl L2 {
         message: &str,
         stores: &[SharedStore],
     ) -> Result<usize, L2Error> {
+        if self.is_cluster() {
+            return self.invalidate_spread(names, message, stores).await;
+        }
         let g = self.current_generation()?;
-        let mut inv = self.scripts[2].key(self.generation_key());
+        let mut inv = self.invalidate_script.key(self.generation_key());
         for n in names {
             inv.key(self.name_key(&g, n));
         }
@@ -424,14 +414,29 @@ impl L2 {
         keep: Duration,
     ) -> Result<(), L2Error> {
         let g = self.current_generation()?;
-        let mut pipe = redis::pipe();
-        for (entity, families) in members.iter().filter(|(_, f)| !f.is_empty()) {
-            let k = self.members_key(&g, entity);
-            pipe.sadd(&k, families).ignore();
-            pipe.pexpire(&k, keep.as_millis() as i64).ignore();
-        }
-        self.guarded(|mut c| async move { pipe.query_async::<()>(&mut c).await })
+        // One step per entity (its set and expiry: one key, so one slot on a cluster).
+        let steps: Vec<redis::Pipeline> = members
+            .iter()
+            .filter(|(_, f)| !f.is_empty())
+            .map(|(entity, families)| {
+                let k = self.members_key(&g, entity);
+                redis::pipe()
+                    .sadd(&k, families)
+                    .ignore()
+                    .pexpire(&k, keep.as_millis() as i64)
+                    .ignore()
+                    .to_owned()
+            })
+            .collect();
+        self.guarded(|c| async move {
+            futures_util::future::try_join_all(steps.into_iter().map(|p| {
+                let mut c = c.clone();
+                async move { p.query_async::<()>(&mut c).await }
+            }))
             .await
+            .map(drop)
+        })
+        .await
     }
 
     /// The families `entity` is known to belong to.
@@ -453,22 +458,16 @@ impl L2 {
     }
 
     /// Subscribes to `channel` on a connection of its own; the stream ends when the
-    /// connection drops.
+    /// connection drops. On a cluster, on one node (classic pub/sub reaches every node);
+    /// the next subscription tries another node first.
     pub async fn subscribe(
         &self,
         channel: &str,
     ) -> Result<std::pin::Pin<Box<dyn futures_util::Stream<Item = Vec<u8>> + Send>>, L2Error> {
         use futures_util::StreamExt;
         let connect = async {
-            let client = self
-                .endpoints
-                .current()
-                .ok_or(L2Error::NoMaster)?
-                .client
-                .clone();
-            let mut ps = client.get_async_pubsub().await?;
-            ps.subscribe(channel).await?;
-            Ok::<_, L2Error>(ps)
+            let endpoint = self.endpoints.current().ok_or(L2Error::NoMaster)?;
+            Ok::<_, L2Error>(endpoint.subscribe(channel).await?)
         };
         let ps = tokio::time::timeout(self.connect_timeout, connect)
             .await
@@ -488,21 +487,10 @@ impl L2 {
 
     /// A connection of its own (for a blocking read, which would hold up every other
     /// command on the shared one), answering within `wait` plus the op timeout.
-    pub(crate) async fn dedicated(
-        &self,
-        wait: Duration,
-    ) -> Result<redis::aio::MultiplexedConnection, L2Error> {
-        let cfg = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.connect_timeout))
-            .set_response_timeout(Some(wait + self.op_timeout));
-        let client = self
-            .endpoints
-            .current()
-            .ok_or(L2Error::NoMaster)?
-            .client
-            .clone();
-        Ok(client
-            .get_multiplexed_async_connection_with_config(&cfg)
+    pub(crate) async fn dedicated(&self, wait: Duration) -> Result<Conn, L2Error> {
+        let endpoint = self.endpoints.current().ok_or(L2Error::NoMaster)?;
+        Ok(endpoint
+            .own(self.connect_timeout, wait + self.op_timeout)
             .await?)
     }
 
@@ -513,24 +501,15 @@ impl L2 {
     }
 
     /// The Redis server's `run_id`: it changes when the server restarts (and may then
-    /// have loaded an old snapshot).
+    /// have loaded an old snapshot). On a cluster, those of all primaries (sorted,
+    /// comma-separated): any of them restarted or replaced by its replica changes it.
     pub async fn run_id(&self) -> Result<String, L2Error> {
-        let cmd = redis::cmd("INFO").arg("server").to_owned();
-        let info: String = self
-            .guarded(|mut c| async move { cmd.query_async(&mut c).await })
-            .await?;
-        info.lines()
-            .find_map(|l| l.strip_prefix("run_id:"))
-            .map(|id| id.trim().to_owned())
-            .ok_or_else(|| {
-                L2Error::Redis(redis::RedisError::from((
-                    redis::ErrorKind::UnexpectedReturnType,
-                    "INFO server has no run_id",
-                )))
-            })
+        self.guarded(|mut c| async move { server_run(&mut c).await })
+            .await
     }
 
     fn probe_failed(&self, e: L2Error) -> L2Error {
+        self.verified.store(false, Ordering::Release);
         self.stats.errors.fetch_add(1, Ordering::Relaxed);
         self.breaker.on_failure();
         e
@@ -539,7 +518,7 @@ impl L2 {
     /// Runs one operation under the breaker and the op timeout.
     pub(crate) async fn guarded<T, F, Fut>(&self, op: F) -> Result<T, L2Error>
     where
-        F: FnOnce(ConnectionManager) -> Fut,
+        F: FnOnce(Conn) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
         if !self.breaker.allow() {
@@ -574,8 +553,8 @@ impl L2 {
         result
     }
 
-    /// The managed connection to the Redis in force.
-    fn connection(&self) -> Result<ConnectionManager, L2Error> {
+    /// The shared connection to the Redis in force.
+    fn connection(&self) -> Result<Conn, L2Error> {
         Ok(self
             .endpoints
             .current()

@@ -1,0 +1,318 @@
+//! Redis Cluster (three primaries, one replica each): the shared tier reads and fills
+//! through it, invalidations cross instances, its keys spread over the primaries, and a
+//! primary SIGKILLed under load costs no request and serves nothing stale.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use mes_sim::{self as sim, SimConfig};
+use support::client::{final_op, get, newest, other_status, patch_status, send};
+use support::cluster::Cluster;
+use support::gateway::{TestGateway, spawn_gateway, without_index};
+
+/// The shipped config in cluster mode (the seed nodes come in as `MESGATE_REDIS_URL`
+/// would); `index`: with the shipped status index (its copy in Redis too).
+fn cluster_config(index: bool) -> String {
+    let shipped = std::fs::read_to_string("config/mesgate.toml").unwrap();
+    assert!(shipped.contains("[redis]\n"));
+    let shipped = if index {
+        shipped
+    } else {
+        without_index(&shipped)
+    };
+    shipped.replace("[redis]\n", "[redis]\nmode = \"cluster\"\n")
+}
+
+async fn simulator() -> sim::SimHandle {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    sim::spawn(l, SimConfig::instant())
+}
+
+/// Reads the MES served (lists and details).
+fn upstream_reads(sim: &sim::SimHandle) -> u64 {
+    let s = sim.stats();
+    s.list + s.detail
+}
+
+/// Reads `path` on `gw` until it answers `want` (within `secs`).
+async fn until_cache(gw: &TestGateway, path: &str, want: &str, secs: u64) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let r = get(&gw.url(path)).await;
+        assert_eq!(r.status, 200, "{path}");
+        if r.x_cache() == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{path} never {want} within {secs} s (last {})",
+            r.x_cache()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A write on `a` shows on `b` (detail and list) within 1.5 s.
+async fn write_shows(a: &TestGateway, b: &TestGateway, x: u64, from: &str) -> &'static str {
+    let to = other_status(from);
+    assert_eq!(patch_status(&a.url(""), x, to).await.status, 200);
+    let detail = format!("/api/orders/{x}");
+    let list = format!("/api/orders?status={from}");
+    let written = Instant::now();
+    loop {
+        let d = get(&b.url(&detail)).await;
+        let l = get(&b.url(&list)).await;
+        assert_eq!((d.status.as_u16(), l.status.as_u16()), (200, 200));
+        if d.json()["status"] == to && !l.item_ids().contains(&x) {
+            return to;
+        }
+        assert!(
+            written.elapsed() < Duration::from_millis(1500),
+            "B still serves the pre-write answers {:?} after the write ({} {})",
+            written.elapsed(),
+            d.x_cache(),
+            l.x_cache()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_filled_by_one_instance_is_an_l2_hit_after_its_restart() {
+    let cluster = Cluster::start().await;
+    let sim = simulator().await;
+    let config = cluster_config(false);
+    let (x, from) = newest(&sim).await;
+    let paths = [
+        format!("/api/orders?status={from}"),
+        format!("/api/orders/{x}"),
+    ];
+    let a = spawn_gateway(&config, &sim.base_url(), Some(&cluster.urls())).await;
+    for p in &paths {
+        until_cache(&a, p, "MISS", 10).await;
+        assert_eq!(get(&a.url(p)).await.x_cache(), "HIT-L1");
+    }
+    let hits = upstream_reads(&sim);
+    a.stop().await;
+    let a = spawn_gateway(&config, &sim.base_url(), Some(&cluster.urls())).await;
+    for p in &paths {
+        let r = get(&a.url(p)).await;
+        assert_eq!((r.status.as_u16(), r.x_cache()), (200, "HIT-L2"), "{p}");
+    }
+    assert_eq!(
+        upstream_reads(&sim),
+        hits,
+        "the restarted instance asked the MES"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_on_one_instance_reaches_the_other_through_the_cluster() {
+    let cluster = Cluster::start().await;
+    let sim = simulator().await;
+    let config = cluster_config(false);
+    let a = spawn_gateway(&config, &sim.base_url(), Some(&cluster.urls())).await;
+    let b = spawn_gateway(&config, &sim.base_url(), Some(&cluster.urls())).await;
+    let (x, from) = newest(&sim).await;
+    let detail = format!("/api/orders/{x}");
+    let list = format!("/api/orders?status={from}");
+    for p in [&list, &detail] {
+        until_cache(&a, p, "MISS", 10).await;
+        until_cache(&b, p, "HIT-L2", 10).await;
+        assert_eq!(get(&b.url(p)).await.x_cache(), "HIT-L1");
+    }
+    let to = write_shows(&a, &b, x, &from).await;
+    // And the new answer is shared again: B's next read of another page fills, A hits.
+    let page = format!("/api/orders?status={to}&size=7");
+    assert_eq!(get(&b.url(&page)).await.x_cache(), "MISS");
+    assert_eq!(get(&a.url(&page)).await.x_cache(), "HIT-L2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_varied_load_spreads_the_keys_over_the_primaries() {
+    let cluster = Cluster::start().await;
+    let sim = simulator().await;
+    // With the status index: its copy in Redis must work on the cluster too. A longer
+    // op timeout: this test is about where the keys go, not about a busy machine.
+    let config = cluster_config(true).replace("op_timeout = \"50ms\"", "op_timeout = \"1s\"");
+    let a = spawn_gateway(&config, &sim.base_url(), Some(&cluster.urls())).await;
+    let b = spawn_gateway(&config, &sim.base_url(), Some(&cluster.urls())).await;
+    let all = get(&a.url("/api/orders?size=60")).await;
+    assert_eq!(all.status, 200);
+    let ids = all.item_ids();
+    assert!(ids.len() >= 40, "{} orders", ids.len());
+    let mut paths: Vec<String> = ids.iter().map(|id| format!("/api/orders/{id}")).collect();
+    for status in ["MANUFACTURING_STARTED", "SHIPPED"] {
+        for size in 1..=10 {
+            paths.push(format!("/api/orders?status={status}&size={size}"));
+        }
+    }
+    for p in &paths {
+        let r = get(&a.url(p)).await;
+        assert_eq!(r.status, 200, "{p}");
+    }
+    // Every answer was stored in the cluster: B finds each in Redis (a CROSSSLOT
+    // error, or any other, would make it a miss); the lists, B's index answers.
+    let mut missed = Vec::new();
+    for p in &paths {
+        let r = get(&b.url(p)).await;
+        let want = if p.contains('?') {
+            "HIT-INDEX"
+        } else {
+            "HIT-L2"
+        };
+        if r.x_cache() != want {
+            missed.push(format!("{p} {}", r.x_cache()));
+        }
+    }
+    assert!(missed.is_empty(), "not found in Redis by B: {missed:?}");
+    assert!(
+        cluster.count_keys("{mesgate:ix:*").await > 0,
+        "the status index keeps no copy in the cluster"
+    );
+    // A write moves its order in the index's copy too (one script in the index's slot):
+    // its row there (`version, partition, ...`) names the new status.
+    let versions = "{mesgate:ix:order-list}:ver";
+    let (x, from) = newest(&sim).await;
+    let to = other_status(&from);
+    let id = x.to_string();
+    let row = || cluster.hget(versions, &id);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while row().await.is_none() {
+        assert!(Instant::now() < deadline, "the preload never put order {x}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let patched = patch_status(&a.url(""), x, to).await;
+    assert_eq!(patched.status, 200);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let moved = |row: Option<String>| row.is_some_and(|r| r.split('\t').nth(1) == Some(to));
+    while !moved(row().await) {
+        assert!(
+            Instant::now() < deadline,
+            "the write never reached the index's copy in the cluster"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let keys = cluster.keys_per_primary().await;
+    let total: u64 = keys.iter().sum();
+    assert_eq!(keys.len(), 3);
+    assert!(total >= paths.len() as u64, "{keys:?}");
+    for k in &keys {
+        assert!(
+            *k * 10 <= total * 6,
+            "one primary holds {k} of {total} keys ({keys:?}): the keys are not spread"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_killed_under_load_costs_no_request_and_serves_nothing_stale() {
+    let mut cluster = Cluster::start().await;
+    let sim = simulator().await;
+    let config = cluster_config(false);
+    // The primary of the generation marker (every heartbeat goes to it), listed first:
+    // both instances' bus subscriptions are on it too.
+    let victim = cluster.primary_of("{mesgate}:gen").await;
+    let seeds = format!(
+        "redis://127.0.0.1:{victim},{}",
+        cluster
+            .urls()
+            .split(',')
+            .filter(|u| !u.ends_with(&format!(":{victim}")))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let a = spawn_gateway(&config, &sim.base_url(), Some(&seeds)).await;
+    let b = spawn_gateway(&config, &sim.base_url(), Some(&seeds)).await;
+    let (x, from) = newest(&sim).await;
+    let list = format!("/api/orders?status={from}");
+    let detail = format!("/api/orders/{x}");
+    for p in [&list, &detail] {
+        until_cache(&a, p, "MISS", 10).await;
+        until_cache(&b, p, "HIT-L2", 10).await;
+    }
+
+    // Readers on both instances, over pages spread across the slots, through the kill
+    // and the promotion: every request answered.
+    let stop = Arc::new(AtomicBool::new(false));
+    let readers: Vec<_> = [&a, &b]
+        .into_iter()
+        .enumerate()
+        .map(|(i, gw)| {
+            let stop = stop.clone();
+            let base = gw.url("");
+            let status = from.clone();
+            tokio::spawn(async move {
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let size = 1 + (n + i as u64) % 20;
+                    let url = format!("{base}/api/orders?status={status}&size={size}");
+                    let r = get(&url).await;
+                    assert_eq!(r.status, 200, "{url} during the failover");
+                    n += 1;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                n
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cluster.kill_primary(victim).await;
+    stop.store(true, Ordering::Relaxed);
+    for r in readers {
+        assert!(r.await.unwrap() > 0);
+    }
+
+    // A write on A after the failover: B shows it within the bound, then keeps it.
+    let to = write_shows(&a, &b, x, &from).await;
+
+    // And the shared tier works again: A fills, B hits Redis. (A fill may be fenced
+    // while invalidations queued during the failover land: each try takes a new page.)
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for size in 30.. {
+        let page = format!("/api/orders?status={to}&size={size}");
+        assert_eq!(get(&a.url(&page)).await.x_cache(), "MISS");
+        if get(&b.url(&page)).await.x_cache() == "HIT-L2" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no L2 hit on B after the failover"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!cluster.primaries().await.contains(&victim));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_asynchronous_write_is_queued_and_run_through_the_cluster() {
+    let cluster = Cluster::start().await;
+    let sim = simulator().await;
+    let config = cluster_config(false);
+    let a = spawn_gateway(&config, &sim.base_url(), Some(&cluster.urls())).await;
+    let b = spawn_gateway(&config, &sim.base_url(), Some(&cluster.urls())).await;
+    let (x, from) = newest(&sim).await;
+    let to = other_status(&from);
+    // Queued on A (a record and a stream entry, one script in one slot), read by a
+    // blocking XREADGROUP on a connection of its own, run, and its record read on B.
+    let r = send(
+        http::Method::PATCH,
+        &a.url(&format!("/api/orders/{x}/status")),
+        &[
+            ("content-type", "application/json"),
+            ("prefer", "respond-async"),
+        ],
+        bytes::Bytes::from(format!("{{\"status\":\"{to}\"}}")),
+    )
+    .await;
+    assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+    let location = r.header("location").to_owned();
+    let op = final_op(&b.url(""), &location).await;
+    assert_eq!(op["state"], "succeeded", "{op}");
+    assert_eq!(sim.order_status(x).as_deref(), Some(to));
+    let d = get(&b.url(&format!("/api/orders/{x}"))).await;
+    assert_eq!(d.json()["status"], to);
+}
