@@ -444,7 +444,11 @@ async fn another_instance_applies_the_move_from_the_bus() {
     );
 }
 
-#[tokio::test]
+// Two workers: the new simulator at the end generates its orders synchronously (about
+// 150 ms in a debug build, several times that on a loaded machine); on the one thread of a
+// plain #[tokio::test] that stalled the bus's heartbeats past `bus_deadline`, the instance
+// cut itself off and reloaded its index, and the last read was a MISS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_index_keeps_answering_while_the_mes_is_down() {
     let redis = RedisServer::start().await;
     let sim = start_sim(SimConfig::instant()).await;
