@@ -213,6 +213,7 @@ struct Live {
     dropped: Counter,
     refused: Counter,
     reconnects: Counter,
+    lost: Counter,
 }
 
 impl Live {
@@ -252,6 +253,11 @@ impl Live {
             "Times the event stream reader connected to Redis again",
             self.reconnects.clone(),
         );
+        r.register(
+            "events_lost",
+            "Events given up after their append to the stream kept failing (30 s), or with too many waiting",
+            self.lost.clone(),
+        );
     }
 
     fn render(&self, gw: &Snapshot<'_>) {
@@ -265,6 +271,7 @@ impl Live {
         sync(&self.dropped, ev.dropped);
         sync(&self.refused, ev.refused);
         sync(&self.reconnects, ev.reconnects);
+        sync(&self.lost, ev.lost);
     }
 }
 

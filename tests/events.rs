@@ -356,3 +356,31 @@ async fn subscribers_past_their_share_of_the_connections_are_refused_and_request
     let mut again = subscribe(&url, None).await;
     assert_eq!(again.next().await.retry, "2000");
 }
+
+// Two workers: while Redis hangs, the gateway's Redis calls wait out their timeouts; the
+// test's own reads must not queue behind them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_whose_append_failed_is_appended_once_redis_answers() {
+    let redis = RedisServer::start().await;
+    let mes = mes().await;
+    let a = gateway(&mes, &redis, "").await;
+    let id = 240;
+    let old = mes.order_status(id).unwrap();
+    let target = other_status(&old);
+    let mut s = subscribe(&a.url(&format!("/mesgate/events?order={id}")), None).await;
+    assert_eq!(s.next().await.retry, "2000");
+
+    // A hung Redis: the write reaches the MES and is answered; the append of its event
+    // (tried before the answer left) timed out.
+    redis.pause();
+    assert_eq!(patch(&a.url(""), id, target, None).await.status, 200);
+    assert_eq!(mes.order_status(id).as_deref(), Some(target));
+    redis.resume();
+
+    // Redis answers again: the event is appended and streamed.
+    let e = s.next_of("order").await;
+    assert_eq!(e.json()["order"], id);
+    assert_eq!(e.json()["status"], target);
+    assert_eq!(e.json()["previous"], old.as_str());
+    assert_eq!(a.gateway.events().stats().lost, 0);
+}

@@ -6,6 +6,7 @@
 //! one subscriber is [`sse`]'s. It does not decide what a write changed: the write path
 //! ([`crate::write`]) and the operations ([`crate::operations`]) publish.
 
+mod retry;
 pub mod sse;
 
 use std::sync::Arc;
@@ -172,6 +173,10 @@ struct Shared {
     refused: AtomicU64,
     delivered: AtomicU64,
     reconnects: AtomicU64,
+    /// Events given up after their append failed (see [`retry`]).
+    lost: AtomicU64,
+    /// Events whose append failed, appended again in the background.
+    retry: retry::Retry,
     /// Set when the instance drains: every stream ends (clients reconnect elsewhere).
     closing: tokio::sync::watch::Sender<bool>,
 }
@@ -190,6 +195,8 @@ impl Events {
                 refused: AtomicU64::new(0),
                 delivered: AtomicU64::new(0),
                 reconnects: AtomicU64::new(0),
+                lost: AtomicU64::new(0),
+                retry: retry::Retry::default(),
                 closing: tokio::sync::watch::Sender::new(false),
             })
         });
@@ -200,27 +207,27 @@ impl Events {
     pub fn start(&self) {
         if let Some(s) = &self.shared {
             tokio::spawn(read_loop(Arc::downgrade(s)));
+            tokio::spawn(retry::run(Arc::downgrade(s)));
         }
     }
 
-    /// Appends `event` to the stream (history bounded by `events.history`). A failure
-    /// is logged: events are news, the write they describe has happened regardless.
+    /// Appends `event` to the stream (history bounded by `events.history`). One whose
+    /// append fails (or that would overtake one waiting) is queued and appended again in
+    /// the background, in order, for up to [`retry::GIVE_UP`]: the write it describes has
+    /// happened regardless. An append that timed out may still have landed, so such an
+    /// event can be in the stream twice (clients read it as the same news again).
     pub async fn publish(&self, event: Event) {
         let Some(s) = &self.shared else { return };
-        let mut cmd = redis::cmd("XADD");
-        cmd.arg(s.key())
-            .arg("MAXLEN")
-            .arg("~")
-            .arg(s.config.history);
-        cmd.arg("*");
-        for (k, v) in event.fields() {
-            cmd.arg(k).arg(v);
+        let since = tokio::time::Instant::now();
+        if !s.retry.is_waiting() && s.append(&event).await {
+            return;
         }
-        let r =
-            s.l2.guarded(|mut c| async move { cmd.query_async::<String>(&mut c).await })
-                .await;
-        if let Err(e) = r {
-            warn!(error = %e, tier = "shared", kind = event.kind, "event not published");
+        if !s.retry.push(event, since) {
+            s.lost.fetch_add(1, Ordering::Relaxed);
+            warn!(
+                queued = retry::MAX_QUEUED,
+                "event not published: too many waiting"
+            );
         }
     }
 
@@ -266,6 +273,7 @@ impl Events {
             dropped: get(&s.dropped),
             refused: get(&s.refused),
             reconnects: get(&s.reconnects),
+            lost: get(&s.lost),
         }
     }
 }
@@ -283,6 +291,8 @@ pub struct EventStats {
     pub refused: u64,
     /// Times the stream reader connected to Redis again after losing its connection.
     pub reconnects: u64,
+    /// Events given up: their append kept failing, or too many were waiting.
+    pub lost: u64,
 }
 
 /// An event as the reader hands it to the subscribers: its SSE record formatted once,
@@ -295,6 +305,27 @@ pub(crate) struct Live {
 impl Shared {
     fn key(&self) -> String {
         format!("{{{}}}:events", self.l2.prefix())
+    }
+
+    /// Appends `event` to the stream; whether it landed (a failure is logged).
+    async fn append(&self, event: &Event) -> bool {
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(self.key())
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(self.config.history);
+        cmd.arg("*");
+        for (k, v) in event.fields() {
+            cmd.arg(k).arg(v);
+        }
+        let r = self
+            .l2
+            .guarded(|mut c| async move { cmd.query_async::<String>(&mut c).await })
+            .await;
+        if let Err(e) = &r {
+            warn!(error = %e, tier = "shared", kind = event.kind, "event not appended, queued");
+        }
+        r.is_ok()
     }
 
     /// Entries after `after`, oldest first, or a reset when some may have been trimmed

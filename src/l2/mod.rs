@@ -40,6 +40,11 @@ use steps::{HEARTBEAT, INVALIDATE, epoch_value, holds, server_run};
 /// make an old entry look valid again.
 const EPOCH_EXPIRE_MS: u64 = 7 * 24 * 3600 * 1000;
 
+/// What a blocking read may take beyond its own wait before it counts as failed: a blocked
+/// read's answer leaves Redis when its wait ends, and on a busy machine it can arrive well
+/// past a short `op_timeout` (the event reader then logged a failure and paused).
+const BLOCKING_MARGIN: Duration = Duration::from_secs(1);
+
 /// An entry to store in the same step as an invalidation (refresh on write): `entry.epochs`
 /// are the values its epochs `names` must hold right after the invalidation's own moves,
 /// i.e. their values before its fetch plus the invalidation's move: any other move since
@@ -486,11 +491,15 @@ impl L2 {
     }
 
     /// A connection of its own (for a blocking read, which would hold up every other
-    /// command on the shared one), answering within `wait` plus the op timeout.
+    /// command on the shared one), answering within `wait` plus the op timeout (at least
+    /// [`BLOCKING_MARGIN`]).
     pub(crate) async fn dedicated(&self, wait: Duration) -> Result<Conn, L2Error> {
         let endpoint = self.endpoints.current().ok_or(L2Error::NoMaster)?;
         Ok(endpoint
-            .own(self.connect_timeout, wait + self.op_timeout)
+            .own(
+                self.connect_timeout,
+                wait + self.op_timeout.max(BLOCKING_MARGIN),
+            )
             .await?)
     }
 
