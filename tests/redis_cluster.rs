@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use mes_sim::{self as sim, SimConfig};
 use support::client::{final_op, get, newest, other_status, patch_status, send};
 use support::cluster::Cluster;
-use support::gateway::{TestGateway, spawn_gateway, without_index};
+use support::gateway::{TestGateway, spawn_gateway, until_cache, without_index};
 
 /// The shipped config in cluster mode (the seed nodes come in as `MESGATE_REDIS_URL`
 /// would); `index`: with the shipped status index (its copy in Redis too).
@@ -35,24 +35,6 @@ async fn simulator() -> sim::SimHandle {
 fn upstream_reads(sim: &sim::SimHandle) -> u64 {
     let s = sim.stats();
     s.list + s.detail
-}
-
-/// Reads `path` on `gw` until it answers `want` (within `secs`).
-async fn until_cache(gw: &TestGateway, path: &str, want: &str, secs: u64) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        let r = get(&gw.url(path)).await;
-        assert_eq!(r.status, 200, "{path}");
-        if r.x_cache() == want {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{path} never {want} within {secs} s (last {})",
-            r.x_cache()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// A write on `a` shows on `b` (detail and list) within 1.5 s.

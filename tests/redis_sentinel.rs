@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use mes_sim::{self as sim, SimConfig};
 use support::client::{get, newest, other_status, patch_status};
-use support::gateway::{TestGateway, spawn_gateway, without_index};
+use support::gateway::{spawn_gateway, until_cache, without_index};
 use support::sentinel::{MASTER_NAME, SentinelSet};
 
 /// The shipped config (no status index: these tests are about the shared tier and the
@@ -20,24 +20,6 @@ fn sentinel_config() -> String {
         "[redis]\n",
         &format!("[redis]\nmode = \"sentinel\"\nmaster_name = \"{MASTER_NAME}\"\n"),
     )
-}
-
-/// Reads `path` on `gw` until it answers `want` (within `secs`).
-async fn until_cache(gw: &TestGateway, path: &str, want: &str, secs: u64) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        let r = get(&gw.url(path)).await;
-        assert_eq!(r.status, 200, "{path}");
-        if r.x_cache() == want {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{path} never {want} within {secs} s (last {})",
-            r.x_cache()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// How the master fails.

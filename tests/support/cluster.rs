@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::process::until;
+
 const INSTALL_HINT: &str = "redis-server or redis-cli is not installed: the cluster tests \
      need a real Redis Cluster. Install both with `apt-get install -y redis-server` (it \
      brings redis-tools, which has redis-cli); `bash .ci/run` does this for you.";
@@ -49,20 +51,6 @@ async fn conn(port: u16) -> redis::RedisResult<redis::aio::MultiplexedConnection
 
 async fn query<T: redis::FromRedisValue>(port: u16, cmd: &redis::Cmd) -> redis::RedisResult<T> {
     cmd.query_async(&mut conn(port).await?).await
-}
-
-/// Polls `check` every 50 ms until it holds (within `secs`): the nodes' state has no
-/// other signal.
-async fn until<F, Fut>(what: &str, secs: u64, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !check().await {
-        assert!(Instant::now() < deadline, "{what}: not within {secs} s");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 fn missing() -> ! {

@@ -1,6 +1,7 @@
 //! Runs the gateway on port 0 in-process and stops it.
 
 use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
 use mesgate::clock::Clock;
 use mesgate::config::{Config, Overrides};
@@ -157,7 +158,7 @@ pub fn without_index(config: &str) -> String {
 
 /// Waits (bounded) until every partition of every status index of `gw` is ready.
 pub async fn wait_indexed(gw: &TestGateway) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let indexes = gw.gateway.indexes();
         let ready = indexes.all().iter().all(|ix| {
@@ -169,7 +170,7 @@ pub async fn wait_indexed(gw: &TestGateway) {
             return;
         }
         assert!(
-            std::time::Instant::now() < deadline,
+            Instant::now() < deadline,
             "the status index never became ready: {:?}",
             indexes
                 .all()
@@ -178,5 +179,23 @@ pub async fn wait_indexed(gw: &TestGateway) {
                 .collect::<Vec<_>>()
         );
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+/// Reads `path` on `gw` until it answers `want` (within `secs`).
+pub async fn until_cache(gw: &TestGateway, path: &str, want: &str, secs: u64) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let r = super::client::get(&gw.url(path)).await;
+        assert_eq!(r.status, 200, "{path}");
+        if r.x_cache() == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{path} never {want} within {secs} s (last {})",
+            r.x_cache()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

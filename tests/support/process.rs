@@ -70,3 +70,17 @@ pub async fn start_binary(
     }
     panic!("mesgate exited at start three times");
 }
+
+/// Polls `check` every 50 ms until it holds (within `secs`, else a panic naming `what`):
+/// for processes whose state has no other signal (a cluster's or a sentinel set's).
+pub async fn until<F, Fut>(what: &str, secs: u64, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !check().await {
+        assert!(Instant::now() < deadline, "{what}: not within {secs} s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

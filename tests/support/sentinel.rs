@@ -1,8 +1,7 @@
 //! A real Sentinel set on free ports: one master, one replica, three sentinels (quorum
 //! 2, a master down after 400 ms), and a failover provoked by SIGKILL of the master.
 
-use std::time::{Duration, Instant};
-
+use super::process::until;
 use super::redis::RedisServer;
 
 /// The name the sentinels monitor the master under.
@@ -23,20 +22,6 @@ async fn conn(port: u16) -> ::redis::aio::MultiplexedConnection {
         .get_multiplexed_async_connection()
         .await
         .expect("connect")
-}
-
-/// Polls `check` every 50 ms until it holds (within `secs`): the processes' state has no
-/// other signal.
-async fn until<F, Fut>(what: &str, secs: u64, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !check().await {
-        assert!(Instant::now() < deadline, "{what}: not within {secs} s");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// The master's port as the sentinel on `port` names it.
