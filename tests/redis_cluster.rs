@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use mes_sim::{self as sim, SimConfig};
 use support::client::{final_op, get, newest, other_status, patch_status, send};
 use support::cluster::Cluster;
-use support::gateway::{TestGateway, spawn_gateway, until_cache, without_index};
+use support::gateway::{
+    shared_tier_serves, spawn_gateway, until_cache, without_index, write_shows,
+};
 
 /// The shipped config in cluster mode (the seed nodes come in as `MESGATE_REDIS_URL`
 /// would); `index`: with the shipped status index (its copy in Redis too).
@@ -35,31 +37,6 @@ async fn simulator() -> sim::SimHandle {
 fn upstream_reads(sim: &sim::SimHandle) -> u64 {
     let s = sim.stats();
     s.list + s.detail
-}
-
-/// A write on `a` shows on `b` (detail and list) within 1.5 s.
-async fn write_shows(a: &TestGateway, b: &TestGateway, x: u64, from: &str) -> &'static str {
-    let to = other_status(from);
-    assert_eq!(patch_status(&a.url(""), x, to).await.status, 200);
-    let detail = format!("/api/orders/{x}");
-    let list = format!("/api/orders?status={from}");
-    let written = Instant::now();
-    loop {
-        let d = get(&b.url(&detail)).await;
-        let l = get(&b.url(&list)).await;
-        assert_eq!((d.status.as_u16(), l.status.as_u16()), (200, 200));
-        if d.json()["status"] == to && !l.item_ids().contains(&x) {
-            return to;
-        }
-        assert!(
-            written.elapsed() < Duration::from_millis(1500),
-            "B still serves the pre-write answers {:?} after the write ({} {})",
-            written.elapsed(),
-            d.x_cache(),
-            l.x_cache()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -251,21 +228,8 @@ async fn a_primary_killed_under_load_costs_no_request_and_serves_nothing_stale()
     // A write on A after the failover: B shows it within the bound, then keeps it.
     let to = write_shows(&a, &b, x, &from).await;
 
-    // And the shared tier works again: A fills, B hits Redis. (A fill may be fenced
-    // while invalidations queued during the failover land: each try takes a new page.)
-    let deadline = Instant::now() + Duration::from_secs(10);
-    for size in 30.. {
-        let page = format!("/api/orders?status={to}&size={size}");
-        assert_eq!(get(&a.url(&page)).await.x_cache(), "MISS");
-        if get(&b.url(&page)).await.x_cache() == "HIT-L2" {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no L2 hit on B after the failover"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // And the shared tier works again: A fills, B hits Redis.
+    shared_tier_serves(&a, &b, to, 30).await;
     assert!(!cluster.primaries().await.contains(&victim));
 }
 

@@ -42,6 +42,20 @@ pub struct Step {
     pub note: String,
 }
 
+impl Step {
+    /// A list read: `GET path`, what it shows, its answer and the ids it lists.
+    fn list(path: &str, note: String, answer: Answer, ids: Vec<u64>) -> Self {
+        Self {
+            request: format!("GET {path}"),
+            status: answer.status,
+            x_cache: answer.x_cache,
+            ids,
+            order_status: None,
+            note,
+        }
+    }
+}
+
 /// The whole tour: the order it moved and its steps.
 #[derive(Debug, Clone)]
 pub struct Tour {
@@ -201,19 +215,17 @@ pub async fn run(gateway: SocketAddr, sim: &SimHandle) -> Result<Tour, TourError
         });
     };
     let asked = lists() - before;
-    steps.push(Step {
-        note: format!(
+    steps.push(Step::list(
+        &page,
+        format!(
             "{} orders, the first is {order}; {} ({} to the MES)",
             first.len(),
             source(&a.x_cache),
             requests(asked)
         ),
-        request: format!("GET {page}"),
-        status: a.status,
-        x_cache: a.x_cache,
-        ids: first,
-        order_status: None,
-    });
+        a,
+        first,
+    ));
 
     let before = lists();
     let change = format!("/api/orders/{order}/status");
@@ -242,8 +254,9 @@ pub async fn run(gateway: SocketAddr, sim: &SimHandle) -> Result<Tour, TourError
     let c = http.send(Method::GET, &page, None).await?;
     let again = ids(&c.json);
     let asked = lists() - before;
-    steps.push(Step {
-        note: if again.contains(&order) {
+    steps.push(Step::list(
+        &page,
+        if again.contains(&order) {
             format!("order {order} is STILL listed: the write did not reach this page")
         } else {
             format!(
@@ -252,20 +265,18 @@ pub async fn run(gateway: SocketAddr, sim: &SimHandle) -> Result<Tour, TourError
                 requests(asked)
             )
         },
-        request: format!("GET {page}"),
-        status: c.status,
-        x_cache: c.x_cache,
-        ids: again,
-        order_status: None,
-    });
+        c,
+        again,
+    ));
 
     let to_page = format!("/api/orders?status={TO}");
     let before = lists();
     let d = http.send(Method::GET, &to_page, None).await?;
     let listed = ids(&d.json);
     let asked = lists() - before;
-    steps.push(Step {
-        note: match listed.iter().position(|&id| id == order) {
+    steps.push(Step::list(
+        &to_page,
+        match listed.iter().position(|&id| id == order) {
             Some(p) => format!(
                 "order {order} is listed here now, at position {}, {} ({})",
                 p + 1,
@@ -274,12 +285,9 @@ pub async fn run(gateway: SocketAddr, sim: &SimHandle) -> Result<Tour, TourError
             ),
             None => format!("order {order} is not on this page"),
         },
-        request: format!("GET {to_page}"),
-        status: d.status,
-        x_cache: d.x_cache,
-        ids: listed,
-        order_status: None,
-    });
+        d,
+        listed,
+    ));
 
     // History is not indexed: the ordinary cache answers it, the MES once.
     let cold = format!("/api/orders?status={COLD}");
@@ -292,14 +300,9 @@ pub async fn run(gateway: SocketAddr, sim: &SimHandle) -> Result<Tour, TourError
         } else {
             "history, not indexed"
         };
-        steps.push(Step {
-            note: format!("{what}: {} ({})", source(&e.x_cache), requests(asked)),
-            request: format!("GET {cold}"),
-            status: e.status,
-            x_cache: e.x_cache,
-            ids: ids(&e.json),
-            order_status: None,
-        });
+        let note = format!("{what}: {} ({})", source(&e.x_cache), requests(asked));
+        let listed = ids(&e.json);
+        steps.push(Step::list(&cold, note, e, listed));
     }
 
     let ui = http.send(Method::GET, crate::ui::PATH, None).await?;

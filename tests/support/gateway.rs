@@ -199,3 +199,51 @@ pub async fn until_cache(gw: &TestGateway, path: &str, want: &str, secs: u64) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Changes the status of `x` (listed under `from`) through `a`, then polls `b` until its
+/// detail and its `from` page show the write (within 1.5 s); the new status.
+pub async fn write_shows(a: &TestGateway, b: &TestGateway, x: u64, from: &str) -> &'static str {
+    use super::client::{get, other_status, patch_status};
+    let to = other_status(from);
+    assert_eq!(patch_status(&a.url(""), x, to).await.status, 200);
+    let detail = format!("/api/orders/{x}");
+    let list = format!("/api/orders?status={from}");
+    let written = Instant::now();
+    loop {
+        let d = get(&b.url(&detail)).await;
+        let l = get(&b.url(&list)).await;
+        assert_eq!((d.status.as_u16(), l.status.as_u16()), (200, 200));
+        if d.json()["status"] == to && !l.item_ids().contains(&x) {
+            return to;
+        }
+        assert!(
+            written.elapsed() < Duration::from_millis(1500),
+            "B still serves the pre-write answers {:?} after the write ({} {})",
+            written.elapsed(),
+            d.x_cache(),
+            l.x_cache()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The shared tier works (again, after a failover): `a` fills a page of `status`, `b`
+/// finds it in Redis, within 10 s. A fill may be fenced while invalidations queued during
+/// the failover land, and `b` then keeps its own copy in L1: each try takes a page size
+/// not read yet, from `first_size` on.
+pub async fn shared_tier_serves(a: &TestGateway, b: &TestGateway, status: &str, first_size: u32) {
+    use super::client::get;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for size in first_size.. {
+        let page = format!("/api/orders?status={status}&size={size}");
+        assert_eq!(get(&a.url(&page)).await.x_cache(), "MISS");
+        if get(&b.url(&page)).await.x_cache() == "HIT-L2" {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no L2 hit on B after the failover"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
