@@ -189,6 +189,7 @@ pub struct Metrics {
     bus_cut_offs: Counter,
     mes_unreachable: Gauge,
     redis_generations: Counter,
+    redis_cluster_renewals: Counter,
     l1_bytes: Gauge,
     l1_entries: Gauge,
     epoch_counters: Gauge,
@@ -318,6 +319,7 @@ impl Metrics {
             bus_cut_offs: Counter::default(),
             mes_unreachable: Gauge::default(),
             redis_generations: Counter::default(),
+            redis_cluster_renewals: Counter::default(),
             l1_bytes: Gauge::default(),
             l1_entries: Gauge::default(),
             epoch_counters: Gauge::default(),
@@ -411,6 +413,11 @@ impl Metrics {
             "redis_generations",
             "Times Redis was found restarted or emptied, so nothing it held before is used",
             self.redis_generations.clone(),
+        );
+        r.register(
+            "redis_cluster_renewals",
+            "Times the Redis Cluster connection was built again after heartbeats failed for a breaker cooldown",
+            self.redis_cluster_renewals.clone(),
         );
         r.register(
             "l1_bytes",
@@ -541,6 +548,10 @@ impl Metrics {
             sync(
                 &self.redis_generations,
                 s.generations.load(Ordering::Relaxed),
+            );
+            sync(
+                &self.redis_cluster_renewals,
+                s.renewals.load(Ordering::Relaxed),
             );
             self.breaker_open
                 .set(i64::from(l2.breaker_state() != BreakerState::Closed));

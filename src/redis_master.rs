@@ -162,8 +162,16 @@ pub(crate) struct Endpoints {
     sentinel: Option<Arc<(Vec<String>, String)>>,
     /// Bumped each time another master is taken.
     moved: Arc<watch::Sender<u64>>,
-    /// A Redis Cluster (fixed at start).
-    cluster: bool,
+    /// A Redis Cluster (fixed at start): its seed nodes and timeouts, to build its
+    /// connection again ([`Endpoints::renew_cluster`]).
+    cluster: Option<Arc<ClusterSpec>>,
+}
+
+/// What a cluster's connection is built from.
+struct ClusterSpec {
+    nodes: Vec<String>,
+    connect_timeout: Duration,
+    op_timeout: Duration,
 }
 
 impl Endpoints {
@@ -181,7 +189,7 @@ impl Endpoints {
             connect_timeout: cfg.connect_timeout,
             sentinel: None,
             moved: Arc::new(watch::Sender::new(0)),
-            cluster: matches!(cfg.topology, RedisTopology::Cluster { .. }),
+            cluster: None,
         };
         match &cfg.topology {
             RedisTopology::Standalone => {
@@ -192,7 +200,13 @@ impl Endpoints {
                 e.sentinel = Some(Arc::new((sentinels.clone(), master.clone())));
             }
             RedisTopology::Cluster { nodes } => {
-                e.now = Arc::new(RwLock::new(Some(Arc::new(cluster(nodes, cfg)?))));
+                let spec = ClusterSpec {
+                    nodes: nodes.clone(),
+                    connect_timeout: cfg.connect_timeout,
+                    op_timeout: cfg.op_timeout,
+                };
+                e.now = Arc::new(RwLock::new(Some(Arc::new(cluster(&spec)?))));
+                e.cluster = Some(Arc::new(spec));
             }
         }
         Ok(e)
@@ -222,7 +236,31 @@ impl Endpoints {
 
     /// On a Redis Cluster (the same for the life of the process).
     pub fn is_cluster(&self) -> bool {
-        self.cluster
+        self.cluster.is_some()
+    }
+
+    /// On a cluster: builds its shared connection again from the seed nodes and puts it
+    /// in force (operations under way finish on the old one). The cluster client of the
+    /// `redis` crate can wedge for good after a primary is lost under load: a slot
+    /// refresh waits for the lock that requests it no longer polls hold (seen here:
+    /// every operation timed out for the rest of a 45 s load test, long after the
+    /// replica took over). A new connection learns the slots afresh. Its old driver,
+    /// if wedged, stays until the process ends (a task and its sockets). Returns
+    /// whether it was built (standalone and Sentinel: nothing to do).
+    pub fn renew_cluster(&self) -> bool {
+        let Some(spec) = &self.cluster else {
+            return false;
+        };
+        match cluster(spec) {
+            Ok(next) => {
+                *self.now.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(next));
+                true
+            }
+            Err(e) => {
+                warn!(error = %e, "redis cluster connection cannot be built again");
+                false
+            }
+        }
     }
 
     /// Under Sentinel: asks the sentinels for the master every `every` and takes the one
@@ -297,7 +335,8 @@ impl Endpoints {
 /// The endpoint of a Redis Cluster found from `nodes`, connected lazily (the gateway
 /// starts while the cluster is down). Few, short retries: an operation has
 /// `redis.op_timeout` in all, and the breaker, not the client, waits out an outage.
-fn cluster(nodes: &[String], cfg: &RedisConfig) -> redis::RedisResult<Endpoint> {
+fn cluster(spec: &ClusterSpec) -> redis::RedisResult<Endpoint> {
+    let nodes = &spec.nodes;
     let client = ClusterClient::builder(nodes.iter().map(String::as_str))
         .retries(3)
         .min_retry_wait(5)
@@ -305,8 +344,8 @@ fn cluster(nodes: &[String], cfg: &RedisConfig) -> redis::RedisResult<Endpoint> 
         .build()?;
     let conn = client.get_pending_async_connection_with_config(
         ClusterConfig::new()
-            .set_connection_timeout(cfg.connect_timeout)
-            .set_response_timeout(cfg.op_timeout),
+            .set_connection_timeout(spec.connect_timeout)
+            .set_response_timeout(spec.op_timeout),
     );
     let seeds = nodes
         .iter()

@@ -234,6 +234,37 @@ async fn a_primary_killed_under_load_costs_no_request_and_serves_nothing_stale()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_that_stops_answering_gets_a_new_connection_and_serves_again() {
+    let cluster = Cluster::start().await;
+    let sim = simulator().await;
+    let config = cluster_config(false);
+    let a = spawn_gateway(&config, &sim.base_url(), Some(&cluster.urls())).await;
+    let b = spawn_gateway(&config, &sim.base_url(), Some(&cluster.urls())).await;
+    let l2 = a.gateway.l2().expect("a shared tier").clone();
+    let renewals = || l2.stats().renewals.load(Ordering::Relaxed);
+    assert_eq!(renewals(), 0);
+
+    // No node answers a command for longer than a breaker cooldown (2 s): the heartbeats
+    // fail all along, and the instance builds its cluster connection again (the
+    // crate's cluster client can stop answering for good after a failover under load:
+    // see `Endpoints::renew_cluster`).
+    let paused = Instant::now();
+    cluster.pause_clients(Duration::from_secs(4)).await;
+    while renewals() == 0 {
+        assert!(
+            paused.elapsed() < Duration::from_secs(4),
+            "heartbeats failed for {:?} and the connection was not built again",
+            paused.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Once the nodes answer again, so does the new connection: A fills, B hits Redis.
+    let (_, status) = newest(&sim).await;
+    shared_tier_serves(&a, &b, &status, 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_asynchronous_write_is_queued_and_run_through_the_cluster() {
     let cluster = Cluster::start().await;
     let sim = simulator().await;

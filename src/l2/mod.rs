@@ -26,6 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
+use tracing::warn;
 
 use crate::breaker::{Breaker, BreakerState};
 use crate::config::RedisConfig;
@@ -110,6 +111,9 @@ pub struct L2Stats {
     pub fenced: AtomicU64,
     /// Times Redis was found restarted or emptied and a new generation began.
     pub generations: AtomicU64,
+    /// Times the cluster connection was built again after heartbeats failed for a
+    /// breaker cooldown ([`L2::heartbeat`]).
+    pub renewals: AtomicU64,
 }
 
 /// What a lookup found.
@@ -140,6 +144,11 @@ pub struct L2 {
     /// heartbeat, so reading nothing from a heartbeat failed until one succeeds (and
     /// sees the new primary's run id: a new generation) keeps those losses unread.
     verified: Arc<std::sync::atomic::AtomicBool>,
+    /// Since when heartbeats have failed without a break (or since the connection was
+    /// last built again); `None` while they succeed.
+    failing_since: Arc<std::sync::Mutex<Option<tokio::time::Instant>>>,
+    /// How long heartbeats fail before a cluster connection is built again.
+    renew_after: Duration,
 }
 
 impl L2 {
@@ -157,6 +166,8 @@ impl L2 {
             invalidate_script: Arc::new(redis::Script::new(INVALIDATE)),
             generation: Arc::new(tokio::sync::watch::Sender::new(None)),
             verified: Arc::default(),
+            failing_since: Arc::default(),
+            renew_after: cfg.breaker_cooldown.max(Duration::from_secs(1)),
         })
     }
 
@@ -243,6 +254,7 @@ impl L2 {
             Ok(Err(e)) => return Err(self.probe_failed(L2Error::Redis(e))),
             Err(_) => return Err(self.probe_failed(L2Error::Timeout)),
         };
+        *lock(&self.failing_since) = None;
         self.breaker.on_success();
         self.generation.send_if_modified(|held| {
             let moved = held.as_deref() != Some(g.as_str());
@@ -521,7 +533,36 @@ impl L2 {
         self.verified.store(false, Ordering::Release);
         self.stats.errors.fetch_add(1, Ordering::Relaxed);
         self.breaker.on_failure();
+        self.renew_if_stuck();
         e
+    }
+
+    /// After heartbeats failed for `renew_after` without a break, on a cluster: its
+    /// connection is built again (see [`Endpoints::renew_cluster`]); then again after
+    /// each further `renew_after` of failures (the cluster may be down, or its replica
+    /// not yet promoted, so the new connection may not answer either).
+    fn renew_if_stuck(&self) {
+        if !self.is_cluster() {
+            return;
+        }
+        let now = tokio::time::Instant::now();
+        let failing_for = {
+            let mut since = lock(&self.failing_since);
+            let start = *since.get_or_insert(now);
+            let failing_for = now - start;
+            if failing_for < self.renew_after {
+                return;
+            }
+            *since = Some(now);
+            failing_for
+        };
+        if self.endpoints.renew_cluster() {
+            self.stats.renewals.fetch_add(1, Ordering::Relaxed);
+            warn!(
+                failing_for = ?failing_for,
+                "redis cluster heartbeats failed: its connection is built again from the seed nodes"
+            );
+        }
     }
 
     /// Runs one operation under the breaker and the op timeout.
@@ -592,6 +633,10 @@ impl L2 {
     pub fn stats(&self) -> &L2Stats {
         &self.stats
     }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// A fresh generation: 16 hex digits, random per call (time and a per-process seed).

@@ -265,6 +265,19 @@ impl Cluster {
         panic!("no primary owns slot {slot}");
     }
 
+    /// `CLIENT PAUSE` on every node for `d`: no command of any client is answered (the
+    /// cluster bus goes on, so no node is taken for failed and nothing fails over).
+    pub async fn pause_clients(&self, d: Duration) {
+        for port in self.alive() {
+            let pause = redis::cmd("CLIENT")
+                .arg("PAUSE")
+                .arg(d.as_millis() as u64)
+                .arg("ALL")
+                .to_owned();
+            query::<()>(port, &pause).await.expect("CLIENT PAUSE");
+        }
+    }
+
     /// SIGKILLs the primary on `port`, then waits until its replica was promoted, the
     /// cluster says `cluster_state:ok` again on every live node, and there are three
     /// primaries again.

@@ -16,12 +16,18 @@ pub struct SentinelSet {
     sentinels: Vec<RedisServer>,
 }
 
+/// A connection to the server on `port`; a connect that fails (a busy machine, a server
+/// in the middle of a failover) is tried again for up to 5 s.
 async fn conn(port: u16) -> ::redis::aio::MultiplexedConnection {
-    ::redis::Client::open(format!("redis://127.0.0.1:{port}"))
-        .expect("url")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect")
+    let client = ::redis::Client::open(format!("redis://127.0.0.1:{port}")).expect("url");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match client.get_multiplexed_async_connection().await {
+            Ok(c) => return c,
+            Err(e) if std::time::Instant::now() > deadline => panic!("connect to {port}: {e}"),
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+        }
+    }
 }
 
 /// The master's port as the sentinel on `port` names it.
