@@ -650,11 +650,12 @@ fn binary_of(c: &Yaml, service: &Yaml) -> Option<String> {
     }
 }
 
-/// Services of the local image running the gateway.
+/// Services of the local image running the gateway in the default set (no profile).
 fn replicas(c: &Yaml) -> Vec<(&str, &Yaml)> {
     services(c)
         .iter()
         .filter(|(_, s)| binary_of(c, s).as_deref() == Some("mesgate"))
+        .filter(|(_, s)| s.get("profiles").is_none())
         .map(|(n, s)| (n.as_str(), s))
         .collect()
 }
@@ -780,6 +781,89 @@ fn compose_runs_binaries_of_the_crate() {
         }
     }
     assert_eq!(used, bins, "compose runs both binaries");
+}
+
+#[test]
+fn compose_cluster_profile_runs_a_gateway_on_six_joined_nodes() {
+    let c = compose();
+    let in_profile = |s: &Yaml| s.get("profiles").map(Yaml::words) == Some(vec!["cluster".into()]);
+    let nodes: Vec<String> = (1..=6).map(|i| format!("redis-node-{i}")).collect();
+    for n in &nodes {
+        let s = service(&c, n);
+        assert!(in_profile(s), "{n} is in profile cluster");
+        let cmd = s.get("command").map(Yaml::words).unwrap_or_default();
+        let after = |flag: &str| {
+            let i = cmd.iter().position(|w| w == flag);
+            i.and_then(|i| cmd.get(i + 1)).map(String::as_str)
+        };
+        assert_eq!(after("--cluster-enabled"), Some("yes"), "{n}");
+        // The cluster hands out addresses the gateway resolves: the service names.
+        assert_eq!(
+            after("--cluster-announce-hostname"),
+            Some(n.as_str()),
+            "{n}"
+        );
+        assert_eq!(
+            after("--cluster-preferred-endpoint-type"),
+            Some("hostname"),
+            "{n}"
+        );
+    }
+    let init = service(&c, "redis-cluster-init");
+    assert!(in_profile(init));
+    let script = init
+        .get("command")
+        .map(Yaml::words)
+        .unwrap_or_default()
+        .join(" ");
+    let joined: Vec<String> = nodes.iter().map(|n| format!("{n}:6379")).collect();
+    assert!(
+        script.contains(&format!("--cluster create {}", joined.join(" ")))
+            && script.contains("--cluster-replicas 1"),
+        "the init joins the six nodes, one replica per primary: {script}"
+    );
+    let waits = |s: &Yaml| -> Vec<String> {
+        s.get("depends_on")
+            .map(|d| d.entries().iter().map(|(k, _)| k.clone()).collect())
+            .unwrap_or_default()
+    };
+    assert_eq!(waits(init), nodes, "the init waits for every node");
+
+    let gw = service(&c, "mesgate-cluster");
+    assert!(in_profile(gw));
+    assert_eq!(binary_of(&c, gw).as_deref(), Some("mesgate"));
+    assert_eq!(
+        gw.get("depends_on")
+            .and_then(|d| d.get("redis-cluster-init"))
+            .and_then(|d| d.get("condition"))
+            .and_then(Yaml::str),
+        Some("service_completed_successfully"),
+        "the gateway starts on a joined cluster"
+    );
+    let env = environment(gw);
+    let overrides = Overrides {
+        upstream: env.get("MESGATE_UPSTREAM").cloned(),
+        redis_url: env.get("MESGATE_REDIS_URL").cloned(),
+        redis_mode: env.get("MESGATE_REDIS_MODE").cloned(),
+        admin_token: env.get("MESGATE_ADMIN_TOKEN").cloned(),
+        ..Overrides::default()
+    };
+    let effective = Config::load(&root().join("config/docker.toml"), overrides)
+        .unwrap_or_else(|e| panic!("mesgate-cluster: config under its environment: {e}"));
+    let seeds: Vec<String> = nodes.iter().map(|n| format!("redis://{n}:6379")).collect();
+    match &effective.redis.as_ref().expect("a shared tier").topology {
+        mesgate::config::RedisTopology::Cluster { nodes } => assert_eq!(nodes, &seeds),
+        other => panic!("mesgate-cluster runs {other:?}, not a cluster"),
+    }
+    let (listen, admin) = docker_ports();
+    let mut ports = container_ports(gw);
+    ports.sort();
+    let mut want = vec![listen, admin];
+    want.sort();
+    assert_eq!(
+        ports, want,
+        "mesgate-cluster publishes its listener and admin port"
+    );
 }
 
 #[test]
