@@ -307,13 +307,19 @@ impl Config {
 
     /// A human-readable summary of the compiled route table, for `check-config`.
     pub fn describe(&self) -> String {
+        let redis = match &self.redis {
+            None => "off".to_owned(),
+            Some(r) => match &r.topology {
+                RedisTopology::Standalone => r.url.clone(),
+                RedisTopology::Cluster { nodes } => format!("cluster {}", nodes.join(",")),
+                RedisTopology::Sentinel { sentinels, master } => {
+                    format!("sentinel master={master} at {}", sentinels.join(","))
+                }
+            },
+        };
         let mut out = format!(
-            "listen {}  upstream {}://{}  redis {}  l1 {} bytes\n",
-            self.listen,
-            self.upstream.scheme,
-            self.upstream.authority,
-            self.redis.as_ref().map_or("off", |r| r.url.as_str()),
-            self.l1_max_bytes,
+            "listen {}  upstream {}://{}  redis {redis}  l1 {} bytes\n",
+            self.listen, self.upstream.scheme, self.upstream.authority, self.l1_max_bytes,
         );
         for r in self.routes.routes() {
             out.push_str(&describe_route(r));

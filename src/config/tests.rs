@@ -304,6 +304,28 @@ fn an_admin_listener_open_to_other_hosts_without_a_token_is_warned_of() {
 }
 
 #[test]
+fn the_summary_names_the_redis_mode() {
+    let with = |body: &str| -> Config { format!("{MINIMAL}[redis]\n{body}\n").parse().unwrap() };
+    let first = |c: Config| c.describe().lines().next().unwrap().to_owned();
+    let one = first(with("url = \"redis://127.0.0.1:6379\""));
+    assert!(one.contains("  redis redis://127.0.0.1:6379  "), "{one}");
+    let cluster = first(with(
+        "mode = \"cluster\"\nurl = \"redis://127.0.0.1:7000,redis://127.0.0.1:7001\"",
+    ));
+    assert!(
+        cluster.contains("  redis cluster redis://127.0.0.1:7000,redis://127.0.0.1:7001  "),
+        "{cluster}"
+    );
+    let sentinel = first(with(
+        "mode = \"sentinel\"\nurl = \"redis://127.0.0.1:26379\"\nmaster_name = \"m\"",
+    ));
+    assert!(
+        sentinel.contains("  redis sentinel master=m at redis://127.0.0.1:26379  "),
+        "{sentinel}"
+    );
+}
+
+#[test]
 fn redis_sentinel_and_cluster_modes_take_a_list_of_urls() {
     use crate::config::RedisTopology;
     let with = |body: &str| format!("{MINIMAL}[redis]\n{body}\n");
