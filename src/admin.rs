@@ -5,46 +5,84 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use serde_json::json;
 
 use crate::consistency::Name;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tracing::{debug, info};
 
 use crate::breaker::BreakerState;
 use crate::gateway::Gateway;
 
-/// Serves the admin endpoints until `shutdown` resolves.
+/// The most admin connections open at once: scrapers, probes and an operator's curl
+/// need a handful; one more is closed at once, so a client that opens connections
+/// without end cannot take the process's descriptors.
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// Serves the admin endpoints until `shutdown` resolves. A connection has
+/// `timeouts.client_header` to send a request's headers, and lives at most
+/// `timeouts.client_idle`.
 pub async fn run(
     listener: TcpListener,
     gateway: Gateway,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     tokio::pin!(shutdown);
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
-        let (stream, _) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => accepted?,
             () = &mut shutdown => return Ok(()),
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            debug!(%peer, max = MAX_CONNECTIONS, "admin connection refused: too many open");
+            continue;
+        };
+        let timeouts = gateway.config().timeouts;
         let gateway = gateway.clone();
         let service = service_fn(move |req| {
             let gateway = gateway.clone();
             async move { Ok::<_, Infallible>(route(&gateway, req).await) }
         });
         tokio::spawn(async move {
-            let builder = auto::Builder::new(TokioExecutor::new());
-            if let Err(e) = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
+            let _slot = slot;
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(timeouts.client_header);
+            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            // Admin answers are small and quick: a connection lives at most
+            // `client_idle`, then ends after the request in flight (a scraper simply
+            // connects again), and one that still holds on after another
+            // `client_header` is dropped.
+            let life = timeouts.client_idle.max(timeouts.client_header);
+            let ended = tokio::select! {
+                ended = conn.as_mut() => Some(ended),
+                () = tokio::time::sleep(life) => None,
+            };
+            let ended = match ended {
+                Some(ended) => ended,
+                None => {
+                    conn.as_mut().graceful_shutdown();
+                    match tokio::time::timeout(timeouts.client_header, conn).await {
+                        Ok(ended) => ended,
+                        Err(_) => return debug!("admin connection dropped: it held on"),
+                    }
+                }
+            };
+            if let Err(e) = ended {
                 debug!(error = %e, "admin connection ended with an error");
             }
         });

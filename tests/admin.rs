@@ -120,3 +120,78 @@ async fn the_status_index_reloads_on_demand_and_reports_its_progress() {
     let truth = get(&format!("{}/api/orders?status=SUBMITTED", mes.base_url())).await;
     assert_eq!(r.body, truth.body);
 }
+
+/// The admin listener's address (`http://127.0.0.1:PORT`) as a socket address.
+fn admin_addr(admin: &str) -> std::net::SocketAddr {
+    admin
+        .trim_start_matches("http://")
+        .parse()
+        .expect("admin address")
+}
+
+#[tokio::test]
+async fn an_admin_connection_that_never_finishes_its_headers_is_closed() {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mes = sim::spawn(l, SimConfig::instant());
+    let cfg = config(None).replace("client_header = \"10s\"", "client_header = \"300ms\"");
+    assert!(cfg.contains("client_header = \"300ms\""));
+    let gw = spawn_gateway(&cfg, &mes.base_url(), None).await;
+    let admin = admin_addr(&gw.admin().await);
+    // Half a request, then nothing: the listener closes it (raw() fails after 10 s
+    // when nothing does).
+    let started = std::time::Instant::now();
+    let answer = support::client::raw(admin, b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await;
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(3),
+        "closed after {:?}",
+        started.elapsed()
+    );
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
+        "{answer:?}"
+    );
+    assert_eq!(mes.stats().list + mes.stats().detail, 0);
+}
+
+#[tokio::test]
+async fn admin_connections_beyond_the_cap_are_closed_and_the_rest_served() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mes = sim::spawn(l, SimConfig::instant());
+    let gw = spawn_gateway(&config(None), &mes.base_url(), None).await;
+    let base = gw.admin().await;
+    let admin = admin_addr(&base);
+    // The cap's worth of connections, each proven served (a keep-alive answer).
+    let mut held = Vec::new();
+    for _ in 0..mesgate::admin::MAX_CONNECTIONS {
+        let mut s = tokio::net::TcpStream::connect(admin).await.unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 12];
+        s.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"HTTP/1.1 200");
+        held.push(s);
+    }
+    // One more is closed without an answer.
+    let answer = support::client::raw(admin, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert_eq!(answer, "", "a connection beyond the cap");
+    // One let go: the next is served.
+    drop(held.pop());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let answer = support::client::raw(
+            admin,
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        if answer.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never served again: {answer:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
