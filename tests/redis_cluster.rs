@@ -265,6 +265,48 @@ async fn a_cluster_that_stops_answering_gets_a_new_connection_and_serves_again()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_restarted_empty_starts_a_new_generation_and_serves_nothing_stale() {
+    let mut cluster = Cluster::start().await;
+    let sim = simulator().await;
+    let config = cluster_config(false);
+    let a = spawn_gateway(&config, &sim.base_url(), Some(&cluster.urls())).await;
+    let b = spawn_gateway(&config, &sim.base_url(), Some(&cluster.urls())).await;
+    let (x, from) = newest(&sim).await;
+    let list = format!("/api/orders?status={from}");
+    let detail = format!("/api/orders/{x}");
+    for p in [&list, &detail] {
+        until_cache(&a, p, "MISS", 10).await;
+        until_cache(&b, p, "HIT-L2", 10).await;
+    }
+    let generations = |gw: &support::gateway::TestGateway| {
+        let l2 = gw.gateway.l2().expect("a shared tier");
+        l2.stats().generations.load(Ordering::Relaxed)
+    };
+    let before = (generations(&a), generations(&b));
+
+    // A primary loses everything it held (the epochs of its slots among it) and is back
+    // at once: no failover hides it. Its run id is new. Not the marker's primary: the
+    // marker's own server is not the only one whose loss matters.
+    let marker = cluster.primary_of("{mesgate}:gen").await;
+    let primaries = cluster.primaries().await;
+    let victim = *primaries.iter().find(|p| **p != marker).expect("a primary");
+    cluster.restart_primary_empty(victim).await;
+
+    // Both instances start a new generation (nothing stored before is read again), a
+    // write on A is on B within the bound, and the shared tier serves again.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while generations(&a) == before.0 || generations(&b) == before.1 {
+        assert!(
+            Instant::now() < deadline,
+            "no new generation after a primary came back empty: {before:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let to = write_shows(&a, &b, x, &from).await;
+    shared_tier_serves(&a, &b, to, 30).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_asynchronous_write_is_queued_and_run_through_the_cluster() {
     let cluster = Cluster::start().await;
     let sim = simulator().await;

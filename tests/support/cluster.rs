@@ -113,47 +113,79 @@ impl Cluster {
     async fn launch(&self) -> Node {
         for _ in 0..5 {
             let port = free_cluster_port();
-            let dir = self.dir.join(port.to_string());
-            std::fs::create_dir_all(&dir).expect("node dir");
-            let spawned = Command::new("redis-server")
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                .args(["--protected-mode", "no", "--save", "", "--appendonly", "no"])
-                .args(["--cluster-enabled", "yes"])
-                .args(["--cluster-config-file", "nodes.conf"])
-                .args(["--cluster-node-timeout", &NODE_TIMEOUT_MS.to_string()])
-                // A replica may always take over, however long it was cut from its
-                // primary (the test kills primaries on purpose).
-                .args(["--cluster-replica-validity-factor", "0"])
-                .arg("--dir")
-                .arg(&dir)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn();
-            let mut child = match spawned {
-                Ok(c) => c,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => missing(),
-                Err(e) => panic!("cannot start redis-server: {e}"),
-            };
-            let deadline = Instant::now() + Duration::from_secs(5);
-            loop {
-                if let Ok(Some(_)) = child.try_wait() {
-                    break; // the port was taken meanwhile: try another
-                }
-                if query::<String>(port, &redis::cmd("PING")).await.is_ok() {
-                    return Node {
-                        port,
-                        child: Some(child),
-                    };
-                }
-                if Instant::now() > deadline {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
+            if let Some(child) = self.spawn_node(port).await {
+                return Node {
+                    port,
+                    child: Some(child),
+                };
             }
         }
         panic!("a cluster node did not start on 127.0.0.1");
+    }
+
+    /// A node on `port`, in its own directory under the cluster's (a `nodes.conf` there
+    /// from an earlier life is read again), once it answers; `None` when it exits (the
+    /// port was taken meanwhile) or stays silent for 5 s.
+    async fn spawn_node(&self, port: u16) -> Option<Child> {
+        let dir = self.dir.join(port.to_string());
+        std::fs::create_dir_all(&dir).expect("node dir");
+        let spawned = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--protected-mode", "no", "--save", "", "--appendonly", "no"])
+            .args(["--cluster-enabled", "yes"])
+            .args(["--cluster-config-file", "nodes.conf"])
+            .args(["--cluster-node-timeout", &NODE_TIMEOUT_MS.to_string()])
+            // A replica may always take over, however long it was cut from its
+            // primary (the test kills primaries on purpose).
+            .args(["--cluster-replica-validity-factor", "0"])
+            .arg("--dir")
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+        let mut child = match spawned {
+            Ok(c) => c,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => missing(),
+            Err(e) => panic!("cannot start redis-server: {e}"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Ok(Some(_)) = child.try_wait() {
+                return None;
+            }
+            if query::<String>(port, &redis::cmd("PING")).await.is_ok() {
+                return Some(child);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// SIGKILLs the primary on `port` and starts it again at once, empty (no
+    /// persistence) but with its cluster config: it comes back as the primary it was,
+    /// with nothing in it, unless its replica took over first. Waits until the cluster
+    /// is whole again (three primaries, `cluster_state:ok` everywhere).
+    pub async fn restart_primary_empty(&mut self, port: u16) {
+        assert!(
+            self.primaries().await.contains(&port),
+            "{port} is not a primary"
+        );
+        let i = self
+            .nodes
+            .iter()
+            .position(|n| n.port == port)
+            .expect("a node");
+        if let Some(mut c) = self.nodes[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let child = self.spawn_node(port).await.expect("the node starts again");
+        self.nodes[i].child = Some(child);
+        self.wait_whole().await;
     }
 
     fn ports(&self) -> Vec<u16> {
@@ -295,9 +327,14 @@ impl Cluster {
             let _ = c.kill();
             let _ = c.wait();
         }
-        // Node timeout, then the election: a few seconds at most.
+        self.wait_whole().await;
+    }
+
+    /// Waits until there are three primaries and every live node says
+    /// `cluster_state:ok` (a node timeout, then an election: a few seconds at most).
+    async fn wait_whole(&self) {
         let deadline = 10 + 2 * NODE_TIMEOUT_MS / 1000;
-        until("the replica promoted", deadline, || async {
+        until("three primaries", deadline, || async {
             self.primaries().await.len() == 3
         })
         .await;
