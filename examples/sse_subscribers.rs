@@ -272,10 +272,10 @@ async fn subscriber(
         if let Some(end) = rfind(&buf, b"\n\n") {
             let at = Instant::now();
             let mut fresh = 0;
-            for record in Records(&buf[..end + 2]) {
-                let Some(order) = order_of(record) else {
-                    continue;
-                };
+            // Text (it is: SSE is UTF-8, the chunk-size lines are hex), so that std's
+            // substring search can skip through it instead of a byte-by-byte scan.
+            let text = std::str::from_utf8(&buf[..end + 2]).unwrap_or_default();
+            for order in orders(text) {
                 if first_time(&mut seen, order.wrapping_sub(first)) {
                     got.lock().expect("deliveries").push((order, at));
                     fresh += 1;
@@ -336,29 +336,17 @@ async fn open(authority: &str) -> std::io::Result<Option<(TcpStream, Vec<u8>)>> 
     Ok(Some((stream, buf)))
 }
 
-/// The SSE records of `bytes` (each ends with a blank line; a chunk-size line may lead
-/// one, which `order_of` does not mind).
-struct Records<'a>(&'a [u8]);
-
-impl<'a> Iterator for Records<'a> {
-    type Item = &'a [u8];
-
-    fn next(&mut self) -> Option<&'a [u8]> {
-        let end = find(self.0, b"\n\n")?;
-        let (record, rest) = self.0.split_at(end + 2);
-        self.0 = rest;
-        Some(record)
-    }
-}
-
-/// The order id of an `order` event record (`"order":ID` is its data's first key of that
-/// name: serde_json writes the keys in order and `row` comes after `order`).
-fn order_of(record: &[u8]) -> Option<u64> {
-    let event = find(record, b"event: ")? + 7;
-    let data = record[event..].strip_prefix(b"order\ndata: ")?;
-    let at = find(data, b"\"order\":")? + 8;
-    let n = data[at..].iter().take_while(|b| b.is_ascii_digit()).count();
-    std::str::from_utf8(&data[at..at + n]).ok()?.parse().ok()
+/// The order ids of the `order` events in `text` (`"order":ID` is the first key of that
+/// name in an order event's data: serde_json writes the keys in order, `row` after it).
+/// A chunk-size line never splits a record: every chunk holds whole records.
+fn orders(text: &str) -> impl Iterator<Item = u64> + '_ {
+    const MARK: &str = "event: order\ndata: ";
+    text.match_indices(MARK).filter_map(|(at, _)| {
+        let data = &text[at + MARK.len()..];
+        let id = &data[data.find("\"order\":")? + 8..];
+        let n = id.bytes().take_while(u8::is_ascii_digit).count();
+        id[..n].parse().ok()
+    })
 }
 
 /// The first `needle` in `hay`: a scan for its first byte, then a compare.
