@@ -1,6 +1,6 @@
 //! Live updates over Server-Sent Events: what writes changed and operation outcomes,
 //! resumed by `Last-Event-ID` on another instance, `reset` after history loss, a slow
-//! subscriber dropped.
+//! subscriber dropped, the streams ended by a drain.
 
 use std::time::{Duration, Instant};
 
@@ -107,6 +107,26 @@ impl Stream {
                 .expect("a frame");
             if let Ok(data) = frame.into_data() {
                 self.buf.push_str(std::str::from_utf8(&data).unwrap());
+            }
+        }
+    }
+
+    /// Reads to the end of the stream (it must end within 10 s); what was left unread.
+    async fn end(mut self) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let frame = tokio::time::timeout(left, self.body.frame())
+                .await
+                .unwrap_or_else(|_| panic!("the stream did not end in 10 s: {:?}", self.buf));
+            match frame {
+                Some(Ok(f)) => {
+                    if let Ok(data) = f.into_data() {
+                        self.buf.push_str(std::str::from_utf8(&data).unwrap());
+                    }
+                }
+                Some(Err(e)) => panic!("the stream broke instead of ending: {e}"),
+                None => return self.buf,
             }
         }
     }
@@ -383,4 +403,22 @@ async fn an_event_whose_append_failed_is_appended_once_redis_answers() {
     assert_eq!(e.json()["status"], target);
     assert_eq!(e.json()["previous"], old.as_str());
     assert_eq!(a.gateway.events().stats().lost, 0);
+}
+
+#[tokio::test]
+async fn a_drain_ends_every_stream_and_any_opened_after_it() {
+    let redis = RedisServer::start().await;
+    let mes = mes().await;
+    let gw = gateway(&mes, &redis, "").await;
+    let url = gw.url("/mesgate/events");
+    let mut open = subscribe(&url, None).await;
+    assert_eq!(open.next().await.retry, "2000");
+
+    gw.gateway.start_draining();
+    assert_eq!(open.end().await, "");
+    // One opened while the instance drains gets the retry hint and its end (so the
+    // client comes back, to another instance), not a stream that never ends.
+    let late = subscribe(&url, None).await;
+    assert_eq!(late.end().await, "retry: 2000\n\n");
+    assert_eq!(gw.gateway.events().subscribers(), 0);
 }

@@ -10,7 +10,7 @@ mod retry;
 pub mod sse;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use redis::Value;
@@ -177,8 +177,11 @@ struct Shared {
     lost: AtomicU64,
     /// Events whose append failed, appended again in the background.
     retry: retry::Retry,
-    /// Set when the instance drains: every stream ends (clients reconnect elsewhere).
-    closing: tokio::sync::watch::Sender<bool>,
+    /// Set when the instance drains: every stream ends (clients reconnect elsewhere), and
+    /// one opened after it ends at once. The streams open now learn it from
+    /// [`Live::Close`], in the channel they wait on anyway: a second thing to wait on per
+    /// subscriber (a watch) cost a registration on one shared lock per event sent.
+    closed: AtomicBool,
 }
 
 impl Events {
@@ -197,7 +200,7 @@ impl Events {
                 reconnects: AtomicU64::new(0),
                 lost: AtomicU64::new(0),
                 retry: retry::Retry::default(),
-                closing: tokio::sync::watch::Sender::new(false),
+                closed: AtomicBool::new(false),
             })
         });
         Self { shared }
@@ -231,10 +234,14 @@ impl Events {
         }
     }
 
-    /// Ends every stream of this instance (it is draining).
+    /// Ends every stream of this instance (it is draining), and any opened after.
     pub fn close(&self) {
         if let Some(s) = &self.shared {
-            s.closing.send_replace(true);
+            // The flag before the message: a subscriber that joins the channel after the
+            // message was sent sees the flag (see `subscribe`).
+            s.closed.store(true, Ordering::SeqCst);
+            // No subscriber: nothing to end (an error only says that).
+            let _ = s.tx.send(Arc::new(Live::Close));
         }
     }
 
@@ -295,11 +302,18 @@ pub struct EventStats {
     pub lost: u64,
 }
 
-/// An event as the reader hands it to the subscribers: its SSE record formatted once,
-/// shared by every subscriber it is sent to.
-pub(crate) struct Live {
-    event: Event,
-    frame: bytes::Bytes,
+/// What the subscribers are handed, in one channel.
+pub(crate) enum Live {
+    /// An event from the reader, its SSE record formatted once and shared by every
+    /// subscriber it is sent to.
+    Event {
+        /// The event, for the filters and the resume check.
+        event: Event,
+        /// Its SSE record.
+        frame: bytes::Bytes,
+    },
+    /// The instance drains: every stream ends ([`Events::close`]).
+    Close,
 }
 
 impl Shared {
@@ -442,7 +456,7 @@ async fn read_loop(shared: std::sync::Weak<Shared>) {
                         last = Some(event.id.clone());
                         let frame = sse::frame(&event);
                         // No subscriber: nothing to do (an error only says that).
-                        let _ = s.tx.send(Arc::new(Live { event, frame }));
+                        let _ = s.tx.send(Arc::new(Live::Event { event, frame }));
                     }
                 }
             }

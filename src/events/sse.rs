@@ -8,12 +8,12 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, Response, header};
 use http_body::Frame;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, StreamBody};
-use tokio::sync::broadcast;
+use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
 use tracing::debug;
 
 use super::{Event, Events, Live, Shared, Since, parse_id};
@@ -93,6 +93,12 @@ impl Events {
         // Subscribed before the history is read: nothing falls between the two.
         let rx = shared.tx.subscribe();
         let mut sub = Subscriber::new(shared.clone(), rx, Filter::parse(query));
+        // After joining the channel: a drain that began since sent `Live::Close` to it.
+        if shared.closed.load(Ordering::SeqCst) {
+            // Draining: the `retry:` hint and the end, so the client comes back (to
+            // another instance); a refusal would stop an `EventSource` for good.
+            sub.end = Some(End::Clean);
+        }
         let last = headers.get("last-event-id").and_then(|v| v.to_str().ok());
         if let Some(after) = last.map(str::trim).filter(|s| !s.is_empty()) {
             match shared.since(after).await {
@@ -127,6 +133,10 @@ fn refusal(e: &GatewayError) -> Response<EventBody> {
 
 type Item = Result<Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>>;
 
+/// The most bytes of waiting events sent as one frame: a subscriber that fell behind
+/// catches up with one write per this much, not one per event.
+const BATCH: usize = 64 << 10;
+
 /// One subscriber's state: what is queued for it, where it is in the stream.
 struct Subscriber {
     shared: Arc<Shared>,
@@ -136,8 +146,17 @@ struct Subscriber {
     /// The newest id sent or skipped: a live event not newer was in the backlog.
     last: Option<(u64, u64)>,
     heartbeat: tokio::time::Interval,
-    closing: tokio::sync::watch::Receiver<bool>,
-    ended: bool,
+    /// Set when the stream ends, once what is queued is sent.
+    end: Option<End>,
+}
+
+/// How a stream ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// The body ends (draining, or the channel is gone).
+    Clean,
+    /// The subscriber fell behind: an error, which aborts the connection.
+    Behind,
 }
 
 impl Subscriber {
@@ -148,14 +167,13 @@ impl Subscriber {
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let retry = format!("retry: {}\n\n", shared.config.retry.as_millis());
         Self {
-            closing: shared.closing.subscribe(),
             shared,
             rx,
             filter,
             queued: VecDeque::from([Bytes::from(retry)]),
             last: None,
             heartbeat,
-            ended: false,
+            end: None,
         }
     }
 
@@ -176,41 +194,90 @@ impl Subscriber {
         self.queued.push_back(Bytes::from(text));
     }
 
+    /// The next frame: what is queued, else the events waiting (as one frame), else a
+    /// heartbeat when it is due; `None` once the stream has ended.
     async fn next(mut self) -> Option<(Item, Self)> {
-        if self.ended {
-            return None;
-        }
-        if let Some(b) = self.queued.pop_front() {
-            return Some((Ok(Frame::data(b)), self));
-        }
         loop {
+            if let Some(b) = self.queued.pop_front() {
+                return Some((Ok(Frame::data(b)), self));
+            }
+            match self.end {
+                Some(End::Clean) => return None,
+                Some(End::Behind) => {
+                    self.end = Some(End::Clean);
+                    return Some((Err("event subscriber fell behind".into()), self));
+                }
+                None => {}
+            }
+            // Two things to wait on, both this subscriber's own or its channel's: the
+            // drain comes through the channel (`Live::Close`).
             tokio::select! {
-                got = self.rx.recv() => match got {
-                    Ok(live) => {
-                        let id = parse_id(&live.event.id);
-                        if id.is_some() && id <= self.last {
-                            continue;
-                        }
-                        self.last = id.or(self.last);
-                        if self.filter.matches(&live.event) {
-                            self.shared.delivered.fetch_add(1, Ordering::Relaxed);
-                            return Some((Ok(Frame::data(live.frame.clone())), self));
-                        }
+                got = self.rx.recv() => {
+                    if let Some(first) = self.take(got) {
+                        let frame = self.batch(first);
+                        return Some((Ok(Frame::data(frame)), self));
                     }
-                    Err(broadcast::error::RecvError::Lagged(n)) => {
-                        // Buffering for it without bound is what must not happen: an
-                        // error aborts the connection; it reconnects with its last id.
-                        debug!(missed = n, "slow event subscriber dropped");
-                        self.shared.dropped.fetch_add(1, Ordering::Relaxed);
-                        self.ended = true;
-                        return Some((Err("event subscriber fell behind".into()), self));
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return None,
-                },
+                }
                 _ = self.heartbeat.tick() => {
                     return Some((Ok(Frame::data(Bytes::from_static(b": keep-alive\n\n"))), self));
                 }
-                _ = self.closing.changed() => return None,
+            }
+        }
+    }
+
+    /// `first` and the events already waiting for this subscriber, as one frame (up to
+    /// [`BATCH`] bytes): one write to its socket instead of one per event, so one that
+    /// fell behind costs less to catch up, not more.
+    fn batch(&mut self, first: Bytes) -> Bytes {
+        let mut buf: Option<BytesMut> = None;
+        while self.end.is_none() && buf.as_ref().map_or(first.len(), BytesMut::len) < BATCH {
+            let got = match self.rx.try_recv() {
+                Ok(live) => Ok(live),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Lagged(n)) => Err(RecvError::Lagged(n)),
+                Err(TryRecvError::Closed) => Err(RecvError::Closed),
+            };
+            if let Some(more) = self.take(got) {
+                buf.get_or_insert_with(|| BytesMut::from(&first[..]))
+                    .extend_from_slice(&more);
+            }
+        }
+        buf.map_or(first, BytesMut::freeze)
+    }
+
+    /// The record to send for what the channel gave, if any; sets `end` when the stream
+    /// must end.
+    fn take(&mut self, got: Result<Arc<Live>, RecvError>) -> Option<Bytes> {
+        match got {
+            Ok(live) => match &*live {
+                Live::Event { event, frame } => {
+                    let id = parse_id(&event.id);
+                    if id.is_some() && id <= self.last {
+                        return None;
+                    }
+                    self.last = id.or(self.last);
+                    if !self.filter.matches(event) {
+                        return None;
+                    }
+                    self.shared.delivered.fetch_add(1, Ordering::Relaxed);
+                    Some(frame.clone())
+                }
+                Live::Close => {
+                    self.end = Some(End::Clean);
+                    None
+                }
+            },
+            Err(RecvError::Lagged(n)) => {
+                // Buffering for it without bound is what must not happen: an error
+                // aborts the connection; it reconnects with its last id.
+                debug!(missed = n, "slow event subscriber dropped");
+                self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+                self.end = Some(End::Behind);
+                None
+            }
+            Err(RecvError::Closed) => {
+                self.end = Some(End::Clean);
+                None
             }
         }
     }
@@ -248,6 +315,54 @@ mod tests {
         assert!(!Filter::parse(Some("status=SUBMITTED")).matches(&e));
         assert!(!Filter::parse(Some("order=8")).matches(&e));
         assert!(!Filter::parse(Some("operation=abc")).matches(&e));
+    }
+
+    /// The events of a gateway whose Redis is never reached (nothing here reads it).
+    fn events() -> Events {
+        let text = "upstream = \"http://127.0.0.1:9\"\n[redis]\nurl = \"redis://127.0.0.1:9\"\n";
+        let config: crate::config::Config = text.parse().unwrap();
+        let l2 = crate::l2::L2::new(config.redis.as_ref().unwrap()).unwrap();
+        Events::new(Some(&l2), config.events)
+    }
+
+    fn live(id: &str, status: &str) -> Arc<Live> {
+        let event = Event {
+            id: id.into(),
+            ..event(status, "", "7")
+        };
+        let frame = frame(&event);
+        Arc::new(Live::Event { event, frame })
+    }
+
+    #[tokio::test]
+    async fn events_waiting_for_a_subscriber_go_out_as_one_frame() {
+        let events = events();
+        let shared = events.shared.clone().unwrap();
+        let filter = Filter::parse(Some("status=SHIPPED"));
+        let mut sub = Subscriber::new(shared.clone(), shared.tx.subscribe(), filter);
+        sub.queued.clear();
+        for (id, status) in [("1-0", "SHIPPED"), ("2-0", "SUBMITTED"), ("3-0", "SHIPPED")] {
+            assert_eq!(shared.tx.send(live(id, status)).ok(), Some(1));
+        }
+        let (item, sub) = sub.next().await.unwrap();
+        let data = item.unwrap().into_data().unwrap();
+        // The two that pass the filter, in order, in one frame.
+        let want = [frame(&live_event("1-0")), frame(&live_event("3-0"))].concat();
+        assert_eq!(
+            std::str::from_utf8(&data).unwrap(),
+            std::str::from_utf8(&want).unwrap()
+        );
+        assert_eq!(shared.delivered.load(Ordering::Relaxed), 2);
+        // The drain ends it, through the same channel.
+        events.close();
+        assert!(sub.next().await.is_none());
+    }
+
+    fn live_event(id: &str) -> Event {
+        Event {
+            id: id.into(),
+            ..event("SHIPPED", "", "7")
+        }
     }
 
     #[test]
