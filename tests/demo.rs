@@ -84,6 +84,51 @@ async fn the_tour_moves_an_order_between_indexed_pages_with_no_mes_list_request(
     gw.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_demo_on_the_same_redis_reads_nothing_the_first_one_stored() {
+    let redis = support::redis::RedisServer::start().await;
+    let detail = |order: u64| format!("/api/orders/{order}");
+    let mut moved = None;
+    for run in 0..2 {
+        // Each demo starts its own simulator, with the same seeded data.
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mes = sim::spawn(l, SimConfig::default());
+        let mut config = support::gateway::test_config(
+            EMBEDDED_DEMO_CONFIG,
+            &mes.base_url(),
+            Some(&redis.url()),
+        );
+        mesgate::demo::fresh_shared_tier(&mut config).await;
+        assert_eq!(
+            config.redis.as_ref().unwrap().prefix,
+            mesgate::demo::DEMO_PREFIX
+        );
+        let gw = support::gateway::spawn_config(config).await;
+        assert!(tour::indexes_ready(&gw.gateway, Duration::from_secs(30)).await);
+        if let Some(order) = moved {
+            // The first run moved it, in its own MES: this MES has it where the seed
+            // put it, and so must the gateway (the first run stored the moved order in
+            // Redis).
+            let d = support::client::get(&gw.url(&detail(order))).await;
+            assert_eq!(d.status, 200);
+            assert_eq!(
+                d.json()["status"].as_str(),
+                mes.order_status(order).as_deref(),
+                "order {order} as an earlier demo left it ({})",
+                d.x_cache()
+            );
+            assert_eq!(d.x_cache(), "MISS");
+        }
+        let t = tour::run(gw.addr, &mes).await.expect("the tour runs");
+        // Read after the tour: stored in Redis with the moved status.
+        let d = support::client::get(&gw.url(&detail(t.order))).await;
+        assert_eq!(d.json()["status"], TO, "run {run}");
+        moved = Some(t.order);
+        gw.stop().await;
+        mes.shutdown().await;
+    }
+}
+
 #[test]
 fn the_demo_binary_prints_the_tour_and_stops_at_once_on_ctrl_c() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_mesgate"))

@@ -90,6 +90,40 @@ fn demo_config_text(path: &PathBuf) -> Result<String, ConfigError> {
     }
 }
 
+/// The prefix of the demo's keys in Redis, when its config keeps the default one: a
+/// Redis shared with a real deployment keeps the two apart.
+pub const DEMO_PREFIX: &str = "mesgate-demo";
+
+/// Readies the shared tier of a demo whose simulator has just started, with its seeded
+/// data: nothing an earlier demo stored in the same Redis describes this MES (an order
+/// the last tour moved is back where the seed put it). Its keys get a namespace of their
+/// own ([`DEMO_PREFIX`]) and the generation marker goes, so the first heartbeat starts a
+/// new generation and nothing stored before is read; the old keys expire by their TTLs.
+/// A Redis that cannot be told is left as it is (the gateway then degrades as ever).
+pub async fn fresh_shared_tier(config: &mut Config) {
+    let Some(redis) = config.redis.as_mut() else {
+        return;
+    };
+    if redis.prefix == "mesgate" {
+        redis.prefix = DEMO_PREFIX.to_owned();
+    }
+    let marker = format!("{{{}}}:gen", redis.prefix);
+    let Ok(client) = redis::Client::open(redis.url.as_str()) else {
+        return;
+    };
+    let forget = async {
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        redis::cmd("DEL")
+            .arg(&marker)
+            .query_async::<i64>(&mut conn)
+            .await
+    };
+    match tokio::time::timeout(Duration::from_millis(500), forget).await {
+        Ok(Ok(_)) => info!(prefix = %redis.prefix, "demo: a new generation in redis"),
+        _ => warn!("demo: redis did not drop the generation marker; earlier entries may be read"),
+    }
+}
+
 /// Runs the simulator and the gateway until `shutdown` resolves.
 pub async fn run(opts: DemoOptions, shutdown: impl Future<Output = ()>) -> Result<(), DemoError> {
     let sim_listener = bind(opts.sim_listen).await?;
@@ -107,7 +141,8 @@ pub async fn run(opts: DemoOptions, shutdown: impl Future<Output = ()>) -> Resul
     } else {
         info!("no --redis or MESGATE_REDIS_URL: running with the in-process tier only");
     }
-    let config = Config::from_str_with(&demo_config_text(&opts.config)?, overrides)?;
+    let mut config = Config::from_str_with(&demo_config_text(&opts.config)?, overrides)?;
+    fresh_shared_tier(&mut config).await;
     let listener = bind(config.listen).await?;
     let admin = match config.admin_listen {
         Some(a) => Some(bind(a).await?),
