@@ -34,6 +34,7 @@ use crate::consistency::names::Name;
 use crate::entry::{CodecError, Entry};
 use crate::redis_master::{Conn, Endpoints};
 
+mod deadline;
 mod steps;
 use steps::{HEARTBEAT, INVALIDATE, epoch_value, holds, server_run};
 
@@ -249,7 +250,7 @@ impl L2 {
                 .arg(run);
             inv.invoke_async::<String>(&mut conn).await
         };
-        let g = match tokio::time::timeout(self.op_timeout, op).await {
+        let g = match deadline::within(self.op_timeout, op).await {
             Ok(Ok(g)) => g,
             Ok(Err(e)) => return Err(self.probe_failed(L2Error::Redis(e))),
             Err(_) => return Err(self.probe_failed(L2Error::Timeout)),
@@ -583,7 +584,7 @@ impl L2 {
                 return Err(e);
             }
         };
-        let result = match tokio::time::timeout(self.op_timeout, op(conn)).await {
+        let result = match deadline::within(self.op_timeout, op(conn)).await {
             Ok(Ok(v)) => Ok(v),
             // Redis answered: it is up, only the generation moved.
             Ok(Err(e)) if e.code() == Some("GENERATION") => {
