@@ -12,7 +12,7 @@ use mes_sim::{self as sim, SimConfig};
 use support::client::{final_op, get, newest, other_status, patch_status, send};
 use support::cluster::Cluster;
 use support::gateway::{
-    shared_tier_serves, spawn_gateway, until_cache, without_index, write_shows,
+    shared_by_both, shared_tier_serves, spawn_gateway, until_cache, without_index, write_shows,
 };
 
 /// The shipped config in cluster mode (the seed nodes come in as `MESGATE_REDIS_URL`
@@ -186,13 +186,7 @@ async fn a_primary_killed_under_load_costs_no_request_and_serves_nothing_stale()
     );
     let a = spawn_gateway(&config, &sim.base_url(), Some(&seeds)).await;
     let b = spawn_gateway(&config, &sim.base_url(), Some(&seeds)).await;
-    let (x, from) = newest(&sim).await;
-    let list = format!("/api/orders?status={from}");
-    let detail = format!("/api/orders/{x}");
-    for p in [&list, &detail] {
-        until_cache(&a, p, "MISS", 10).await;
-        until_cache(&b, p, "HIT-L2", 10).await;
-    }
+    let (x, from) = shared_by_both(&a, &b, &sim).await;
 
     // Readers on both instances, over pages spread across the slots, through the kill
     // and the promotion: every request answered.
@@ -271,13 +265,7 @@ async fn a_primary_restarted_empty_starts_a_new_generation_and_serves_nothing_st
     let config = cluster_config(false);
     let a = spawn_gateway(&config, &sim.base_url(), Some(&cluster.urls())).await;
     let b = spawn_gateway(&config, &sim.base_url(), Some(&cluster.urls())).await;
-    let (x, from) = newest(&sim).await;
-    let list = format!("/api/orders?status={from}");
-    let detail = format!("/api/orders/{x}");
-    for p in [&list, &detail] {
-        until_cache(&a, p, "MISS", 10).await;
-        until_cache(&b, p, "HIT-L2", 10).await;
-    }
+    let (x, from) = shared_by_both(&a, &b, &sim).await;
     let generations = |gw: &support::gateway::TestGateway| {
         let l2 = gw.gateway.l2().expect("a shared tier");
         l2.stats().generations.load(Ordering::Relaxed)

@@ -247,3 +247,21 @@ pub async fn shared_tier_serves(a: &TestGateway, b: &TestGateway, status: &str, 
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// The newest order of `sim` and its status, once `a` has filled the order's detail and
+/// its status's page and `b` finds both in Redis (the shared tier works between them).
+pub async fn shared_by_both(
+    a: &TestGateway,
+    b: &TestGateway,
+    sim: &mes_sim::SimHandle,
+) -> (u64, String) {
+    let (x, from) = super::client::newest(sim).await;
+    for p in [
+        format!("/api/orders?status={from}"),
+        format!("/api/orders/{x}"),
+    ] {
+        until_cache(a, &p, "MISS", 10).await;
+        until_cache(b, &p, "HIT-L2", 10).await;
+    }
+    (x, from)
+}
