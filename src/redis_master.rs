@@ -167,10 +167,9 @@ pub(crate) struct Endpoints {
     cluster: Option<Arc<ClusterSpec>>,
 }
 
-/// What a cluster's connection is built from.
+/// What a cluster's connection is built from, besides the connect timeout.
 struct ClusterSpec {
     nodes: Vec<String>,
-    connect_timeout: Duration,
     op_timeout: Duration,
 }
 
@@ -193,8 +192,7 @@ impl Endpoints {
         };
         match &cfg.topology {
             RedisTopology::Standalone => {
-                let first = e.endpoint(redis::Client::open(cfg.url.as_str())?)?;
-                e.now = Arc::new(RwLock::new(Some(Arc::new(first))));
+                e.put(e.endpoint(redis::Client::open(cfg.url.as_str())?)?);
             }
             RedisTopology::Sentinel { sentinels, master } => {
                 e.sentinel = Some(Arc::new((sentinels.clone(), master.clone())));
@@ -202,10 +200,9 @@ impl Endpoints {
             RedisTopology::Cluster { nodes } => {
                 let spec = ClusterSpec {
                     nodes: nodes.clone(),
-                    connect_timeout: cfg.connect_timeout,
                     op_timeout: cfg.op_timeout,
                 };
-                e.now = Arc::new(RwLock::new(Some(Arc::new(cluster(&spec)?))));
+                e.put(cluster(&spec, e.connect_timeout)?);
                 e.cluster = Some(Arc::new(spec));
             }
         }
@@ -222,6 +219,11 @@ impl Endpoints {
             server: Server::One(client),
             next_seed: Default::default(),
         })
+    }
+
+    /// Puts `next` in force (operations under way finish on the one they hold).
+    fn put(&self, next: Endpoint) {
+        *self.now.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(next));
     }
 
     /// The endpoint in force (`None` under Sentinel until a master is known).
@@ -241,19 +243,19 @@ impl Endpoints {
 
     /// On a cluster: builds its shared connection again from the seed nodes and puts it
     /// in force (operations under way finish on the old one). The cluster client of the
-    /// `redis` crate can wedge for good after a primary is lost under load: a slot
-    /// refresh waits for the lock that requests it no longer polls hold (seen here:
-    /// every operation timed out for the rest of a 45 s load test, long after the
-    /// replica took over). A new connection learns the slots afresh. Its old driver,
+    /// `redis` crate can wedge for good after a primary is lost under load (seen here:
+    /// a slot refresh that began and never ended, and every operation timed out for the
+    /// rest of a 45 s load test, long after the replica took over; most likely the
+    /// refresh waits for a lock held by requests it no longer polls). A new connection learns the slots afresh. Its old driver,
     /// if wedged, stays until the process ends (a task and its sockets). Returns
     /// whether it was built (standalone and Sentinel: nothing to do).
     pub fn renew_cluster(&self) -> bool {
         let Some(spec) = &self.cluster else {
             return false;
         };
-        match cluster(spec) {
+        match cluster(spec, self.connect_timeout) {
             Ok(next) => {
-                *self.now.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(next));
+                self.put(next);
                 true
             }
             Err(e) => {
@@ -313,7 +315,7 @@ impl Endpoints {
             match self.endpoint(client) {
                 Ok(next) => {
                     let before = self.current().map(|e| e.addr.clone());
-                    *self.now.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(next));
+                    self.put(next);
                     self.moved.send_modify(|n| *n += 1);
                     match before {
                         Some(old) => {
@@ -335,7 +337,7 @@ impl Endpoints {
 /// The endpoint of a Redis Cluster found from `nodes`, connected lazily (the gateway
 /// starts while the cluster is down). Few, short retries: an operation has
 /// `redis.op_timeout` in all, and the breaker, not the client, waits out an outage.
-fn cluster(spec: &ClusterSpec) -> redis::RedisResult<Endpoint> {
+fn cluster(spec: &ClusterSpec, connect_timeout: Duration) -> redis::RedisResult<Endpoint> {
     let nodes = &spec.nodes;
     let client = ClusterClient::builder(nodes.iter().map(String::as_str))
         .retries(3)
@@ -344,7 +346,7 @@ fn cluster(spec: &ClusterSpec) -> redis::RedisResult<Endpoint> {
         .build()?;
     let conn = client.get_pending_async_connection_with_config(
         ClusterConfig::new()
-            .set_connection_timeout(spec.connect_timeout)
+            .set_connection_timeout(connect_timeout)
             .set_response_timeout(spec.op_timeout),
     );
     let seeds = nodes

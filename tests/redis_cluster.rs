@@ -12,7 +12,8 @@ use mes_sim::{self as sim, SimConfig};
 use support::client::{final_op, get, newest, other_status, patch_status, send};
 use support::cluster::Cluster;
 use support::gateway::{
-    shared_by_both, shared_tier_serves, spawn_gateway, until_cache, without_index, write_shows,
+    TestGateway, shared_by_both, shared_tier_serves, spawn_gateway, until_cache, without_index,
+    write_shows,
 };
 
 /// The shipped config in cluster mode (the seed nodes come in as `MESGATE_REDIS_URL`
@@ -31,6 +32,17 @@ fn cluster_config(index: bool) -> String {
 async fn simulator() -> sim::SimHandle {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     sim::spawn(l, SimConfig::instant())
+}
+
+/// Two instances of `config` in front of `sim`, on the cluster of the seed nodes `seeds`.
+async fn two_instances(
+    config: &str,
+    sim: &sim::SimHandle,
+    seeds: &str,
+) -> (TestGateway, TestGateway) {
+    let a = spawn_gateway(config, &sim.base_url(), Some(seeds)).await;
+    let b = spawn_gateway(config, &sim.base_url(), Some(seeds)).await;
+    (a, b)
 }
 
 /// Reads the MES served (lists and details).
@@ -72,9 +84,7 @@ async fn an_entry_filled_by_one_instance_is_an_l2_hit_after_its_restart() {
 async fn a_write_on_one_instance_reaches_the_other_through_the_cluster() {
     let cluster = Cluster::start().await;
     let sim = simulator().await;
-    let config = cluster_config(false);
-    let a = spawn_gateway(&config, &sim.base_url(), Some(&cluster.urls())).await;
-    let b = spawn_gateway(&config, &sim.base_url(), Some(&cluster.urls())).await;
+    let (a, b) = two_instances(&cluster_config(false), &sim, &cluster.urls()).await;
     let (x, from) = newest(&sim).await;
     let detail = format!("/api/orders/{x}");
     let list = format!("/api/orders?status={from}");
@@ -97,8 +107,7 @@ async fn a_varied_load_spreads_the_keys_over_the_primaries() {
     // With the status index: its copy in Redis must work on the cluster too. A longer
     // op timeout: this test is about where the keys go, not about a busy machine.
     let config = cluster_config(true).replace("op_timeout = \"50ms\"", "op_timeout = \"1s\"");
-    let a = spawn_gateway(&config, &sim.base_url(), Some(&cluster.urls())).await;
-    let b = spawn_gateway(&config, &sim.base_url(), Some(&cluster.urls())).await;
+    let (a, b) = two_instances(&config, &sim, &cluster.urls()).await;
     let all = get(&a.url("/api/orders?size=60")).await;
     assert_eq!(all.status, 200);
     let ids = all.item_ids();
@@ -184,8 +193,7 @@ async fn a_primary_killed_under_load_costs_no_request_and_serves_nothing_stale()
             .collect::<Vec<_>>()
             .join(",")
     );
-    let a = spawn_gateway(&config, &sim.base_url(), Some(&seeds)).await;
-    let b = spawn_gateway(&config, &sim.base_url(), Some(&seeds)).await;
+    let (a, b) = two_instances(&config, &sim, &seeds).await;
     let (x, from) = shared_by_both(&a, &b, &sim).await;
 
     // Readers on both instances, over pages spread across the slots, through the kill
@@ -231,9 +239,7 @@ async fn a_primary_killed_under_load_costs_no_request_and_serves_nothing_stale()
 async fn a_cluster_that_stops_answering_gets_a_new_connection_and_serves_again() {
     let cluster = Cluster::start().await;
     let sim = simulator().await;
-    let config = cluster_config(false);
-    let a = spawn_gateway(&config, &sim.base_url(), Some(&cluster.urls())).await;
-    let b = spawn_gateway(&config, &sim.base_url(), Some(&cluster.urls())).await;
+    let (a, b) = two_instances(&cluster_config(false), &sim, &cluster.urls()).await;
     let l2 = a.gateway.l2().expect("a shared tier").clone();
     let renewals = || l2.stats().renewals.load(Ordering::Relaxed);
     assert_eq!(renewals(), 0);
@@ -262,11 +268,9 @@ async fn a_cluster_that_stops_answering_gets_a_new_connection_and_serves_again()
 async fn a_primary_restarted_empty_starts_a_new_generation_and_serves_nothing_stale() {
     let mut cluster = Cluster::start().await;
     let sim = simulator().await;
-    let config = cluster_config(false);
-    let a = spawn_gateway(&config, &sim.base_url(), Some(&cluster.urls())).await;
-    let b = spawn_gateway(&config, &sim.base_url(), Some(&cluster.urls())).await;
+    let (a, b) = two_instances(&cluster_config(false), &sim, &cluster.urls()).await;
     let (x, from) = shared_by_both(&a, &b, &sim).await;
-    let generations = |gw: &support::gateway::TestGateway| {
+    let generations = |gw: &TestGateway| {
         let l2 = gw.gateway.l2().expect("a shared tier");
         l2.stats().generations.load(Ordering::Relaxed)
     };
@@ -298,9 +302,7 @@ async fn a_primary_restarted_empty_starts_a_new_generation_and_serves_nothing_st
 async fn an_asynchronous_write_is_queued_and_run_through_the_cluster() {
     let cluster = Cluster::start().await;
     let sim = simulator().await;
-    let config = cluster_config(false);
-    let a = spawn_gateway(&config, &sim.base_url(), Some(&cluster.urls())).await;
-    let b = spawn_gateway(&config, &sim.base_url(), Some(&cluster.urls())).await;
+    let (a, b) = two_instances(&cluster_config(false), &sim, &cluster.urls()).await;
     let (x, from) = newest(&sim).await;
     let to = other_status(&from);
     // Queued on A (a record and a stream entry, one script in one slot), read by a

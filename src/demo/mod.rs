@@ -63,17 +63,21 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, DemoError> {
 
 /// Whether Redis answers a PING within half a second.
 pub async fn redis_reachable(url: &str) -> bool {
-    let Ok(client) = redis::Client::open(url) else {
-        return false;
-    };
-    let ping = async {
+    ask::<String>(url, &redis::cmd("PING")).await.is_some()
+}
+
+/// `cmd`'s answer from the Redis at `url`, on a connection of its own, within half a
+/// second; `None` when there is none.
+async fn ask<T: redis::FromRedisValue>(url: &str, cmd: &redis::Cmd) -> Option<T> {
+    let client = redis::Client::open(url).ok()?;
+    let asked = async {
         let mut conn = client.get_multiplexed_async_connection().await?;
-        redis::cmd("PING").query_async::<String>(&mut conn).await
+        cmd.query_async::<T>(&mut conn).await
     };
-    matches!(
-        tokio::time::timeout(Duration::from_millis(500), ping).await,
-        Ok(Ok(_))
-    )
+    tokio::time::timeout(Duration::from_millis(500), asked)
+        .await
+        .ok()?
+        .ok()
 }
 
 fn demo_config_text(path: &PathBuf) -> Result<String, ConfigError> {
@@ -107,20 +111,14 @@ pub async fn fresh_shared_tier(config: &mut Config) {
     if redis.prefix == "mesgate" {
         redis.prefix = DEMO_PREFIX.to_owned();
     }
-    let marker = format!("{{{}}}:gen", redis.prefix);
-    let Ok(client) = redis::Client::open(redis.url.as_str()) else {
-        return;
-    };
-    let forget = async {
-        let mut conn = client.get_multiplexed_async_connection().await?;
-        redis::cmd("DEL")
-            .arg(&marker)
-            .query_async::<i64>(&mut conn)
-            .await
-    };
-    match tokio::time::timeout(Duration::from_millis(500), forget).await {
-        Ok(Ok(_)) => info!(prefix = %redis.prefix, "demo: a new generation in redis"),
-        _ => warn!("demo: redis did not drop the generation marker; earlier entries may be read"),
+    let forget = redis::cmd("DEL")
+        .arg(crate::l2::generation_marker(&redis.prefix))
+        .to_owned();
+    match ask::<i64>(&redis.url, &forget).await {
+        Some(_) => info!(prefix = %redis.prefix, "demo: a new generation in redis"),
+        None => {
+            warn!("demo: redis did not drop the generation marker; earlier entries may be read")
+        }
     }
 }
 

@@ -198,9 +198,8 @@ impl L2 {
         self.endpoints.is_cluster()
     }
 
-    /// The Redis key of the generation marker (a string: `GEN/RUN`).
     fn generation_key(&self) -> String {
-        format!("{{{}}}:gen", self.prefix)
+        generation_marker(&self.prefix)
     }
 
     fn entry_key(&self, generation: &str, key: &str) -> String {
@@ -532,10 +531,15 @@ impl L2 {
 
     fn probe_failed(&self, e: L2Error) -> L2Error {
         self.verified.store(false, Ordering::Release);
-        self.stats.errors.fetch_add(1, Ordering::Relaxed);
-        self.breaker.on_failure();
+        self.count_failure();
         self.renew_if_stuck();
         e
+    }
+
+    /// An operation failed: counted, and told to the breaker.
+    fn count_failure(&self) {
+        self.stats.errors.fetch_add(1, Ordering::Relaxed);
+        self.breaker.on_failure();
     }
 
     /// After heartbeats failed for `renew_after` without a break, on a cluster: its
@@ -579,8 +583,7 @@ impl L2 {
         let conn = match self.connection() {
             Ok(c) => c,
             Err(e) => {
-                self.stats.errors.fetch_add(1, Ordering::Relaxed);
-                self.breaker.on_failure();
+                self.count_failure();
                 return Err(e);
             }
         };
@@ -596,10 +599,7 @@ impl L2 {
         };
         match &result {
             Ok(_) => self.breaker.on_success(),
-            Err(_) => {
-                self.stats.errors.fetch_add(1, Ordering::Relaxed);
-                self.breaker.on_failure();
-            }
+            Err(_) => self.count_failure(),
         }
         result
     }
@@ -634,6 +634,12 @@ impl L2 {
     pub fn stats(&self) -> &L2Stats {
         &self.stats
     }
+}
+
+/// The Redis key of the generation marker (a string: `GEN/RUN`) under `prefix`: gone,
+/// the next heartbeat starts a new generation.
+pub fn generation_marker(prefix: &str) -> String {
+    format!("{{{prefix}}}:gen")
 }
 
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {

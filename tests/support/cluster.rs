@@ -170,19 +170,7 @@ impl Cluster {
     /// with nothing in it, unless its replica took over first. Waits until the cluster
     /// is whole again (three primaries, `cluster_state:ok` everywhere).
     pub async fn restart_primary_empty(&mut self, port: u16) {
-        assert!(
-            self.primaries().await.contains(&port),
-            "{port} is not a primary"
-        );
-        let i = self
-            .nodes
-            .iter()
-            .position(|n| n.port == port)
-            .expect("a node");
-        if let Some(mut c) = self.nodes[i].child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        let i = self.kill(port).await;
         let child = self.spawn_node(port).await.expect("the node starts again");
         self.nodes[i].child = Some(child);
         self.wait_whole().await;
@@ -314,20 +302,26 @@ impl Cluster {
     /// cluster says `cluster_state:ok` again on every live node, and there are three
     /// primaries again.
     pub async fn kill_primary(&mut self, port: u16) {
+        self.kill(port).await;
+        self.wait_whole().await;
+    }
+
+    /// SIGKILLs the primary on `port`; its index among the nodes.
+    async fn kill(&mut self, port: u16) -> usize {
         assert!(
             self.primaries().await.contains(&port),
             "{port} is not a primary"
         );
-        let node = self
+        let i = self
             .nodes
-            .iter_mut()
-            .find(|n| n.port == port)
+            .iter()
+            .position(|n| n.port == port)
             .expect("a node of this cluster");
-        if let Some(mut c) = node.child.take() {
+        if let Some(mut c) = self.nodes[i].child.take() {
             let _ = c.kill();
             let _ = c.wait();
         }
-        self.wait_whole().await;
+        i
     }
 
     /// Waits until there are three primaries and every live node says
